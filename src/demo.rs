@@ -1,0 +1,141 @@
+//! `syncpool demo`: the first thing a newcomer runs. Registers simulated instances on the
+//! embedded SQLite default, syncs them all with in-process workers and prints a summary.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{CliError, wait_for};
+use crate::model::{NewInstance, SyncType};
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Every this-many demo instances, one always fails, so the demo shows retries and a
+/// `completed_with_errors` session.
+const FAIL_EVERY: u32 = 50;
+
+pub async fn run(
+    store: Arc<dyn Store>,
+    settings: Settings,
+    instances: u32,
+    workers: u16,
+) -> Result<(), CliError> {
+    let existing: std::collections::HashSet<String> = store
+        .instance_list()
+        .await?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let new: Vec<NewInstance> = (1..=instances)
+        .map(|i| NewInstance {
+            name: format!("demo-{i:05}"),
+            kind: "simulated".into(),
+            host: None,
+            port: None,
+            username: None,
+            database: None,
+            password_env: None,
+            options: serde_json::json!({
+                "latency_ms": 20, "jitter_ms": 30, "accounts": 20,
+                "fail_rate": if i % FAIL_EVERY == 0 { 1.0 } else { 0.0 },
+            }),
+            active: true,
+        })
+        .filter(|n| !existing.contains(&n.name))
+        .collect();
+    store.instance_insert_many(&new).await?;
+    // A fresh database has no planner statistics yet (APALIS-NOTES pitfall 2).
+    store.analyze().await?;
+    eprintln!(
+        "registered {} simulated instances ({} new); starting {workers} in-process workers",
+        instances,
+        new.len()
+    );
+
+    let stop = CancellationToken::new();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (store, settings, stop) = (store.clone(), settings.clone(), stop.clone());
+        let id = crate::worker::new_worker_id();
+        handles.push(tokio::spawn(async move {
+            crate::worker::run(
+                store,
+                settings,
+                16,
+                id,
+                async move { stop.cancelled().await },
+            )
+            .await
+        }));
+    }
+    let started = Instant::now();
+    let created = store.session_create(SyncType::ManualBatch, None).await?;
+    let detail = wait_for(
+        store.as_ref(),
+        created.session_id,
+        created.total_instances as u64,
+        true,
+    )
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for h in handles {
+        h.await
+            .map_err(|e| CliError::Runtime(e.into()))?
+            .map_err(CliError::Runtime)?;
+    }
+
+    let s = &detail.session;
+    let mut waits: Vec<i64> = detail
+        .records
+        .iter()
+        .filter_map(|r| r.lock_wait_ms)
+        .collect();
+    waits.sort_unstable();
+    let pct = |p: f64| {
+        waits
+            .get(((waits.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!();
+    println!("session        {}", s.session_id);
+    println!("status         {}", s.status);
+    println!(
+        "instances      {} ({} completed, {} failed, {} cancelled)",
+        s.total_instances, s.successful_instances, s.failed_instances, s.cancelled_instances
+    );
+    println!(
+        "duration       {:.2} s",
+        s.duration_seconds.unwrap_or(elapsed)
+    );
+    println!(
+        "success rate   {:.1} %",
+        s.success_rate.unwrap_or(0.0) * 100.0
+    );
+    println!("lock wait      p50 {} ms, p99 {} ms", pct(0.5), pct(0.99));
+    println!(
+        "throughput     {:.0} instances/s",
+        s.total_instances as f64 / elapsed.max(1e-9)
+    );
+    let failed: Vec<_> = detail
+        .records
+        .iter()
+        .filter(|r| r.status == "failed")
+        .take(3)
+        .collect();
+    for r in failed {
+        println!(
+            "failed         {} after {} attempts: {}",
+            r.instance_name,
+            r.attempts,
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "\nnext: `syncpool sessions`, `syncpool session {}`, `syncpool accounts demo-00001`",
+        s.session_id
+    );
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! HTTP surface. For now: `/metrics` for `worker --metrics-bind` and the demo; the full
+//! API of DESIGN.md §6 builds on this router.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use tokio::sync::Mutex;
+
+use crate::store::{DbPool, Store};
+
+#[derive(Clone)]
+struct MetricsState {
+    store: Arc<dyn Store>,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    /// Fleet gauges are read from the database at most once a second, however often
+    /// Prometheus (or several of them) scrape.
+    last_refresh: Arc<Mutex<Option<Instant>>>,
+}
+
+pub fn metrics_router(store: Arc<dyn Store>) -> Router {
+    let state = MetricsState {
+        store,
+        handle: crate::metrics::install(),
+        last_refresh: Arc::default(),
+    };
+    Router::new()
+        .route("/metrics", get(render))
+        .with_state(state)
+}
+
+async fn render(State(s): State<MetricsState>) -> String {
+    {
+        let mut last = s.last_refresh.lock().await;
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            match s.store.fleet_gauges().await {
+                Ok(g) => crate::metrics::fleet(&g),
+                Err(e) => tracing::warn!(error = %e, "reading fleet gauges failed"),
+            }
+            match s.store.pool() {
+                DbPool::Sqlite(p) => crate::metrics::pool(p.size(), p.num_idle()),
+                DbPool::Postgres(p) => crate::metrics::pool(p.size(), p.num_idle()),
+            }
+            *last = Some(Instant::now());
+        }
+    }
+    s.handle.render()
+}
+
+/// Binds `addr` and serves `/metrics` in the background; returns the bound address.
+pub async fn serve_metrics(
+    store: Arc<dyn Store>,
+    addr: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind metrics address {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "serving /metrics");
+    let app = metrics_router(store);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(local)
+}

@@ -1,0 +1,32 @@
+use clap::Parser;
+use syncpool::cli::{Cli, CliError};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,syncpool=info")),
+        )
+        .init();
+    syncpool::metrics::install();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(syncpool::cli::run(cli)) {
+        match &e {
+            CliError::Usage(msg) => eprintln!("error: {msg}"),
+            CliError::Runtime(err) => eprintln!("error: {err:#}"),
+        }
+        std::process::exit(e.exit_code());
+    }
+}

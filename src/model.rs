@@ -1,0 +1,250 @@
+//! The domain types that cross the storage boundary. They carry no SQL and no database
+//! kind: the storage layer maps rows to them, everything else consumes them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use syncpool_workers::Account;
+
+/// Serialises timestamps as RFC 3339 with microseconds, as the public contract says.
+pub mod ts {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+    pub mod opt {
+        use super::*;
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&format(t)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// A registered database instance. Its password is never here: only the name of the
+/// environment variable that holds it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Instance {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub username: Option<String>,
+    pub database: Option<String>,
+    pub password_env: Option<String>,
+    pub options: serde_json::Value,
+    pub active: bool,
+    #[serde(with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "ts")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Instance {
+    pub fn spec(&self) -> syncpool_workers::InstanceSpec {
+        syncpool_workers::InstanceSpec {
+            id: self.id,
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            host: self.host.clone(),
+            port: self.port.and_then(|p| u16::try_from(p).ok()),
+            username: self.username.clone(),
+            database: self.database.clone(),
+            password_env: self.password_env.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// A validated request to register an instance (see `validate::new_instance`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NewInstance {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "empty_object")]
+    pub options: serde_json::Value,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncType {
+    ManualSingle,
+    ManualBatch,
+    Scheduled,
+}
+
+impl SyncType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncType::ManualSingle => "manual_single",
+            SyncType::ManualBatch => "manual_batch",
+            SyncType::Scheduled => "scheduled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "manual_single" => SyncType::ManualSingle,
+            "manual_batch" => SyncType::ManualBatch,
+            "scheduled" => SyncType::Scheduled,
+            _ => return None,
+        })
+    }
+}
+
+pub const SESSION_STATUSES: &[&str] = &[
+    "pending",
+    "running",
+    "completed",
+    "completed_with_errors",
+    "failed",
+    "cancelled",
+];
+pub const FINISHED_SESSION_STATUSES: &[&str] =
+    &["completed", "completed_with_errors", "failed", "cancelled"];
+
+/// One sync session and its totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: i64,
+    pub session_id: Uuid,
+    pub sync_type: String,
+    pub status: String,
+    pub total_instances: i64,
+    pub successful_instances: i64,
+    pub failed_instances: i64,
+    pub cancelled_instances: i64,
+    pub cancel_requested: bool,
+    #[serde(with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "ts::opt")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(with = "ts::opt")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(with = "ts")]
+    pub updated_at: DateTime<Utc>,
+    /// Seconds from start to finish (or to now while running); null before it starts.
+    pub duration_seconds: Option<f64>,
+    /// `successful_instances / total_instances`; null for an empty session.
+    pub success_rate: Option<f64>,
+}
+
+impl Session {
+    pub fn is_finished(&self) -> bool {
+        FINISHED_SESSION_STATUSES.contains(&self.status.as_str())
+    }
+    /// Derives the fields that are not stored.
+    pub fn with_derived(mut self, now: DateTime<Utc>) -> Self {
+        self.duration_seconds = self.started_at.map(|s| {
+            (self.completed_at.unwrap_or(now) - s)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e6
+        });
+        self.success_rate = (self.total_instances > 0)
+            .then(|| self.successful_instances as f64 / self.total_instances as f64);
+        self
+    }
+}
+
+/// One instance's part in a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub id: i64,
+    pub instance_id: i64,
+    pub instance_name: String,
+    pub status: String,
+    pub attempts: i64,
+    pub worker_id: Option<String>,
+    pub lock_wait_ms: Option<i64>,
+    #[serde(with = "ts::opt")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(with = "ts::opt")]
+    pub completed_at: Option<DateTime<Utc>>,
+    pub accounts_total: Option<i64>,
+    pub accounts_added: Option<i64>,
+    pub accounts_removed: Option<i64>,
+    pub accounts_changed: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// A session with its records, as `session ID --json` and the API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionDetail {
+    #[serde(flatten)]
+    pub session: Session,
+    pub records: Vec<Record>,
+}
+
+/// What `session_create` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionCreated {
+    pub session_id: Uuid,
+    pub total_instances: i64,
+    pub status: String,
+}
+
+/// An account in syncpool's inventory.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredAccount {
+    pub username: String,
+    pub host: String,
+    pub attributes: serde_json::Value,
+    pub privileges: serde_json::Value,
+    #[serde(with = "ts")]
+    pub first_seen_at: DateTime<Utc>,
+    #[serde(with = "ts")]
+    pub last_seen_at: DateTime<Utc>,
+    #[serde(with = "ts::opt")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What `cleanup` deleted.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CleanupCounts {
+    pub sessions_deleted: u64,
+    pub records_deleted: u64,
+    pub jobs_deleted: u64,
+    pub locks_deleted: u64,
+}
+
+/// Fleet-wide numbers read from the database for the gauges.
+#[derive(Debug, Clone, Default)]
+pub struct FleetGauges {
+    pub jobs_pending: i64,
+    pub jobs_running: i64,
+    pub jobs_failed: i64,
+    pub locks_held: i64,
+    pub sessions_running: i64,
+}

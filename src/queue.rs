@@ -1,0 +1,53 @@
+//! The job queue's wire format. apalis carries one job per (record, attempt); the record
+//! in `sync_instance_records`, not the job, is the source of truth (see DESIGN.md §3).
+
+use serde::{Deserialize, Serialize};
+
+/// The one queue name every producer and worker uses: a mismatch would silently create
+/// jobs nobody consumes (APALIS-NOTES pitfall 15), so it lives in exactly one place.
+pub const QUEUE: &str = "syncpool::sync_instance";
+
+/// apalis' own retry counter is not used: syncpool schedules every next attempt itself
+/// (with backoff) because apalis retries have no delay (pitfall 5).
+pub const APALIS_MAX_ATTEMPTS: i64 = 1;
+
+/// What a job carries. `waiting_since_ms` is set once the job found its instance leased
+/// elsewhere, so that the lock-wait timeout counts from the first try.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPayload {
+    pub session_id: String,
+    pub record_id: i64,
+    pub instance_id: i64,
+    pub attempt: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since_ms: Option<i64>,
+}
+
+impl JobPayload {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a struct of strings and integers always serialises")
+    }
+}
+
+/// A fresh job id. apalis decodes ids as ULIDs, and one it cannot decode stops the
+/// worker that fetched it, so ids are only ever made here.
+pub fn new_job_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// Passes the stored bytes through untouched. apalis would otherwise decode the payload
+/// before our handler runs, and a payload that fails to decode ends the whole worker
+/// (pitfall 4); decoding in the handler turns that into one failed job.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawBytes;
+
+impl apalis::prelude::Codec<Vec<u8>> for RawBytes {
+    type Error = std::convert::Infallible;
+    type Compact = Vec<u8>;
+    fn encode(&self, val: &Vec<u8>) -> Result<Vec<u8>, Self::Error> {
+        Ok(val.clone())
+    }
+    fn decode(&self, val: &Vec<u8>) -> Result<Vec<u8>, Self::Error> {
+        Ok(val.clone())
+    }
+}

@@ -1,0 +1,74 @@
+//! Timings and limits of the worker pipeline, with DESIGN.md's defaults. Every one can be
+//! set by a `SYNCPOOL_*` environment variable or the matching CLI flag (see `cli.rs`).
+
+use std::time::Duration;
+
+use crate::store::LeaseParams;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a lease lives without renewal.
+    pub lease_ttl: Duration,
+    /// How often a running sync renews its lease.
+    pub lease_renew: Duration,
+    /// Longest a single sync may take.
+    pub sync_timeout: Duration,
+    /// Attempts per record (the first one included).
+    pub max_attempts: i64,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_backoff: Duration,
+    /// Delay before a job whose instance is leased elsewhere tries again.
+    pub busy_retry: Duration,
+    /// How long a job may wait for a busy instance before its record fails.
+    pub lock_wait_timeout: Duration,
+    /// How long running syncs may go on after SIGINT/SIGTERM before they are handed back.
+    pub shutdown_grace: Duration,
+    /// How often an idle worker looks for new jobs.
+    pub poll_interval: Duration,
+    /// apalis worker heartbeat; the orphan timeout is this times `missed_heartbeats`.
+    pub queue_heartbeat: Duration,
+    pub missed_heartbeats: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            lease_renew: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(2),
+            busy_retry: Duration::from_secs(1),
+            lock_wait_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            queue_heartbeat: Duration::from_secs(10),
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+impl Settings {
+    pub fn lease_params(&self) -> LeaseParams {
+        LeaseParams {
+            ttl: self.lease_ttl,
+            busy_retry: self.busy_retry,
+            lock_wait_timeout: self.lock_wait_timeout,
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    /// The time after which apalis hands a silent worker's jobs to others.
+    pub fn orphan_timeout(&self) -> Duration {
+        self.queue_heartbeat * self.missed_heartbeats as u32
+    }
+
+    /// Exponential backoff with full jitter for the attempt that follows `attempt`.
+    pub fn retry_delay(&self, attempt: i64) -> Duration {
+        use rand::Rng;
+        let base = self.retry_backoff.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << (attempt.clamp(1, 16) - 1) as u32);
+        let jittered = exp / 2 + rand::rng().random_range(0..=exp / 2);
+        Duration::from_millis(jittered.max(1000))
+    }
+}

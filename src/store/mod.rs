@@ -1,0 +1,389 @@
+//! The storage layer: the only code that knows SQL or which database is in use.
+//!
+//! [`Store`] is one interface with one implementation per database ([`sqlite::SqliteStore`],
+//! [`postgres::PgStore`]), in the manner of River's driver interface; the CLI, the HTTP API
+//! and the worker pipeline call it and never run SQL themselves. The conformance suite in
+//! `tests/store_conformance.rs` runs the same checks against both.
+//!
+//! Methods read noun-then-verb. The three `*_batch` methods are the worker pipeline's
+//! steps 3 and 5 of DESIGN.md §3; they take many requests so that one process can commit
+//! the work of all its concurrent syncs in one short transaction (group commit).
+
+// pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::model::*;
+use crate::queue::JobPayload;
+
+/// Errors at the storage boundary. `Invalid` and `NotFound` are the caller's fault (4xx,
+/// exit code 2); everything else is unexpected.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+    /// True for errors that are the caller's fault.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Invalid { .. } | StoreError::NotFound(_) | StoreError::Conflict(_)
+        )
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a store talks to, with its pool, for the code that must build a
+/// database-specific apalis backend.
+#[derive(Clone, Debug)]
+pub enum DbPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Timings the pipeline's batch steps need; they come from [`crate::settings::Settings`].
+#[derive(Debug, Clone)]
+pub struct LeaseParams {
+    pub ttl: Duration,
+    /// Delay before a job whose instance is leased elsewhere is tried again.
+    pub busy_retry: Duration,
+    pub lock_wait_timeout: Duration,
+    pub max_attempts: i64,
+}
+
+/// Step 3: take the lease of `payload.instance_id` for the job `job_id`.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub job_id: String,
+    pub payload: JobPayload,
+    /// The worker process's id, stored as the lease owner and the record's worker_id.
+    pub owner: String,
+    /// Milliseconds the job has waited for this instance so far.
+    pub lock_wait_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub enum GrantOutcome {
+    /// The lease is ours: sync, then finish with `token`.
+    Granted {
+        token: i64,
+        instance: Instance,
+        attempt: i64,
+        takeover: bool,
+        lock_wait_ms: i64,
+    },
+    /// Another owner holds a live lease: the job was re-pushed with a delay and acked.
+    Busy,
+    /// The job is stale (its record is terminal or has moved on): acked, nothing to do.
+    Stale,
+    /// The session was cancelled: the record is now cancelled; acked.
+    Cancelled {
+        session_finished: Option<SessionFinished>,
+    },
+    /// The record failed without a sync (lock-wait timeout, too many lost workers): acked.
+    Failed {
+        error: String,
+        lock_timeout: bool,
+        session_finished: Option<SessionFinished>,
+    },
+}
+
+impl GrantOutcome {
+    pub(crate) fn set_session_finished(&mut self, fin: SessionFinished) {
+        if let GrantOutcome::Cancelled { session_finished }
+        | GrantOutcome::Failed {
+            session_finished, ..
+        } = self
+        {
+            *session_finished = Some(fin);
+        }
+    }
+}
+
+/// Step 4's heartbeat: extend the lease if it is still ours.
+#[derive(Debug, Clone)]
+pub struct RenewRequest {
+    pub instance_id: i64,
+    pub token: i64,
+    pub record_id: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RenewOutcome {
+    /// False when the token is no longer current: stop and write nothing.
+    pub held: bool,
+    /// The record's session was cancelled: stop and finish as cancelled.
+    pub cancel_requested: bool,
+}
+
+/// How one sync ended, as the worker reports it in step 5.
+#[derive(Debug, Clone)]
+pub enum SyncResult {
+    Completed(Vec<Account>),
+    /// `retry_after` is set when another attempt is allowed and wanted.
+    Failed {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    Cancelled,
+    /// The worker is shutting down: give the record and its job back untouched.
+    HandedBack,
+}
+
+#[derive(Debug, Clone)]
+pub struct FinishRequest {
+    pub job_id: String,
+    pub record_id: i64,
+    pub instance_id: i64,
+    pub session_id: String,
+    pub token: i64,
+    pub result: SyncResult,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOutcome {
+    Completed {
+        total: i64,
+        added: i64,
+        removed: i64,
+        changed: i64,
+    },
+    Failed,
+    Retrying {
+        next_attempt: i64,
+    },
+    Cancelled,
+    HandedBack,
+    /// The token was stale: a newer holder owns the instance; nothing was written.
+    Fenced,
+}
+
+/// Reported once, by the finish that made a session's last record terminal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionFinished {
+    pub sync_type: String,
+    pub status: String,
+    pub duration_seconds: f64,
+    pub success_rate: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct FinishOutcome {
+    pub record: RecordOutcome,
+    pub session_finished: Option<SessionFinished>,
+}
+
+/// Filters for `session_list`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub status: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn pool(&self) -> DbPool;
+    fn kind(&self) -> &'static str;
+
+    /// Applies syncpool's and apalis' migrations; safe when several processes start at once.
+    async fn migrate(&self) -> Result<()>;
+    /// True when the database answers and every migration is applied.
+    async fn ready(&self) -> Result<bool>;
+    /// Refreshes the query planner's statistics (SQLite needs them; APALIS-NOTES 2, 18).
+    async fn analyze(&self) -> Result<()>;
+
+    async fn instance_insert(&self, new: &NewInstance) -> Result<Instance>;
+    /// All or nothing: a duplicate name rejects the whole list.
+    async fn instance_insert_many(&self, new: &[NewInstance]) -> Result<u64>;
+    async fn instance_list(&self) -> Result<Vec<Instance>>;
+    async fn instance_get(&self, id: i64) -> Result<Option<Instance>>;
+    async fn instance_get_by_name(&self, name: &str) -> Result<Option<Instance>>;
+    async fn instance_delete(&self, id: i64) -> Result<bool>;
+
+    /// Enqueues a session over `instance_ids` (None: every active instance) atomically.
+    async fn session_create(
+        &self,
+        sync_type: SyncType,
+        instance_ids: Option<&[i64]>,
+    ) -> Result<SessionCreated>;
+    async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>>;
+    async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
+    /// Cancels pending records now; running ones stop at their next heartbeat.
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Session>>;
+
+    async fn lease_grant_batch(
+        &self,
+        params: &LeaseParams,
+        reqs: &[GrantRequest],
+    ) -> Result<Vec<GrantOutcome>>;
+    async fn lease_renew_batch(
+        &self,
+        params: &LeaseParams,
+        reqs: &[RenewRequest],
+    ) -> Result<Vec<RenewOutcome>>;
+    async fn record_finish_batch(
+        &self,
+        params: &LeaseParams,
+        reqs: &[FinishRequest],
+    ) -> Result<Vec<FinishOutcome>>;
+    /// Retires a job that can never run (an undecodable payload).
+    async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()>;
+    /// Puts the apalis jobs still locked by these worker names back to pending.
+    async fn jobs_handback(&self, worker_names: &[String]) -> Result<u64>;
+
+    async fn accounts_list(
+        &self,
+        instance_id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredAccount>>;
+    async fn cleanup(&self, days: i64) -> Result<CleanupCounts>;
+    async fn fleet_gauges(&self) -> Result<FleetGauges>;
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        todo!()
+    } else {
+        Err(StoreError::UnsupportedUrl(crate::redact::url(url)))
+    }
+}
+
+/// Session totals changed by one batch, applied once per session at the end of the
+/// batch's transaction in ascending session order. Applying them last keeps the hot
+/// session rows locked for the shortest time, and one order everywhere means two
+/// processes' batches cannot deadlock on them (PostgreSQL).
+#[derive(Default)]
+pub(crate) struct SessionBumps {
+    /// session row -> (successful, failed, cancelled, index of the last request touching it)
+    by_session: std::collections::BTreeMap<i64, (i64, i64, i64, usize)>,
+}
+
+impl SessionBumps {
+    pub(crate) fn add(
+        &mut self,
+        session_row: i64,
+        index: usize,
+        ok: i64,
+        failed: i64,
+        cancelled: i64,
+    ) {
+        let e = self
+            .by_session
+            .entry(session_row)
+            .or_insert((0, 0, 0, index));
+        e.0 += ok;
+        e.1 += failed;
+        e.2 += cancelled;
+        e.3 = e.3.max(index);
+    }
+    pub(crate) fn into_iter(self) -> impl Iterator<Item = (i64, (i64, i64, i64, usize))> {
+        self.by_session.into_iter()
+    }
+}
+
+/// Decides what a finished session's status is, from its final totals.
+pub fn final_status(
+    cancel_requested: bool,
+    successful: i64,
+    failed: i64,
+    cancelled: i64,
+) -> &'static str {
+    if cancel_requested || cancelled > 0 {
+        "cancelled"
+    } else if failed == 0 {
+        "completed"
+    } else if successful == 0 {
+        "failed"
+    } else {
+        "completed_with_errors"
+    }
+}
+
+/// Compares the accounts found on an instance with the stored ones (keyed by
+/// `(username, host)`): what to insert, what to update, what to mark deleted.
+pub struct AccountDiff<'a> {
+    pub added: Vec<&'a Account>,
+    pub changed: Vec<&'a Account>,
+    /// `(username, host)` of stored, not-deleted accounts no longer on the instance.
+    pub removed: Vec<(String, String)>,
+    /// Accounts previously marked deleted that came back: they count as added.
+    pub revived: Vec<&'a Account>,
+}
+
+impl<'a> AccountDiff<'a> {
+    /// `stored` holds `(username, host, attributes, privileges, deleted)`.
+    pub fn compute(
+        found: &'a [Account],
+        stored: &[(String, String, serde_json::Value, serde_json::Value, bool)],
+    ) -> Self {
+        use std::collections::HashMap;
+        let index: HashMap<(&str, &str), (&serde_json::Value, &serde_json::Value, bool)> = stored
+            .iter()
+            .map(|(u, h, a, p, d)| ((u.as_str(), h.as_str()), (a, p, *d)))
+            .collect();
+        let mut diff = AccountDiff {
+            added: vec![],
+            changed: vec![],
+            removed: vec![],
+            revived: vec![],
+        };
+        let mut seen = std::collections::HashSet::new();
+        for acc in found {
+            seen.insert((acc.username.as_str(), acc.host.as_str()));
+            match index.get(&(acc.username.as_str(), acc.host.as_str())) {
+                None => diff.added.push(acc),
+                Some((_, _, true)) => diff.revived.push(acc),
+                Some((a, p, false)) => {
+                    if *a != &acc.attributes || *p != &acc.privileges {
+                        diff.changed.push(acc)
+                    }
+                }
+            }
+        }
+        for (u, h, _, _, deleted) in stored {
+            if !deleted && !seen.contains(&(u.as_str(), h.as_str())) {
+                diff.removed.push((u.clone(), h.clone()));
+            }
+        }
+        diff
+    }
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.revived.is_empty()
+    }
+}

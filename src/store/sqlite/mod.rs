@@ -1,0 +1,702 @@
+//! [`Store`] on SQLite: the embedded default, one host, several worker processes.
+//!
+//! SQLite has one writer at a time, so every write transaction here starts with
+//! `BEGIN IMMEDIATE`: it takes the write lock up front, and a read-then-write transaction
+//! can never fail its lock upgrade with "database is locked". Timestamps are TEXT in one
+//! fixed UTC format, so string comparison is time comparison and the lease expiry is
+//! judged by SQLite's clock, never a worker's.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::*;
+use pipeline::*;
+
+mod pipeline;
+use crate::queue;
+
+/// The current time in the stored format.
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+    };
+}
+pub(crate) use now;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: Option<std::path::PathBuf>,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let path = (!url.contains(":memory:")).then(|| opts.get_filename().to_path_buf());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .after_connect(|conn, _| {
+                Box::pin(async move { crate::sqlite_busy::install(conn).await })
+            })
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, path })
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+pub(super) fn instance_from_row(row: &SqliteRow) -> Result<Instance> {
+    let options: String = row.try_get("options")?;
+    Ok(Instance {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        host: row.try_get("host")?,
+        port: row.try_get("port")?,
+        username: row.try_get("username")?,
+        database: row.try_get("database")?,
+        password_env: row.try_get("password_env")?,
+        options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
+        active: row.try_get("active")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const SESSION_COLS: &str = "id, session_id, sync_type, status, total_instances, successful_instances, \
+     failed_instances, cancelled_instances, cancel_requested, created_at, started_at, completed_at, updated_at";
+
+fn session_from_row(row: &SqliteRow) -> Result<Session> {
+    let sid: String = row.try_get("session_id")?;
+    Ok(Session {
+        id: row.try_get("id")?,
+        session_id: Uuid::parse_str(&sid).map_err(|e| StoreError::Other(e.to_string()))?,
+        sync_type: row.try_get("sync_type")?,
+        status: row.try_get("status")?,
+        total_instances: row.try_get("total_instances")?,
+        successful_instances: row.try_get("successful_instances")?,
+        failed_instances: row.try_get("failed_instances")?,
+        cancelled_instances: row.try_get("cancelled_instances")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        updated_at: row.try_get("updated_at")?,
+        duration_seconds: None,
+        success_rate: None,
+    }
+    .with_derived(Utc::now()))
+}
+
+fn record_from_row(row: &SqliteRow) -> Result<Record> {
+    Ok(Record {
+        id: row.try_get("id")?,
+        instance_id: row.try_get("instance_id")?,
+        instance_name: row.try_get("instance_name")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        worker_id: row.try_get("worker_id")?,
+        lock_wait_ms: row.try_get("lock_wait_ms")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        accounts_total: row.try_get("accounts_total")?,
+        accounts_added: row.try_get("accounts_added")?,
+        accounts_removed: row.try_get("accounts_removed")?,
+        accounts_changed: row.try_get("accounts_changed")?,
+        error: row.try_get("error")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn pool(&self) -> DbPool {
+        DbPool::Sqlite(self.pool.clone())
+    }
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        // SQLite's migrator takes no lock, so two processes starting at once could both
+        // apply a migration: serialise them with an OS file lock beside the database.
+        let _guard = match &self.path {
+            Some(path) => {
+                let lock_path = path.with_extension("migrate-lock");
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| {
+                        StoreError::Other(format!("cannot open {}: {e}", lock_path.display()))
+                    })?;
+                let file = tokio::task::spawn_blocking(move || file.lock().map(|_| file))
+                    .await
+                    .map_err(|e| StoreError::Other(e.to_string()))?
+                    .map_err(|e| {
+                        StoreError::Other(format!("cannot lock {}: {e}", lock_path.display()))
+                    })?;
+                Some(file)
+            }
+            None => None,
+        };
+        apalis_sqlite::SqliteStorage::migrations()
+            .run(&self.pool)
+            .await?;
+        let mut ours = sqlx::migrate!("./migrations/sqlite");
+        ours.dangerous_set_table_name("_syncpool_migrations");
+        ours.run(&self.pool).await?;
+        self.analyze().await
+    }
+
+    async fn ready(&self) -> Result<bool> {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_syncpool_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if applied == 0 {
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _syncpool_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as usize >= sqlx::migrate!("./migrations/sqlite").iter().count())
+    }
+
+    async fn analyze(&self) -> Result<()> {
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn instance_insert(&self, new: &NewInstance) -> Result<Instance> {
+        let mut tx = self.begin().await?;
+        let id = insert_instance(&mut tx, new).await?;
+        let row = sqlx::query("SELECT * FROM instances WHERE id = ?1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        instance_from_row(&row)
+    }
+
+    async fn instance_insert_many(&self, new: &[NewInstance]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        for n in new {
+            insert_instance(&mut tx, n).await?;
+        }
+        tx.commit().await?;
+        Ok(new.len() as u64)
+    }
+
+    async fn instance_list(&self) -> Result<Vec<Instance>> {
+        sqlx::query("SELECT * FROM instances ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(instance_from_row)
+            .collect()
+    }
+
+    async fn instance_get(&self, id: i64) -> Result<Option<Instance>> {
+        let row = sqlx::query("SELECT * FROM instances WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    async fn instance_get_by_name(&self, name: &str) -> Result<Option<Instance>> {
+        let row = sqlx::query("SELECT * FROM instances WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    async fn instance_delete(&self, id: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM instance_accounts WHERE instance_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM instances WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn session_create(
+        &self,
+        sync_type: SyncType,
+        instance_ids: Option<&[i64]>,
+    ) -> Result<SessionCreated> {
+        let mut tx = self.begin().await?;
+        let rows = match instance_ids {
+            None => {
+                sqlx::query("SELECT id, name FROM instances WHERE active = 1 ORDER BY id")
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            Some(ids) => {
+                let rows = sqlx::query(
+                    "SELECT id, name FROM instances WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+                )
+                .bind(serde_json::to_string(ids).unwrap_or_default())
+                .fetch_all(&mut *tx)
+                .await?;
+                check_all_found(ids, rows.iter().map(|r| r.get::<i64, _>(0)))?;
+                rows
+            }
+        };
+        let session_id = Uuid::new_v4();
+        let total = rows.len() as i64;
+        let session_row: i64 = sqlx::query_scalar(concat!(
+            "INSERT INTO sync_sessions (session_id, sync_type, status, total_instances, started_at, completed_at) ",
+            "VALUES (?1, ?2, CASE WHEN ?3 = 0 THEN 'completed' ELSE 'pending' END, ?3, ",
+            "CASE WHEN ?3 = 0 THEN ",
+            now!(),
+            " END, CASE WHEN ?3 = 0 THEN ",
+            now!(),
+            " END) RETURNING id"
+        ))
+        .bind(session_id.to_string())
+        .bind(sync_type.as_str())
+        .bind(total)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Three statements whatever the size: rows travel as one JSON array each.
+        let records: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!([
+                    r.get::<i64, _>(0),
+                    r.get::<String, _>(1),
+                    queue::new_job_id()
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO sync_instance_records (session_id, instance_id, instance_name, job_id) \
+             SELECT ?1, value->>0, value->>1, value->>2 FROM json_each(?2)",
+        )
+        .bind(session_row)
+        .bind(serde_json::Value::Array(records).to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
+             SELECT CAST(json_object('session_id', ?1, 'record_id', id, 'instance_id', instance_id, 'attempt', 1) AS BLOB), \
+             job_id, ?2, 'Pending', 0, ?3, unixepoch(), 0 FROM sync_instance_records WHERE session_id = ?4",
+        )
+        .bind(session_id.to_string())
+        .bind(queue::QUEUE)
+        .bind(queue::APALIS_MAX_ATTEMPTS)
+        .bind(session_row)
+        .execute(&mut *tx)
+        .await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM sync_sessions WHERE id = ?1")
+            .bind(session_row)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(SessionCreated {
+            session_id,
+            total_instances: total,
+            status,
+        })
+    }
+
+    async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>> {
+        let sql = format!("SELECT {SESSION_COLS} FROM sync_sessions WHERE session_id = ?1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(session_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let session = session_from_row(&row)?;
+        let records =
+            sqlx::query("SELECT * FROM sync_instance_records WHERE session_id = ?1 ORDER BY id")
+                .bind(session.id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<_>>()?;
+        Ok(Some(SessionDetail { session, records }))
+    }
+
+    async fn session_list(&self, f: &SessionFilter) -> Result<(Vec<Session>, i64)> {
+        let sql = format!(
+            "SELECT {SESSION_COLS} FROM sync_sessions WHERE (?1 IS NULL OR status = ?1) \
+             ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3"
+        );
+        let items = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&f.status)
+            .bind(f.limit)
+            .bind(f.offset)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<_>>()?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_sessions WHERE (?1 IS NULL OR status = ?1)",
+        )
+        .bind(&f.status)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((items, total))
+    }
+
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Session>> {
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query("SELECT id, status FROM sync_sessions WHERE session_id = ?1")
+            .bind(session_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (session_row, status): (i64, String) = (row.get(0), row.get(1));
+        if !FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
+            sqlx::query("UPDATE sync_sessions SET cancel_requested = 1 WHERE id = ?1")
+                .bind(session_row)
+                .execute(&mut *tx)
+                .await?;
+            let jobs: Vec<String> = sqlx::query_scalar(concat!(
+                "UPDATE sync_instance_records SET status = 'cancelled', completed_at = ",
+                now!(),
+                ", updated_at = ",
+                now!(),
+                " WHERE session_id = ?1 AND status = 'pending' RETURNING job_id"
+            ))
+            .bind(session_row)
+            .fetch_all(&mut *tx)
+            .await?;
+            // Their queued jobs would only find a terminal record: retire them now so the
+            // queue depth tells the truth.
+            sqlx::query(
+                "UPDATE Jobs SET status = 'Done', done_at = unixepoch(), last_result = '{\"Ok\":null}' \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN ('Pending', 'Failed')",
+            )
+            .bind(serde_json::to_string(&jobs).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(fin) = session_bump(&mut tx, session_row, 0, 0, jobs.len() as i64).await? {
+                crate::metrics::session_finished(&fin);
+            }
+        }
+        tx.commit().await?;
+        Ok(self.session_get(session_id).await?.map(|d| d.session))
+    }
+
+    async fn lease_grant_batch(
+        &self,
+        p: &LeaseParams,
+        reqs: &[GrantRequest],
+    ) -> Result<Vec<GrantOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut bumps = SessionBumps::default();
+        for (i, req) in reqs.iter().enumerate() {
+            let (outcome, bump) = grant_one(&mut tx, p, req).await?;
+            if let Some((session, s, f, c)) = bump {
+                bumps.add(session, i, s, f, c);
+            }
+            out.push(outcome);
+        }
+        for (session, (s, f, c, last)) in bumps.into_iter() {
+            if let Some(fin) = session_bump(&mut tx, session, s, f, c).await? {
+                out[last].set_session_finished(fin);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn lease_renew_batch(
+        &self,
+        p: &LeaseParams,
+        reqs: &[RenewRequest],
+    ) -> Result<Vec<RenewOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            // Renewal only needs the token to be current: if the lease lapsed but nobody
+            // took it over, nobody else can have started, so extending it is still safe.
+            let held = sqlx::query(
+                "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') \
+                 WHERE instance_id = ?1 AND token = ?2",
+            )
+            .bind(r.instance_id)
+            .bind(r.token)
+            .bind(p.ttl.as_secs_f64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            let cancel_requested: bool = sqlx::query_scalar(
+                "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = ?1",
+            )
+            .bind(r.record_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(false);
+            out.push(RenewOutcome {
+                held,
+                cancel_requested,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn record_finish_batch(
+        &self,
+        _p: &LeaseParams,
+        reqs: &[FinishRequest],
+    ) -> Result<Vec<FinishOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut bumps = SessionBumps::default();
+        for (i, req) in reqs.iter().enumerate() {
+            let (outcome, bump) = finish_one(&mut tx, req).await?;
+            if let Some((session, s, f, c)) = bump {
+                bumps.add(session, i, s, f, c);
+            }
+            out.push(outcome);
+        }
+        for (session, (s, f, c, last)) in bumps.into_iter() {
+            out[last].session_finished = session_bump(&mut tx, session, s, f, c).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE Jobs SET status = 'Killed', done_at = unixepoch(), last_result = ?2 WHERE id = ?1")
+            .bind(job_id)
+            .bind(serde_json::json!({ "Err": reason }).to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn jobs_handback(&self, worker_names: &[String]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
+             WHERE lock_by IN (SELECT value FROM json_each(?1)) AND status IN ('Queued', 'Running')",
+        )
+        .bind(serde_json::to_string(worker_names).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn accounts_list(
+        &self,
+        instance_id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredAccount>> {
+        sqlx::query(
+            "SELECT username, host, attributes, privileges, first_seen_at, last_seen_at, deleted_at \
+             FROM instance_accounts WHERE instance_id = ?1 AND (?2 OR deleted_at IS NULL) ORDER BY username, host",
+        )
+        .bind(instance_id)
+        .bind(include_deleted)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let a: String = r.try_get(2)?;
+            let p: String = r.try_get(3)?;
+            Ok(StoredAccount {
+                username: r.try_get(0)?,
+                host: r.try_get(1)?,
+                attributes: serde_json::from_str(&a).unwrap_or_default(),
+                privileges: serde_json::from_str(&p).unwrap_or_default(),
+                first_seen_at: r.try_get(4)?,
+                last_seen_at: r.try_get(5)?,
+                deleted_at: r.try_get(6)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn cleanup(&self, days: i64) -> Result<CleanupCounts> {
+        let cutoff = (Utc::now() - chrono::Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        let cutoff_epoch = (Utc::now() - chrono::Duration::days(days)).timestamp();
+        let mut counts = CleanupCounts::default();
+        // Small batches, one short transaction each, so cleanup never holds the write
+        // lock long enough to stall workers.
+        loop {
+            let mut tx = self.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM sync_sessions WHERE status IN ('completed', 'completed_with_errors', 'failed', 'cancelled') \
+                 AND completed_at < ?1 ORDER BY id LIMIT 100",
+            )
+            .bind(&cutoff)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let ids_json = serde_json::to_string(&ids).unwrap_or_default();
+            counts.records_deleted += sqlx::query(
+                "DELETE FROM sync_instance_records WHERE session_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            counts.sessions_deleted += sqlx::query(
+                "DELETE FROM sync_sessions WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+        }
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(
+                "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs WHERE job_type = ?1 \
+                 AND status IN ('Done', 'Killed') AND done_at < ?2 LIMIT 1000)",
+            )
+            .bind(queue::QUEUE)
+            .bind(cutoff_epoch)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            counts.jobs_deleted += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(concat!(
+                "DELETE FROM sync_locks WHERE id IN (SELECT id FROM sync_locks WHERE expires_at <= ",
+                now!(),
+                " LIMIT 1000)"
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            counts.locks_deleted += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn fleet_gauges(&self) -> Result<FleetGauges> {
+        let jobs = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE status = 'Pending'), COUNT(*) FILTER (WHERE status IN ('Queued', 'Running')), \
+             COUNT(*) FILTER (WHERE status IN ('Failed', 'Killed')) FROM Jobs WHERE job_type = ?1",
+        )
+        .bind(queue::QUEUE)
+        .fetch_one(&self.pool)
+        .await?;
+        let locks: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM sync_locks WHERE expires_at > ",
+            now!()
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let sessions: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sync_sessions WHERE status = 'running'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(FleetGauges {
+            jobs_pending: jobs.try_get(0)?,
+            jobs_running: jobs.try_get(1)?,
+            jobs_failed: jobs.try_get(2)?,
+            locks_held: locks,
+            sessions_running: sessions,
+        })
+    }
+}
+
+async fn insert_instance(tx: &mut SqliteConnection, n: &NewInstance) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO instances (name, kind, host, port, username, database, password_env, options, active) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+    )
+    .bind(&n.name)
+    .bind(&n.kind)
+    .bind(&n.host)
+    .bind(n.port)
+    .bind(&n.username)
+    .bind(&n.database)
+    .bind(&n.password_env)
+    .bind(n.options.to_string())
+    .bind(n.active)
+    .fetch_one(tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!("an instance named '{}' already exists", n.name))
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// Rejects a list of instance ids of which some do not exist, naming them.
+pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
+    let found: std::collections::HashSet<i64> = found.collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!(
+            "unknown instance id(s): {}",
+            missing.join(", ")
+        )))
+    }
+}

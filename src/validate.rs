@@ -1,0 +1,135 @@
+//! Input checks shared by the CLI and the HTTP API, so both reject the same things with
+//! the same field names before anything is written.
+
+use std::collections::BTreeMap;
+
+use crate::model::NewInstance;
+use crate::store::StoreError;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+pub const MAX_DAYS: i64 = 36_500;
+pub const MAX_LIMIT: i64 = 1_000;
+
+pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
+    n.name = n.name.trim().to_string();
+    if n.name.is_empty() || n.name.chars().count() > 200 || n.name.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            "name",
+            "name must be 1 to 200 printable characters",
+        ));
+    }
+    if !syncpool_workers::KINDS.contains(&n.kind.as_str()) {
+        return Err(StoreError::invalid(
+            "kind",
+            format!(
+                "unknown kind '{}' (expected one of: {})",
+                n.kind,
+                syncpool_workers::KINDS.join(", ")
+            ),
+        ));
+    }
+    if let Some(p) = n.port {
+        if !(1..=65535).contains(&p) {
+            return Err(StoreError::invalid(
+                "port",
+                format!("port must be between 1 and 65535, got {p}"),
+            ));
+        }
+    }
+    if let Some(v) = &n.password_env {
+        let ok = !v.is_empty()
+            && v.len() <= 128
+            && v.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(StoreError::invalid(
+                "password_env",
+                "password_env must name an environment variable (letters, digits, underscores), not hold a password",
+            ));
+        }
+    }
+    let serde_json::Value::Object(options) = &n.options else {
+        return Err(StoreError::invalid(
+            "options",
+            "options must be a JSON object",
+        ));
+    };
+    let options: BTreeMap<String, serde_json::Value> = options.clone().into_iter().collect();
+    syncpool_workers::validate_options(&n.kind, &options)
+        .map_err(|m| StoreError::invalid("options", m))?;
+    if matches!(n.kind.as_str(), "postgres" | "mysql")
+        && n.host.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(StoreError::invalid(
+            "host",
+            format!("a {} instance needs a host", n.kind),
+        ));
+    }
+    Ok(n)
+}
+
+pub fn days(d: i64) -> Result<i64> {
+    if !(0..=MAX_DAYS).contains(&d) {
+        return Err(StoreError::invalid(
+            "days",
+            format!("days must be between 0 and {MAX_DAYS}, got {d}"),
+        ));
+    }
+    Ok(d)
+}
+
+pub fn limit(l: i64) -> Result<i64> {
+    if !(1..=MAX_LIMIT).contains(&l) {
+        return Err(StoreError::invalid(
+            "limit",
+            format!("limit must be between 1 and {MAX_LIMIT}, got {l}"),
+        ));
+    }
+    Ok(l)
+}
+
+pub fn offset(o: i64) -> Result<i64> {
+    if o < 0 {
+        return Err(StoreError::invalid(
+            "offset",
+            format!("offset must not be negative, got {o}"),
+        ));
+    }
+    Ok(o)
+}
+
+pub fn session_status(s: &str) -> Result<String> {
+    if !crate::model::SESSION_STATUSES.contains(&s) {
+        return Err(StoreError::invalid(
+            "status",
+            format!(
+                "unknown status '{s}' (expected one of: {})",
+                crate::model::SESSION_STATUSES.join(", ")
+            ),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Parses `KEY=VALUE` options from the CLI; values that parse as JSON numbers or booleans
+/// are kept as such.
+pub fn option_pairs(pairs: &[String]) -> Result<serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(StoreError::invalid(
+                "options",
+                format!("option '{p}' must look like KEY=VALUE"),
+            ));
+        };
+        let value = serde_json::from_str::<serde_json::Value>(v)
+            .ok()
+            .filter(|j| j.is_number() || j.is_boolean())
+            .unwrap_or_else(|| serde_json::Value::String(v.to_string()));
+        map.insert(k.trim().to_string(), value);
+    }
+    Ok(serde_json::Value::Object(map))
+}

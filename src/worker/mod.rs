@@ -1,0 +1,167 @@
+//! A worker process: apalis claims jobs from the database queue and hands each to the
+//! [`pipeline::Pipeline`], whose database writes go through one [`writer::Writer`].
+//!
+//! apalis is configured against the pitfalls in APALIS-NOTES.md: it polls (sub-second
+//! pickup), its orphan timeout is explicit, handlers run in parallel, payloads are decoded
+//! by us, apalis writes nothing per job (we ack inside our own finishing transaction), and
+//! a worker stopped by a backend error is restarted under a new name.
+
+pub mod pipeline;
+pub mod writer;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use futures::StreamExt;
+
+use crate::queue::{QUEUE, RawBytes};
+use crate::settings::Settings;
+use crate::store::{DbPool, Store};
+use pipeline::{Pipeline, handle_job};
+use writer::Writer;
+
+/// A process-unique worker id: host, pid and a random suffix, so that two processes
+/// (or a restarted one) never share an owner name.
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "host".to_string()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// Runs `concurrency` parallel syncs until `shutdown` resolves, then stops claiming, lets
+/// running syncs finish within the grace period, hands the rest back and returns.
+pub async fn run(
+    store: Arc<dyn Store>,
+    settings: Settings,
+    concurrency: usize,
+    worker_id: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let concurrency = concurrency.max(1);
+    let (writer, writer_task) = Writer::spawn(store.clone(), settings.lease_params());
+    let pipeline = Arc::new(Pipeline::new(
+        store.clone(),
+        writer,
+        settings.clone(),
+        worker_id.clone(),
+    ));
+    let names: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let signal = {
+        let pipeline = pipeline.clone();
+        let grace = settings.shutdown_grace;
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new syncs; running ones have {grace:?} to finish");
+            pipeline.begin_shutdown();
+            let p = pipeline.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                p.grace_over.cancel();
+            });
+            Ok(())
+        }
+    };
+    // A backend error ends an apalis worker; restart it (under a new name, which SQLite
+    // requires and PostgreSQL needs to recover the old name's jobs) unless we are stopping.
+    let restart = {
+        let pipeline = pipeline.clone();
+        move |ctx: &WorkerContext, err: &WorkerError| {
+            tracing::warn!(worker = ctx.name(), error = %err, "queue worker stopped; restarting");
+            !pipeline.grace_over.is_cancelled()
+        }
+    };
+    // apalis fetches at most as many jobs as it can start at once: fetched jobs that wait
+    // in a buffer send no heartbeat and get re-delivered to others (pitfall 13).
+    let batch = concurrency.min(32);
+    let monitor = Monitor::new().should_restart(restart);
+    let monitor = match store.pool() {
+        DbPool::Sqlite(pool) => {
+            let config = apalis_sqlite::Config::default()
+                .queue(QUEUE)
+                .batch_size(batch)
+                .heartbeat_interval(settings.queue_heartbeat)
+                .missed_heartbeats(settings.missed_heartbeats)
+                .lock_tasks(false)
+                .persist_results(false);
+            let (pipeline, names, worker_id) = (pipeline.clone(), names.clone(), worker_id.clone());
+            let poll = settings.poll_interval;
+            monitor.register(move |restarts| {
+                let name = format!("{worker_id}-w{restarts}");
+                names.lock().expect("names lock").push(name.clone());
+                let backend = SqliteStorage::<Vec<u8>>::new(&pool)
+                    .with_config(config.clone())
+                    .with_codec(RawBytes)
+                    .poll_with_interval(poll);
+                WorkerBuilder::new(name)
+                    .backend(backend)
+                    .data(pipeline.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(handle_job)
+            })
+        }
+        DbPool::Postgres(pool) => {
+            let config = apalis_postgres::Config::default()
+                .queue(QUEUE)
+                .batch_size(batch)
+                .heartbeat_interval(settings.queue_heartbeat)
+                .missed_heartbeats(settings.missed_heartbeats)
+                .lock_tasks(false)
+                .persist_results(false);
+            let (pipeline, names, worker_id) = (pipeline.clone(), names.clone(), worker_id.clone());
+            let poll = settings.poll_interval;
+            monitor.register(move |restarts| {
+                let name = format!("{worker_id}-w{restarts}");
+                names.lock().expect("names lock").push(name.clone());
+                // NOTIFY wakes the worker at once for new jobs; the interval catches jobs
+                // scheduled for later (NOTIFY does not fire for a future run_at).
+                let strategy = Strategy::new()
+                    .stream(
+                        apalis_postgres::Pubsub::new(pool.clone(), QUEUE.to_string()).map(|_| ()),
+                    )
+                    .interval(poll);
+                let backend = PostgresStorage::<Vec<u8>>::new(&pool)
+                    .with_config(config.clone())
+                    .with_codec(RawBytes)
+                    .poll_with_strategy(strategy);
+                WorkerBuilder::new(name)
+                    .backend(backend)
+                    .data(pipeline.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(handle_job)
+            })
+        }
+    };
+    let result = monitor.run_with_signal(signal).await;
+    // Handlers are spawned tasks: they outlive the monitor. Wait for them (the grace
+    // timer makes running syncs hand back), then return whatever apalis still holds.
+    pipeline.drained().await;
+    let names = names.lock().expect("names lock").clone();
+    let handed = store
+        .jobs_handback(&names)
+        .await
+        .context("handing back unfinished jobs")?;
+    if handed > 0 {
+        tracing::info!(jobs = handed, "handed unfinished jobs back to the queue");
+    }
+    drop(pipeline);
+    let _ = writer_task.await;
+    result.context("queue monitor")?;
+    Ok(())
+}
