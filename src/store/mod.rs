@@ -9,7 +9,7 @@
 //! steps 3 and 5 of DESIGN.md §3; they take many requests so that one process can commit
 //! the work of all its concurrent syncs in one short transaction (group commit).
 
-// pub mod postgres;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -275,7 +275,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        todo!()
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(crate::redact::url(url)))
     }

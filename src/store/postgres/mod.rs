@@ -1,0 +1,661 @@
+//! [`Store`] on PostgreSQL: many worker hosts share one queue.
+//!
+//! Times come from `clock_timestamp()`, not `now()`: `now()` is the transaction's start,
+//! and a transaction that waited for a row lock would stamp a lease or a record with a
+//! time in the past (APALIS-NOTES 17). Every pipeline transaction touches rows in one
+//! order (records, then leases, then session totals in ascending session order, applied
+//! last) so that two processes' batches do not deadlock.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::*;
+use pipeline::*;
+
+mod pipeline;
+use crate::queue;
+
+/// The current time in the stored format.
+macro_rules! now {
+    () => {
+        "clock_timestamp()"
+    };
+}
+pub(crate) use now;
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)?.application_name("syncpool");
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+pub(super) fn instance_from_row(row: &PgRow) -> Result<Instance> {
+    Ok(Instance {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        host: row.try_get("host")?,
+        port: row.try_get("port")?,
+        username: row.try_get("username")?,
+        database: row.try_get("database")?,
+        password_env: row.try_get("password_env")?,
+        options: row.try_get("options")?,
+        active: row.try_get("active")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const SESSION_COLS: &str = "id, session_id, sync_type, status, total_instances, successful_instances, \
+     failed_instances, cancelled_instances, cancel_requested, created_at, started_at, completed_at, updated_at";
+
+fn session_from_row(row: &PgRow) -> Result<Session> {
+    Ok(Session {
+        id: row.try_get("id")?,
+        session_id: row.try_get("session_id")?,
+        sync_type: row.try_get("sync_type")?,
+        status: row.try_get("status")?,
+        total_instances: row.try_get("total_instances")?,
+        successful_instances: row.try_get("successful_instances")?,
+        failed_instances: row.try_get("failed_instances")?,
+        cancelled_instances: row.try_get("cancelled_instances")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        updated_at: row.try_get("updated_at")?,
+        duration_seconds: None,
+        success_rate: None,
+    }
+    .with_derived(Utc::now()))
+}
+
+fn record_from_row(row: &PgRow) -> Result<Record> {
+    Ok(Record {
+        id: row.try_get("id")?,
+        instance_id: row.try_get("instance_id")?,
+        instance_name: row.try_get("instance_name")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        worker_id: row.try_get("worker_id")?,
+        lock_wait_ms: row.try_get("lock_wait_ms")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        accounts_total: row.try_get("accounts_total")?,
+        accounts_added: row.try_get("accounts_added")?,
+        accounts_removed: row.try_get("accounts_removed")?,
+        accounts_changed: row.try_get("accounts_changed")?,
+        error: row.try_get("error")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn pool(&self) -> DbPool {
+        DbPool::Postgres(self.pool.clone())
+    }
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        // sqlx's migrator locks, but creates its bookkeeping table before it does; two
+        // processes migrating a fresh database at once could race there. One advisory
+        // lock of our own around both migrators serialises them.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock(7347651100)")
+            .execute(&mut *conn)
+            .await?;
+        let result = async {
+            apalis_postgres::PostgresStorage::migrations()
+                .run(&self.pool)
+                .await?;
+            let mut ours = sqlx::migrate!("./migrations/postgres");
+            ours.dangerous_set_table_name("_syncpool_migrations");
+            ours.run(&self.pool).await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock(7347651100)")
+            .execute(&mut *conn)
+            .await?;
+        result
+    }
+
+    async fn ready(&self) -> Result<bool> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_syncpool_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        if !exists {
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _syncpool_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as usize >= sqlx::migrate!("./migrations/postgres").iter().count())
+    }
+
+    async fn analyze(&self) -> Result<()> {
+        sqlx::query("ANALYZE sync_sessions, sync_instance_records, sync_locks, instance_accounts, apalis.jobs").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn instance_insert(&self, new: &NewInstance) -> Result<Instance> {
+        let mut tx = self.begin().await?;
+        let id = insert_instance(&mut tx, new).await?;
+        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        instance_from_row(&row)
+    }
+
+    async fn instance_insert_many(&self, new: &[NewInstance]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        for n in new {
+            insert_instance(&mut tx, n).await?;
+        }
+        tx.commit().await?;
+        Ok(new.len() as u64)
+    }
+
+    async fn instance_list(&self) -> Result<Vec<Instance>> {
+        sqlx::query("SELECT * FROM instances ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(instance_from_row)
+            .collect()
+    }
+
+    async fn instance_get(&self, id: i64) -> Result<Option<Instance>> {
+        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    async fn instance_get_by_name(&self, name: &str) -> Result<Option<Instance>> {
+        let row = sqlx::query("SELECT * FROM instances WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    async fn instance_delete(&self, id: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM instance_accounts WHERE instance_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn session_create(
+        &self,
+        sync_type: SyncType,
+        instance_ids: Option<&[i64]>,
+    ) -> Result<SessionCreated> {
+        let mut tx = self.begin().await?;
+        let rows = match instance_ids {
+            None => {
+                sqlx::query("SELECT id, name FROM instances WHERE active ORDER BY id")
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            Some(ids) => {
+                let rows =
+                    sqlx::query("SELECT id, name FROM instances WHERE id = ANY($1) ORDER BY id")
+                        .bind(ids)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                check_all_found(ids, rows.iter().map(|r| r.get::<i64, _>(0)))?;
+                rows
+            }
+        };
+        let session_id = Uuid::new_v4();
+        let total = rows.len() as i64;
+        let session_row: i64 = sqlx::query_scalar(concat!(
+            "INSERT INTO sync_sessions (session_id, sync_type, status, total_instances, started_at, completed_at) ",
+            "VALUES ($1, $2, CASE WHEN $3 = 0 THEN 'completed' ELSE 'pending' END, $3, ",
+            "CASE WHEN $3 = 0 THEN ",
+            now!(),
+            " END, CASE WHEN $3 = 0 THEN ",
+            now!(),
+            " END) RETURNING id"
+        ))
+        .bind(session_id)
+        .bind(sync_type.as_str())
+        .bind(total)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Three statements whatever the size: rows travel as arrays.
+        let (ids, names): (Vec<i64>, Vec<String>) = rows
+            .iter()
+            .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
+            .unzip();
+        let job_ids: Vec<String> = ids.iter().map(|_| queue::new_job_id()).collect();
+        sqlx::query(
+            "INSERT INTO sync_instance_records (session_id, instance_id, instance_name, job_id) \
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[])",
+        )
+        .bind(session_row)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&job_ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
+             SELECT convert_to(json_build_object('session_id', $1::text, 'record_id', id, 'instance_id', instance_id, 'attempt', 1)::text, 'UTF8'), \
+             job_id, $2, 'Pending', 0, $3, now(), 0 FROM sync_instance_records WHERE session_id = $4",
+        )
+        .bind(session_id)
+        .bind(queue::QUEUE)
+        .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+        .bind(session_row)
+        .execute(&mut *tx)
+        .await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM sync_sessions WHERE id = $1")
+            .bind(session_row)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(SessionCreated {
+            session_id,
+            total_instances: total,
+            status,
+        })
+    }
+
+    async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>> {
+        let sql = format!("SELECT {SESSION_COLS} FROM sync_sessions WHERE session_id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let session = session_from_row(&row)?;
+        let records =
+            sqlx::query("SELECT * FROM sync_instance_records WHERE session_id = $1 ORDER BY id")
+                .bind(session.id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<_>>()?;
+        Ok(Some(SessionDetail { session, records }))
+    }
+
+    async fn session_list(&self, f: &SessionFilter) -> Result<(Vec<Session>, i64)> {
+        let sql = format!(
+            "SELECT {SESSION_COLS} FROM sync_sessions WHERE ($1::text IS NULL OR status = $1) \
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        );
+        let items = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&f.status)
+            .bind(f.limit)
+            .bind(f.offset)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<_>>()?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_sessions WHERE ($1::text IS NULL OR status = $1)",
+        )
+        .bind(&f.status)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((items, total))
+    }
+
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Session>> {
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query("SELECT id, status FROM sync_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (session_row, status): (i64, String) = (row.get(0), row.get(1));
+        if !FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
+            sqlx::query("UPDATE sync_sessions SET cancel_requested = TRUE WHERE id = $1")
+                .bind(session_row)
+                .execute(&mut *tx)
+                .await?;
+            let jobs: Vec<String> = sqlx::query_scalar(concat!(
+                "UPDATE sync_instance_records SET status = 'cancelled', completed_at = ",
+                now!(),
+                ", updated_at = ",
+                now!(),
+                " WHERE session_id = $1 AND status = 'pending' RETURNING job_id"
+            ))
+            .bind(session_row)
+            .fetch_all(&mut *tx)
+            .await?;
+            // Their queued jobs would only find a terminal record: retire them now so the
+            // queue depth tells the truth.
+            sqlx::query(
+                "UPDATE apalis.jobs SET status = 'Done', done_at = now(), last_result = '{\"Ok\":null}' \
+                 WHERE id = ANY($1) AND status IN ('Pending', 'Failed')",
+            )
+            .bind(&jobs)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(fin) = session_bump(&mut tx, session_row, 0, 0, jobs.len() as i64).await? {
+                crate::metrics::session_finished(&fin);
+            }
+        }
+        tx.commit().await?;
+        Ok(self.session_get(session_id).await?.map(|d| d.session))
+    }
+
+    async fn lease_grant_batch(
+        &self,
+        p: &LeaseParams,
+        reqs: &[GrantRequest],
+    ) -> Result<Vec<GrantOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut bumps = SessionBumps::default();
+        for (i, req) in reqs.iter().enumerate() {
+            let (outcome, bump) = grant_one(&mut tx, p, req).await?;
+            if let Some((session, s, f, c)) = bump {
+                bumps.add(session, i, s, f, c);
+            }
+            out.push(outcome);
+        }
+        for (session, (s, f, c, last)) in bumps.into_iter() {
+            if let Some(fin) = session_bump(&mut tx, session, s, f, c).await? {
+                out[last].set_session_finished(fin);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn lease_renew_batch(
+        &self,
+        p: &LeaseParams,
+        reqs: &[RenewRequest],
+    ) -> Result<Vec<RenewOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            // Renewal only needs the token to be current: if the lease lapsed but nobody
+            // took it over, nobody else can have started, so extending it is still safe.
+            let held = sqlx::query(
+                "UPDATE sync_locks SET expires_at = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE instance_id = $1 AND token = $2",
+            )
+            .bind(r.instance_id)
+            .bind(r.token)
+            .bind(p.ttl.as_secs_f64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            let cancel_requested: bool = sqlx::query_scalar(
+                "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = $1",
+            )
+            .bind(r.record_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(false);
+            out.push(RenewOutcome {
+                held,
+                cancel_requested,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn record_finish_batch(
+        &self,
+        _p: &LeaseParams,
+        reqs: &[FinishRequest],
+    ) -> Result<Vec<FinishOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut bumps = SessionBumps::default();
+        for (i, req) in reqs.iter().enumerate() {
+            let (outcome, bump) = finish_one(&mut tx, req).await?;
+            if let Some((session, s, f, c)) = bump {
+                bumps.add(session, i, s, f, c);
+            }
+            out.push(outcome);
+        }
+        for (session, (s, f, c, last)) in bumps.into_iter() {
+            out[last].session_finished = session_bump(&mut tx, session, s, f, c).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE apalis.jobs SET status = 'Killed', done_at = now(), last_result = $2::jsonb WHERE id = $1")
+            .bind(job_id)
+            .bind(serde_json::json!({ "Err": reason }).to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn jobs_handback(&self, worker_names: &[String]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
+             WHERE lock_by = ANY($1) AND status IN ('Queued', 'Running')",
+        )
+        .bind(worker_names)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn accounts_list(
+        &self,
+        instance_id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredAccount>> {
+        sqlx::query(
+            "SELECT username, host, attributes, privileges, first_seen_at, last_seen_at, deleted_at \
+             FROM instance_accounts WHERE instance_id = $1 AND ($2 OR deleted_at IS NULL) ORDER BY username, host",
+        )
+        .bind(instance_id)
+        .bind(include_deleted)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredAccount {
+                username: r.try_get(0)?,
+                host: r.try_get(1)?,
+                attributes: r.try_get(2)?,
+                privileges: r.try_get(3)?,
+                first_seen_at: r.try_get(4)?,
+                last_seen_at: r.try_get(5)?,
+                deleted_at: r.try_get(6)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn cleanup(&self, days: i64) -> Result<CleanupCounts> {
+        let cutoff = Utc::now() - chrono::Duration::days(days);
+        let mut counts = CleanupCounts::default();
+        // Small batches, one short transaction each, so cleanup never holds the write
+        // lock long enough to stall workers.
+        loop {
+            let mut tx = self.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM sync_sessions WHERE status IN ('completed', 'completed_with_errors', 'failed', 'cancelled') \
+                 AND completed_at < $1 ORDER BY id LIMIT 100",
+            )
+            .bind(&cutoff)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                break;
+            }
+            counts.records_deleted +=
+                sqlx::query("DELETE FROM sync_instance_records WHERE session_id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            counts.sessions_deleted += sqlx::query("DELETE FROM sync_sessions WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+        }
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(
+                "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE job_type = $1 \
+                 AND status IN ('Done', 'Killed') AND done_at < $2 LIMIT 1000)",
+            )
+            .bind(queue::QUEUE)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            counts.jobs_deleted += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(concat!(
+                "DELETE FROM sync_locks WHERE id IN (SELECT id FROM sync_locks WHERE expires_at <= ",
+                now!(),
+                " LIMIT 1000)"
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            counts.locks_deleted += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn fleet_gauges(&self) -> Result<FleetGauges> {
+        let jobs = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE status = 'Pending'), COUNT(*) FILTER (WHERE status IN ('Queued', 'Running')), \
+             COUNT(*) FILTER (WHERE status IN ('Failed', 'Killed')) FROM apalis.jobs WHERE job_type = $1",
+        )
+        .bind(queue::QUEUE)
+        .fetch_one(&self.pool)
+        .await?;
+        let locks: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM sync_locks WHERE expires_at > ",
+            now!()
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let sessions: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sync_sessions WHERE status = 'running'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(FleetGauges {
+            jobs_pending: jobs.try_get(0)?,
+            jobs_running: jobs.try_get(1)?,
+            jobs_failed: jobs.try_get(2)?,
+            locks_held: locks,
+            sessions_running: sessions,
+        })
+    }
+}
+
+async fn insert_instance(tx: &mut PgConnection, n: &NewInstance) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO instances (name, kind, host, port, username, database, password_env, options, active) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(&n.name)
+    .bind(&n.kind)
+    .bind(&n.host)
+    .bind(n.port)
+    .bind(&n.username)
+    .bind(&n.database)
+    .bind(&n.password_env)
+    .bind(&n.options)
+    .bind(n.active)
+    .fetch_one(tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!("an instance named '{}' already exists", n.name))
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// Rejects a list of instance ids of which some do not exist, naming them.
+pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
+    let found: std::collections::HashSet<i64> = found.collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!(
+            "unknown instance id(s): {}",
+            missing.join(", ")
+        )))
+    }
+}
