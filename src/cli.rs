@@ -141,7 +141,7 @@ pub enum Command {
     Sessions {
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         limit: i64,
         #[arg(long)]
         json: bool,
@@ -156,7 +156,7 @@ pub enum Command {
     Cancel { id: String },
     /// Delete finished sessions older than N days, their records and jobs, and expired locks
     Cleanup {
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 7, allow_negative_numbers = true)]
         days: i64,
         #[arg(long)]
         json: bool,

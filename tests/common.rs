@@ -1,0 +1,150 @@
+//! Test fixtures: a fresh database per test (a temp SQLite file, or a new PostgreSQL
+//! database that is dropped afterwards), and helpers to run the built binary.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use syncpool::model::NewInstance;
+use syncpool::store::{self, Store};
+
+/// Where the PostgreSQL tests connect. A missing server fails them: they never skip.
+pub fn pg_admin_url() -> String {
+    std::env::var("SYNCPOOL_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("syncpool.db").display());
+                TestDb { url, dir, pg_name: None }
+            }
+            Backend::Postgres => {
+                let name = format!("syncpool_t_{}", uuid::Uuid::new_v4().simple());
+                let admin = pg_admin_url();
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+                TestDb { url: format!("{base}/{name}"), dir, pg_name: Some(name) }
+            }
+        }
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let s = store::connect(&self.url).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        s
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Leave no test database behind. Drop is sync, so a small runtime of its own.
+        if let Some(name) = self.pg_name.take() {
+            let admin = pg_admin_url();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                            .execute(&mut c)
+                            .await;
+                    }
+                })
+            })
+            .join();
+        }
+    }
+}
+
+pub fn simulated(name: &str, options: serde_json::Value) -> NewInstance {
+    NewInstance {
+        name: name.into(),
+        kind: "simulated".into(),
+        host: None,
+        port: None,
+        username: None,
+        database: None,
+        password_env: None,
+        options,
+        active: true,
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_syncpool"))
+}
+
+/// Runs the CLI to completion: (exit code, stdout, stderr).
+pub fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("SYNCPOOL_DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run syncpool");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `syncpool worker` with test-friendly timings; its stderr goes to a file.
+pub fn worker(db: &TestDb, tag: &str, extra: &[&str]) -> (Child, PathBuf) {
+    let log = db.dir.path().join(format!("worker-{tag}.log"));
+    let child = Command::new(bin())
+        .args(["worker", "--poll-interval", "100ms"])
+        .args(extra)
+        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn,syncpool=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn worker");
+    (child, log)
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("kill");
+    assert!(ok.success(), "kill -{sig} failed");
+}
+
+/// Fetches a worker's /metrics with a bare HTTP/1.0 request.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,5 @@
+//! One integration-test binary (links once): real SQLite files, the real PostgreSQL.
+mod cli;
+mod common;
+mod conformance;
+mod processes;
