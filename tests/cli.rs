@@ -6,15 +6,31 @@ use crate::common::*;
 async fn snapshot(db: &TestDb) -> Vec<i64> {
     let store = db.store().await;
     let g = store.fleet_gauges().await.unwrap();
-    let (_, sessions) = store.session_list(&syncpool::store::SessionFilter { status: None, limit: 1000, offset: 0 }).await.unwrap();
-    vec![store.instance_list().await.unwrap().len() as i64, sessions, g.jobs_pending, g.jobs_running, g.locks_held]
+    let (_, sessions) = store
+        .session_list(&syncpool::store::SessionFilter {
+            status: None,
+            limit: 1000,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    vec![
+        store.instance_list().await.unwrap().len() as i64,
+        sessions,
+        g.jobs_pending,
+        g.jobs_running,
+        g.locks_held,
+    ]
 }
 
 fn assert_rejected((code, stdout, stderr): (i32, String, String), needle: &str) {
     assert_eq!(code, 2, "exit code; stdout={stdout} stderr={stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() <= 3, "a short message, not a trace: {stderr}");
-    assert!(stderr.contains(needle), "stderr should mention {needle:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr should mention {needle:?}: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -22,39 +38,155 @@ fn assert_rejected((code, stdout, stderr): (i32, String, String), needle: &str) 
 async fn bad_cli_input_exits_2_with_a_clear_message_and_changes_nothing() {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = db.url.clone();
-    let (code, _, err) = cli(&url, &["instances", "add", "--name", "ok", "--kind", "simulated"]);
+    let (code, _, err) = cli(
+        &url,
+        &["instances", "add", "--name", "ok", "--kind", "simulated"],
+    );
     assert_eq!(code, 0, "{err}");
     let before = snapshot(&db).await;
 
-    assert_rejected(cli(&url, &["instances", "add", "--name", "x", "--kind", "oracle"]), "unknown kind 'oracle'");
-    assert_rejected(cli(&url, &["instances", "add", "--name", "ok", "--kind", "simulated"]), "already exists");
-    assert_rejected(cli(&url, &["instances", "add", "--name", "p", "--kind", "postgres", "--host", "h", "--port", "70000"]), "port");
-    assert_rejected(cli(&url, &["instances", "add", "--name", "q", "--kind", "simulated", "--option", "fail_rate=2"]), "fail_rate");
-    assert_rejected(cli(&url, &["instances", "add", "--name", "r", "--kind", "postgres", "--host", "h", "--password-env", "hunter2!"]), "password_env");
-    assert_rejected(cli(&url, &["sync", "ok", "nope"]), "unknown instance 'nope'");
+    assert_rejected(
+        cli(
+            &url,
+            &["instances", "add", "--name", "x", "--kind", "oracle"],
+        ),
+        "unknown kind 'oracle'",
+    );
+    assert_rejected(
+        cli(
+            &url,
+            &["instances", "add", "--name", "ok", "--kind", "simulated"],
+        ),
+        "already exists",
+    );
+    assert_rejected(
+        cli(
+            &url,
+            &[
+                "instances",
+                "add",
+                "--name",
+                "p",
+                "--kind",
+                "postgres",
+                "--host",
+                "h",
+                "--port",
+                "70000",
+            ],
+        ),
+        "port",
+    );
+    assert_rejected(
+        cli(
+            &url,
+            &[
+                "instances",
+                "add",
+                "--name",
+                "q",
+                "--kind",
+                "simulated",
+                "--option",
+                "fail_rate=2",
+            ],
+        ),
+        "fail_rate",
+    );
+    assert_rejected(
+        cli(
+            &url,
+            &[
+                "instances",
+                "add",
+                "--name",
+                "r",
+                "--kind",
+                "postgres",
+                "--host",
+                "h",
+                "--password-env",
+                "hunter2!",
+            ],
+        ),
+        "password_env",
+    );
+    assert_rejected(
+        cli(&url, &["sync", "ok", "nope"]),
+        "unknown instance 'nope'",
+    );
     assert_rejected(cli(&url, &["session", "not-a-uuid"]), "not a session id");
-    assert_rejected(cli(&url, &["session", "00000000-0000-0000-0000-000000000000"]), "unknown session");
-    assert_rejected(cli(&url, &["cancel", "00000000-0000-0000-0000-000000000000"]), "unknown session");
+    assert_rejected(
+        cli(&url, &["session", "00000000-0000-0000-0000-000000000000"]),
+        "unknown session",
+    );
+    assert_rejected(
+        cli(&url, &["cancel", "00000000-0000-0000-0000-000000000000"]),
+        "unknown session",
+    );
     assert_rejected(cli(&url, &["accounts", "nope"]), "unknown instance 'nope'");
     assert_rejected(cli(&url, &["cleanup", "--days", "-1"]), "days");
-    assert_rejected(cli(&url, &["sessions", "--status", "weird"]), "unknown status");
-    assert_rejected(cli(&url, &["instances", "remove", "nope"]), "unknown instance");
+    assert_rejected(
+        cli(&url, &["sessions", "--status", "weird"]),
+        "unknown status",
+    );
+    assert_rejected(
+        cli(&url, &["instances", "remove", "nope"]),
+        "unknown instance",
+    );
     assert_rejected(cli(&url, &["frobnicate"]), "frobnicate");
-    assert_rejected(cli(&url, &["worker", "--lease-ttl", "5s", "--lease-renew", "10s"]), "--lease-renew");
+    assert_rejected(
+        cli(
+            &url,
+            &["worker", "--lease-ttl", "5s", "--lease-renew", "10s"],
+        ),
+        "--lease-renew",
+    );
 
     let dir = db.dir.path();
     let malformed = dir.join("bad.json");
     std::fs::write(&malformed, "[{\"name\": \"a\", \"kind\": ").unwrap();
-    assert_rejected(cli(&url, &["instances", "import", malformed.to_str().unwrap()]), "not a JSON array");
+    assert_rejected(
+        cli(&url, &["instances", "import", malformed.to_str().unwrap()]),
+        "not a JSON array",
+    );
     let dup = dir.join("dup.json");
-    std::fs::write(&dup, r#"[{"name": "n1", "kind": "simulated"}, {"name": "ok", "kind": "simulated"}]"#).unwrap();
-    assert_rejected(cli(&url, &["instances", "import", dup.to_str().unwrap()]), "already exists");
+    std::fs::write(
+        &dup,
+        r#"[{"name": "n1", "kind": "simulated"}, {"name": "ok", "kind": "simulated"}]"#,
+    )
+    .unwrap();
+    assert_rejected(
+        cli(&url, &["instances", "import", dup.to_str().unwrap()]),
+        "already exists",
+    );
     let badkind = dir.join("kind.json");
-    std::fs::write(&badkind, r#"[{"name": "n1", "kind": "simulated"}, {"name": "n2", "kind": "db2"}]"#).unwrap();
-    assert_rejected(cli(&url, &["instances", "import", badkind.to_str().unwrap()]), "unknown kind 'db2'");
-    assert_rejected(cli(&url, &["instances", "import", dir.join("missing.json").to_str().unwrap()]), "cannot read");
+    std::fs::write(
+        &badkind,
+        r#"[{"name": "n1", "kind": "simulated"}, {"name": "n2", "kind": "db2"}]"#,
+    )
+    .unwrap();
+    assert_rejected(
+        cli(&url, &["instances", "import", badkind.to_str().unwrap()]),
+        "unknown kind 'db2'",
+    );
+    assert_rejected(
+        cli(
+            &url,
+            &[
+                "instances",
+                "import",
+                dir.join("missing.json").to_str().unwrap(),
+            ],
+        ),
+        "cannot read",
+    );
 
-    assert_eq!(snapshot(&db).await, before, "a rejected command writes nothing");
+    assert_eq!(
+        snapshot(&db).await,
+        before,
+        "a rejected command writes nothing"
+    );
 
     let good = dir.join("good.json");
     std::fs::write(&good, r#"[{"name": "n1", "kind": "simulated", "options": {"latency_ms": 0}}, {"name": "n2", "kind": "simulated"}]"#).unwrap();

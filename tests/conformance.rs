@@ -30,7 +30,12 @@ conformance!(
 );
 
 fn params(ttl: Duration) -> LeaseParams {
-    LeaseParams { ttl, busy_retry: Duration::from_secs(1), lock_wait_timeout: Duration::from_secs(600), max_attempts: 3 }
+    LeaseParams {
+        ttl,
+        busy_retry: Duration::from_secs(1),
+        lock_wait_timeout: Duration::from_secs(600),
+        max_attempts: 3,
+    }
 }
 
 /// Reads the job ids of a session's records, as a worker would receive them.
@@ -41,7 +46,13 @@ async fn jobs_of(store: &dyn Store, session: uuid::Uuid) -> Vec<(String, JobPayl
         let job_id = job_id_of(store, r.id).await;
         out.push((
             job_id,
-            JobPayload { session_id: session.to_string(), record_id: r.id, instance_id: r.instance_id, attempt: 1, waiting_since_ms: None },
+            JobPayload {
+                session_id: session.to_string(),
+                record_id: r.id,
+                instance_id: r.instance_id,
+                attempt: 1,
+                waiting_since_ms: None,
+            },
         ));
     }
     out
@@ -49,24 +60,53 @@ async fn jobs_of(store: &dyn Store, session: uuid::Uuid) -> Vec<(String, JobPayl
 
 async fn job_id_of(store: &dyn Store, record_id: i64) -> String {
     match store.pool() {
-        DbPool::Sqlite(p) => sqlx::query_scalar("SELECT job_id FROM sync_instance_records WHERE id = ?1").bind(record_id).fetch_one(&p).await.unwrap(),
-        DbPool::Postgres(p) => sqlx::query_scalar("SELECT job_id FROM sync_instance_records WHERE id = $1").bind(record_id).fetch_one(&p).await.unwrap(),
+        DbPool::Sqlite(p) => {
+            sqlx::query_scalar("SELECT job_id FROM sync_instance_records WHERE id = ?1")
+                .bind(record_id)
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        }
+        DbPool::Postgres(p) => {
+            sqlx::query_scalar("SELECT job_id FROM sync_instance_records WHERE id = $1")
+                .bind(record_id)
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        }
     }
 }
 
 async fn count(store: &dyn Store, sql: &'static str) -> i64 {
     match store.pool() {
         DbPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(&p).await.unwrap(),
-        DbPool::Postgres(p) => sqlx::query_scalar(sql.replace("Jobs", "apalis.jobs").leak() as &'static str).fetch_one(&p).await.unwrap(),
+        DbPool::Postgres(p) => {
+            sqlx::query_scalar(sql.replace("Jobs", "apalis.jobs").leak() as &'static str)
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        }
     }
 }
 
 fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
-    GrantRequest { job_id: job.0.clone(), payload: job.1.clone(), owner: owner.into(), lock_wait_ms: 0 }
+    GrantRequest {
+        job_id: job.0.clone(),
+        payload: job.1.clone(),
+        owner: owner.into(),
+        lock_wait_ms: 0,
+    }
 }
 
 fn finish(job: &(String, JobPayload), token: i64, result: SyncResult) -> FinishRequest {
-    FinishRequest { job_id: job.0.clone(), record_id: job.1.record_id, instance_id: job.1.instance_id, session_id: job.1.session_id.clone(), token, result }
+    FinishRequest {
+        job_id: job.0.clone(),
+        record_id: job.1.record_id,
+        instance_id: job.1.instance_id,
+        session_id: job.1.session_id.clone(),
+        token,
+        result,
+    }
 }
 
 fn token_of(o: &GrantOutcome) -> i64 {
@@ -77,7 +117,15 @@ fn token_of(o: &GrantOutcome) -> i64 {
 }
 
 fn accounts(names: &[&str]) -> Vec<Account> {
-    names.iter().map(|n| Account { username: n.to_string(), host: String::new(), attributes: json!({"can_login": true}), privileges: json!([]) }).collect()
+    names
+        .iter()
+        .map(|n| Account {
+            username: n.to_string(),
+            host: String::new(),
+            attributes: json!({"can_login": true}),
+            privileges: json!([]),
+        })
+        .collect()
 }
 
 async fn setup(backend: Backend, n: usize) -> (TestDb, std::sync::Arc<dyn Store>, Vec<i64>) {
@@ -85,123 +133,324 @@ async fn setup(backend: Backend, n: usize) -> (TestDb, std::sync::Arc<dyn Store>
     let store = db.store().await;
     let mut ids = vec![];
     for i in 0..n {
-        ids.push(store.instance_insert(&simulated(&format!("i{i}"), json!({}))).await.unwrap().id);
+        ids.push(
+            store
+                .instance_insert(&simulated(&format!("i{i}"), json!({})))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     (db, store, ids)
 }
 
 async fn a_session_enqueues_one_record_and_one_job_per_instance(b: Backend) {
     let (_db, store, _) = setup(b, 5).await;
-    let created = store.session_create(SyncType::ManualBatch, None).await.unwrap();
+    let created = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
     assert_eq!(created.total_instances, 5);
     assert_eq!(created.status, "pending");
-    let d = store.session_get(created.session_id).await.unwrap().unwrap();
+    let d = store
+        .session_get(created.session_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(d.records.len(), 5);
-    assert!(d.records.iter().all(|r| r.status == "pending" && r.attempts == 0));
-    assert_eq!(count(store.as_ref(), "SELECT COUNT(*) FROM Jobs WHERE status = 'Pending'").await, 5);
+    assert!(
+        d.records
+            .iter()
+            .all(|r| r.status == "pending" && r.attempts == 0)
+    );
+    assert_eq!(
+        count(
+            store.as_ref(),
+            "SELECT COUNT(*) FROM Jobs WHERE status = 'Pending'"
+        )
+        .await,
+        5
+    );
     let g = store.fleet_gauges().await.unwrap();
     assert_eq!(g.jobs_pending, 5);
 }
 
 async fn an_unknown_instance_rejects_the_session_and_writes_nothing(b: Backend) {
     let (_db, store, ids) = setup(b, 2).await;
-    let err = store.session_create(SyncType::ManualBatch, Some(&[ids[0], 9999])).await.unwrap_err();
+    let err = store
+        .session_create(SyncType::ManualBatch, Some(&[ids[0], 9999]))
+        .await
+        .unwrap_err();
     assert!(err.is_bad_input(), "{err}");
     assert!(err.to_string().contains("9999"));
-    assert_eq!(count(store.as_ref(), "SELECT COUNT(*) FROM sync_sessions").await, 0);
+    assert_eq!(
+        count(store.as_ref(), "SELECT COUNT(*) FROM sync_sessions").await,
+        0
+    );
     assert_eq!(count(store.as_ref(), "SELECT COUNT(*) FROM Jobs").await, 0);
 }
 
 async fn a_granted_and_finished_sync_completes_the_session_with_true_totals(b: Backend) {
     let (_db, store, _) = setup(b, 2).await;
     let p = params(Duration::from_secs(30));
-    let s = store.session_create(SyncType::ManualBatch, None).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
     let jobs = jobs_of(store.as_ref(), s.session_id).await;
-    let out = store.lease_grant_batch(&p, &[grant(&jobs[0], "w1"), grant(&jobs[1], "w1")]).await.unwrap();
+    let out = store
+        .lease_grant_batch(&p, &[grant(&jobs[0], "w1"), grant(&jobs[1], "w1")])
+        .await
+        .unwrap();
     let (t0, t1) = (token_of(&out[0]), token_of(&out[1]));
     assert_ne!(t0, t1, "tokens come from one counter");
     assert_eq!(store.fleet_gauges().await.unwrap().locks_held, 2);
-    let renewed = store.lease_renew_batch(&p, &[RenewRequest { instance_id: jobs[0].1.instance_id, token: t0, record_id: jobs[0].1.record_id }]).await.unwrap();
-    assert_eq!(renewed[0], RenewOutcome { held: true, cancel_requested: false });
-    let fin = store
-        .record_finish_batch(&p, &[
-            finish(&jobs[0], t0, SyncResult::Completed(accounts(&["a", "b"]))),
-            finish(&jobs[1], t1, SyncResult::Failed { error: "boom".into(), retry_after: None }),
-        ])
+    let renewed = store
+        .lease_renew_batch(
+            &p,
+            &[RenewRequest {
+                instance_id: jobs[0].1.instance_id,
+                token: t0,
+                record_id: jobs[0].1.record_id,
+            }],
+        )
         .await
         .unwrap();
-    assert_eq!(fin[0].record, RecordOutcome::Completed { total: 2, added: 2, removed: 0, changed: 0 });
+    assert_eq!(
+        renewed[0],
+        RenewOutcome {
+            held: true,
+            cancel_requested: false
+        }
+    );
+    let fin = store
+        .record_finish_batch(
+            &p,
+            &[
+                finish(&jobs[0], t0, SyncResult::Completed(accounts(&["a", "b"]))),
+                finish(
+                    &jobs[1],
+                    t1,
+                    SyncResult::Failed {
+                        error: "boom".into(),
+                        retry_after: None,
+                    },
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fin[0].record,
+        RecordOutcome::Completed {
+            total: 2,
+            added: 2,
+            removed: 0,
+            changed: 0
+        }
+    );
     assert_eq!(fin[1].record, RecordOutcome::Failed);
-    let finished = fin.iter().filter_map(|f| f.session_finished.clone()).collect::<Vec<_>>();
+    let finished = fin
+        .iter()
+        .filter_map(|f| f.session_finished.clone())
+        .collect::<Vec<_>>();
     assert_eq!(finished.len(), 1, "the session finishes exactly once");
     assert_eq!(finished[0].status, "completed_with_errors");
     let d = store.session_get(s.session_id).await.unwrap().unwrap();
-    assert_eq!((d.session.successful_instances, d.session.failed_instances), (1, 1));
+    assert_eq!(
+        (d.session.successful_instances, d.session.failed_instances),
+        (1, 1)
+    );
     assert_eq!(d.session.status, "completed_with_errors");
     assert_eq!(d.session.success_rate, Some(0.5));
-    assert!(d.records.iter().all(|r| r.started_at.is_some() && r.completed_at >= r.started_at));
-    assert_eq!(store.fleet_gauges().await.unwrap().locks_held, 0, "finishing releases the lease");
-    assert_eq!(count(store.as_ref(), "SELECT COUNT(*) FROM Jobs WHERE status = 'Done'").await, 2, "finish acks the job itself");
+    assert!(
+        d.records
+            .iter()
+            .all(|r| r.started_at.is_some() && r.completed_at >= r.started_at)
+    );
+    assert_eq!(
+        store.fleet_gauges().await.unwrap().locks_held,
+        0,
+        "finishing releases the lease"
+    );
+    assert_eq!(
+        count(
+            store.as_ref(),
+            "SELECT COUNT(*) FROM Jobs WHERE status = 'Done'"
+        )
+        .await,
+        2,
+        "finish acks the job itself"
+    );
 }
 
 async fn a_busy_instance_requeues_the_job_until_the_lease_is_released(b: Backend) {
     let (_db, store, ids) = setup(b, 1).await;
     let p = params(Duration::from_secs(30));
-    let s1 = store.session_create(SyncType::ManualSingle, Some(&ids)).await.unwrap();
-    let s2 = store.session_create(SyncType::ManualSingle, Some(&ids)).await.unwrap();
+    let s1 = store
+        .session_create(SyncType::ManualSingle, Some(&ids))
+        .await
+        .unwrap();
+    let s2 = store
+        .session_create(SyncType::ManualSingle, Some(&ids))
+        .await
+        .unwrap();
     let j1 = jobs_of(store.as_ref(), s1.session_id).await.remove(0);
     let j2 = jobs_of(store.as_ref(), s2.session_id).await.remove(0);
-    let t1 = token_of(&store.lease_grant_batch(&p, &[grant(&j1, "w1")]).await.unwrap()[0]);
-    let busy = store.lease_grant_batch(&p, &[grant(&j2, "w2")]).await.unwrap();
+    let t1 = token_of(
+        &store
+            .lease_grant_batch(&p, &[grant(&j1, "w1")])
+            .await
+            .unwrap()[0],
+    );
+    let busy = store
+        .lease_grant_batch(&p, &[grant(&j2, "w2")])
+        .await
+        .unwrap();
     assert!(matches!(busy[0], GrantOutcome::Busy), "{busy:?}");
     // The old job is acked; the record now points at a delayed copy.
-    let j2b = (job_id_of(store.as_ref(), j2.1.record_id).await, j2.1.clone());
+    let j2b = (
+        job_id_of(store.as_ref(), j2.1.record_id).await,
+        j2.1.clone(),
+    );
     assert_ne!(j2b.0, j2.0);
-    let stale = store.lease_grant_batch(&p, &[grant(&j2, "w2")]).await.unwrap();
-    assert!(matches!(stale[0], GrantOutcome::Stale), "the superseded job does nothing: {stale:?}");
-    store.record_finish_batch(&p, &[finish(&j1, t1, SyncResult::Completed(vec![]))]).await.unwrap();
-    let t2 = token_of(&store.lease_grant_batch(&p, &[grant(&j2b, "w2")]).await.unwrap()[0]);
+    let stale = store
+        .lease_grant_batch(&p, &[grant(&j2, "w2")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale[0], GrantOutcome::Stale),
+        "the superseded job does nothing: {stale:?}"
+    );
+    store
+        .record_finish_batch(&p, &[finish(&j1, t1, SyncResult::Completed(vec![]))])
+        .await
+        .unwrap();
+    let t2 = token_of(
+        &store
+            .lease_grant_batch(&p, &[grant(&j2b, "w2")])
+            .await
+            .unwrap()[0],
+    );
     assert!(t2 > t1, "tokens increase");
 }
 
 async fn a_stale_token_is_refused_after_a_takeover(b: Backend) {
     let (_db, store, _) = setup(b, 1).await;
     let short = params(Duration::from_millis(300));
-    let s = store.session_create(SyncType::ManualSingle, None).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
     let job = jobs_of(store.as_ref(), s.session_id).await.remove(0);
-    let old = token_of(&store.lease_grant_batch(&short, &[grant(&job, "slow")]).await.unwrap()[0]);
+    let old = token_of(
+        &store
+            .lease_grant_batch(&short, &[grant(&job, "slow")])
+            .await
+            .unwrap()[0],
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     // The same job re-delivered (orphan recovery) takes the expired lease over.
-    let out = store.lease_grant_batch(&short, &[grant(&job, "fast")]).await.unwrap();
-    let GrantOutcome::Granted { token: new, takeover, attempt, .. } = out[0].clone() else { panic!("{out:?}") };
+    let out = store
+        .lease_grant_batch(&short, &[grant(&job, "fast")])
+        .await
+        .unwrap();
+    let GrantOutcome::Granted {
+        token: new,
+        takeover,
+        attempt,
+        ..
+    } = out[0].clone()
+    else {
+        panic!("{out:?}")
+    };
     assert!(new > old && takeover);
     assert_eq!(attempt, 2, "a takeover is a new attempt");
-    let renew = store.lease_renew_batch(&short, &[RenewRequest { instance_id: job.1.instance_id, token: old, record_id: job.1.record_id }]).await.unwrap();
+    let renew = store
+        .lease_renew_batch(
+            &short,
+            &[RenewRequest {
+                instance_id: job.1.instance_id,
+                token: old,
+                record_id: job.1.record_id,
+            }],
+        )
+        .await
+        .unwrap();
     assert!(!renew[0].held);
-    let late = store.record_finish_batch(&short, &[finish(&job, old, SyncResult::Completed(accounts(&["x"])))]).await.unwrap();
+    let late = store
+        .record_finish_batch(
+            &short,
+            &[finish(&job, old, SyncResult::Completed(accounts(&["x"])))],
+        )
+        .await
+        .unwrap();
     assert_eq!(late[0].record, RecordOutcome::Fenced);
-    let ok = store.record_finish_batch(&short, &[finish(&job, new, SyncResult::Completed(accounts(&["y"])))]).await.unwrap();
+    let ok = store
+        .record_finish_batch(
+            &short,
+            &[finish(&job, new, SyncResult::Completed(accounts(&["y"])))],
+        )
+        .await
+        .unwrap();
     assert!(matches!(ok[0].record, RecordOutcome::Completed { .. }));
     let acc = store.accounts_list(job.1.instance_id, true).await.unwrap();
-    assert_eq!(acc.iter().map(|a| a.username.as_str()).collect::<Vec<_>>(), vec!["y"], "the fenced result wrote nothing");
+    assert_eq!(
+        acc.iter().map(|a| a.username.as_str()).collect::<Vec<_>>(),
+        vec!["y"],
+        "the fenced result wrote nothing"
+    );
 }
 
 async fn cancel_marks_pending_records_and_finishes_the_session(b: Backend) {
     let (_db, store, _) = setup(b, 3).await;
     let p = params(Duration::from_secs(30));
-    let s = store.session_create(SyncType::ManualBatch, None).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
     let jobs = jobs_of(store.as_ref(), s.session_id).await;
-    let t = token_of(&store.lease_grant_batch(&p, &[grant(&jobs[0], "w")]).await.unwrap()[0]);
+    let t = token_of(
+        &store
+            .lease_grant_batch(&p, &[grant(&jobs[0], "w")])
+            .await
+            .unwrap()[0],
+    );
     let after = store.session_cancel(s.session_id).await.unwrap().unwrap();
     assert_eq!(after.cancelled_instances, 2);
-    assert!(!after.is_finished(), "a running record keeps the session open");
-    let hb = store.lease_renew_batch(&p, &[RenewRequest { instance_id: jobs[0].1.instance_id, token: t, record_id: jobs[0].1.record_id }]).await.unwrap();
+    assert!(
+        !after.is_finished(),
+        "a running record keeps the session open"
+    );
+    let hb = store
+        .lease_renew_batch(
+            &p,
+            &[RenewRequest {
+                instance_id: jobs[0].1.instance_id,
+                token: t,
+                record_id: jobs[0].1.record_id,
+            }],
+        )
+        .await
+        .unwrap();
     assert!(hb[0].cancel_requested);
-    let fin = store.record_finish_batch(&p, &[finish(&jobs[0], t, SyncResult::Cancelled)]).await.unwrap();
-    assert_eq!(fin[0].session_finished.as_ref().map(|f| f.status.as_str()), Some("cancelled"));
+    let fin = store
+        .record_finish_batch(&p, &[finish(&jobs[0], t, SyncResult::Cancelled)])
+        .await
+        .unwrap();
+    assert_eq!(
+        fin[0].session_finished.as_ref().map(|f| f.status.as_str()),
+        Some("cancelled")
+    );
     let d = store.session_get(s.session_id).await.unwrap().unwrap();
-    assert_eq!((d.session.status.as_str(), d.session.cancelled_instances), ("cancelled", 3));
-    let stale = store.lease_grant_batch(&p, &[grant(&jobs[1], "w")]).await.unwrap();
+    assert_eq!(
+        (d.session.status.as_str(), d.session.cancelled_instances),
+        ("cancelled", 3)
+    );
+    let stale = store
+        .lease_grant_batch(&p, &[grant(&jobs[1], "w")])
+        .await
+        .unwrap();
     assert!(matches!(stale[0], GrantOutcome::Stale));
 }
 
@@ -209,19 +458,63 @@ async fn a_retryable_failure_schedules_the_next_attempt_then_fails(b: Backend) {
     let (_db, store, _) = setup(b, 1).await;
     let mut p = params(Duration::from_secs(30));
     p.max_attempts = 2;
-    let s = store.session_create(SyncType::ManualSingle, None).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
     let job = jobs_of(store.as_ref(), s.session_id).await.remove(0);
-    let t = token_of(&store.lease_grant_batch(&p, &[grant(&job, "w")]).await.unwrap()[0]);
+    let t = token_of(
+        &store
+            .lease_grant_batch(&p, &[grant(&job, "w")])
+            .await
+            .unwrap()[0],
+    );
     let out = store
-        .record_finish_batch(&p, &[finish(&job, t, SyncResult::Failed { error: "timeout".into(), retry_after: Some(Duration::from_secs(1)) })])
+        .record_finish_batch(
+            &p,
+            &[finish(
+                &job,
+                t,
+                SyncResult::Failed {
+                    error: "timeout".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+            )],
+        )
         .await
         .unwrap();
     assert_eq!(out[0].record, RecordOutcome::Retrying { next_attempt: 2 });
-    let job2 = (job_id_of(store.as_ref(), job.1.record_id).await, JobPayload { attempt: 2, ..job.1.clone() });
+    let job2 = (
+        job_id_of(store.as_ref(), job.1.record_id).await,
+        JobPayload {
+            attempt: 2,
+            ..job.1.clone()
+        },
+    );
     assert_ne!(job2.0, job.0);
-    let GrantOutcome::Granted { token, attempt, .. } = store.lease_grant_batch(&p, &[grant(&job2, "w")]).await.unwrap()[0].clone() else { panic!() };
+    let GrantOutcome::Granted { token, attempt, .. } = store
+        .lease_grant_batch(&p, &[grant(&job2, "w")])
+        .await
+        .unwrap()[0]
+        .clone()
+    else {
+        panic!()
+    };
     assert_eq!(attempt, 2);
-    let out = store.record_finish_batch(&p, &[finish(&job2, token, SyncResult::Failed { error: "timeout again".into(), retry_after: None })]).await.unwrap();
+    let out = store
+        .record_finish_batch(
+            &p,
+            &[finish(
+                &job2,
+                token,
+                SyncResult::Failed {
+                    error: "timeout again".into(),
+                    retry_after: None,
+                },
+            )],
+        )
+        .await
+        .unwrap();
     assert_eq!(out[0].session_finished.as_ref().unwrap().status, "failed");
     let d = store.session_get(s.session_id).await.unwrap().unwrap();
     assert_eq!(d.records[0].error.as_deref(), Some("timeout again"));
@@ -236,43 +529,109 @@ async fn the_inventory_diff_counts_added_removed_and_changed_accounts(b: Backend
         let ids = ids.clone();
         let p = p.clone();
         async move {
-            let s = store.session_create(SyncType::ManualSingle, Some(&ids)).await.unwrap();
+            let s = store
+                .session_create(SyncType::ManualSingle, Some(&ids))
+                .await
+                .unwrap();
             let job = jobs_of(store.as_ref(), s.session_id).await.remove(0);
-            let t = token_of(&store.lease_grant_batch(&p, &[grant(&job, "w")]).await.unwrap()[0]);
-            store.record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(found))]).await.unwrap().remove(0).record
+            let t = token_of(
+                &store
+                    .lease_grant_batch(&p, &[grant(&job, "w")])
+                    .await
+                    .unwrap()[0],
+            );
+            store
+                .record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(found))])
+                .await
+                .unwrap()
+                .remove(0)
+                .record
         }
     };
-    assert_eq!(run(accounts(&["a", "b", "c"])).await, RecordOutcome::Completed { total: 3, added: 3, removed: 0, changed: 0 });
-    assert_eq!(run(accounts(&["a", "b", "c"])).await, RecordOutcome::Completed { total: 3, added: 0, removed: 0, changed: 0 });
+    assert_eq!(
+        run(accounts(&["a", "b", "c"])).await,
+        RecordOutcome::Completed {
+            total: 3,
+            added: 3,
+            removed: 0,
+            changed: 0
+        }
+    );
+    assert_eq!(
+        run(accounts(&["a", "b", "c"])).await,
+        RecordOutcome::Completed {
+            total: 3,
+            added: 0,
+            removed: 0,
+            changed: 0
+        }
+    );
     let mut next = accounts(&["a", "b", "d"]);
     next[0].attributes = json!({"can_login": false});
-    assert_eq!(run(next).await, RecordOutcome::Completed { total: 3, added: 1, removed: 1, changed: 1 });
+    assert_eq!(
+        run(next).await,
+        RecordOutcome::Completed {
+            total: 3,
+            added: 1,
+            removed: 1,
+            changed: 1
+        }
+    );
     let all = store.accounts_list(ids[0], true).await.unwrap();
     assert_eq!(all.len(), 4);
     let live = store.accounts_list(ids[0], false).await.unwrap();
-    assert_eq!(live.iter().map(|a| a.username.as_str()).collect::<Vec<_>>(), vec!["a", "b", "d"]);
+    assert_eq!(
+        live.iter().map(|a| a.username.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b", "d"]
+    );
 }
 
 async fn cleanup_deletes_old_finished_sessions_but_not_running_ones(b: Backend) {
     let (_db, store, _) = setup(b, 2).await;
     let p = params(Duration::from_secs(30));
-    let done = store.session_create(SyncType::ManualBatch, None).await.unwrap();
+    let done = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
     for job in jobs_of(store.as_ref(), done.session_id).await {
-        let t = token_of(&store.lease_grant_batch(&p, &[grant(&job, "w")]).await.unwrap()[0]);
-        store.record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(vec![]))]).await.unwrap();
+        let t = token_of(
+            &store
+                .lease_grant_batch(&p, &[grant(&job, "w")])
+                .await
+                .unwrap()[0],
+        );
+        store
+            .record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(vec![]))])
+            .await
+            .unwrap();
     }
-    let running = store.session_create(SyncType::ManualBatch, None).await.unwrap();
+    let running = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
     let job = jobs_of(store.as_ref(), running.session_id).await.remove(0);
-    store.lease_grant_batch(&p, &[grant(&job, "w")]).await.unwrap();
+    store
+        .lease_grant_batch(&p, &[grant(&job, "w")])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let kept = store.cleanup(7).await.unwrap();
     assert_eq!(kept.sessions_deleted, 0, "nothing is older than 7 days");
-    assert_eq!(kept.locks_deleted, 1, "expired locks go whatever their age; the live lease stays");
+    assert_eq!(
+        kept.locks_deleted, 1,
+        "expired locks go whatever their age; the live lease stays"
+    );
     let c = store.cleanup(0).await.unwrap();
     assert_eq!((c.sessions_deleted, c.records_deleted), (1, 2));
     assert_eq!(c.jobs_deleted, 2);
     assert_eq!(c.locks_deleted, 0);
     assert_eq!(store.fleet_gauges().await.unwrap().locks_held, 1);
     assert!(store.session_get(done.session_id).await.unwrap().is_none());
-    assert!(store.session_get(running.session_id).await.unwrap().is_some());
+    assert!(
+        store
+            .session_get(running.session_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -33,7 +33,13 @@ async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<
         if all.iter().all(|d| d.session.is_finished()) {
             return all;
         }
-        assert!(start.elapsed() < limit, "sessions not finished within {limit:?}: {:?}", all.iter().map(|d| (&d.session.status, d.session.successful_instances)).collect::<Vec<_>>());
+        assert!(
+            start.elapsed() < limit,
+            "sessions not finished within {limit:?}: {:?}",
+            all.iter()
+                .map(|d| (&d.session.status, d.session.successful_instances))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -42,14 +48,21 @@ async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<
 /// totals are the counts, and per instance the [started_at, completed_at] intervals
 /// of its records never overlap.
 fn assert_invariants(sessions: &[SessionDetail]) {
-    let mut by_instance: HashMap<i64, Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>> = HashMap::new();
+    let mut by_instance: HashMap<
+        i64,
+        Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+    > = HashMap::new();
     for d in sessions {
         let s = &d.session;
         let count = |st: &str| d.records.iter().filter(|r| r.status == st).count() as i64;
         assert_eq!(count("completed"), s.successful_instances);
         assert_eq!(count("failed"), s.failed_instances);
         assert_eq!(count("cancelled"), s.cancelled_instances);
-        assert_eq!(s.successful_instances + s.failed_instances + s.cancelled_instances, s.total_instances, "every record terminal");
+        assert_eq!(
+            s.successful_instances + s.failed_instances + s.cancelled_instances,
+            s.total_instances,
+            "every record terminal"
+        );
         for r in &d.records {
             if let (Some(a), Some(b)) = (r.started_at, r.completed_at) {
                 assert!(a <= b);
@@ -60,7 +73,12 @@ fn assert_invariants(sessions: &[SessionDetail]) {
     for (instance, mut spans) in by_instance {
         spans.sort();
         for w in spans.windows(2) {
-            assert!(w[0].1 <= w[1].0, "instance {instance}: syncs overlap: {:?} and {:?}", w[0], w[1]);
+            assert!(
+                w[0].1 <= w[1].0,
+                "instance {instance}: syncs overlap: {:?} and {:?}",
+                w[0],
+                w[1]
+            );
         }
     }
 }
@@ -68,7 +86,11 @@ fn assert_invariants(sessions: &[SessionDetail]) {
 fn assert_no_lock_errors(logs: &[std::path::PathBuf]) {
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        assert!(!text.to_lowercase().contains("database is locked"), "{}: {text}", log.display());
+        assert!(
+            !text.to_lowercase().contains("database is locked"),
+            "{}: {text}",
+            log.display()
+        );
         assert!(!text.contains("panicked"), "{}: {text}", log.display());
     }
 }
@@ -82,63 +104,131 @@ async fn three_workers_finish_two_overlapping_sessions_without_overlapping_syncs
     let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
     let mut workers = vec![
-        worker(&db, "a", &["--concurrency", "8", "--retry-backoff", "100ms", "--metrics-bind", &metrics]),
-        worker(&db, "b", &["--concurrency", "8", "--retry-backoff", "100ms"]),
-        worker(&db, "c", &["--concurrency", "8", "--retry-backoff", "100ms"]),
+        worker(
+            &db,
+            "a",
+            &[
+                "--concurrency",
+                "8",
+                "--retry-backoff",
+                "100ms",
+                "--metrics-bind",
+                &metrics,
+            ],
+        ),
+        worker(
+            &db,
+            "b",
+            &["--concurrency", "8", "--retry-backoff", "100ms"],
+        ),
+        worker(
+            &db,
+            "c",
+            &["--concurrency", "8", "--retry-backoff", "100ms"],
+        ),
     ];
-    let s1 = store.session_create(SyncType::ManualBatch, None).await.unwrap();
-    let s2 = store.session_create(SyncType::Scheduled, None).await.unwrap();
-    let done = wait_finished(&db, &[s1.session_id, s2.session_id], Duration::from_secs(90)).await;
+    let s1 = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let s2 = store
+        .session_create(SyncType::Scheduled, None)
+        .await
+        .unwrap();
+    let done = wait_finished(
+        &db,
+        &[s1.session_id, s2.session_id],
+        Duration::from_secs(90),
+    )
+    .await;
     assert_invariants(&done);
     for d in &done {
         assert_eq!(d.session.status, "completed_with_errors");
         assert_eq!(d.session.failed_instances, 4);
-        assert!(d.records.iter().filter(|r| r.status == "failed").all(|r| r.attempts == 3 && r.error.as_deref().unwrap_or("").contains("simulated failure")));
+        assert!(d.records.iter().filter(|r| r.status == "failed").all(|r| {
+            r.attempts == 3
+                && r.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("simulated failure")
+        }));
     }
     let text = scrape(&metrics);
-    eprintln!("busy retries seen by worker a: {}", metric_value(&text, "syncpool_db_busy_total"));
+    eprintln!(
+        "busy retries seen by worker a: {}",
+        metric_value(&text, "syncpool_db_busy_total")
+    );
     assert!(text.contains("syncpool_instance_syncs_total"));
     for (child, _) in &workers {
         signal(child, "TERM");
     }
     for (child, _) in workers.iter_mut() {
-        assert!(child.wait().unwrap().success(), "a worker exits 0 on SIGTERM");
+        assert!(
+            child.wait().unwrap().success(),
+            "a worker exits 0 on SIGTERM"
+        );
     }
     assert_no_lock_errors(&workers.iter().map(|w| w.1.clone()).collect::<Vec<_>>());
     assert_eq!(store.fleet_gauges().await.unwrap().locks_held, 0);
 }
 
-const FAST_RECOVERY: &[&str] = &["--lease-ttl", "3s", "--lease-renew", "1s", "--queue-heartbeat", "1s", "--concurrency", "4"];
+const FAST_RECOVERY: &[&str] = &[
+    "--lease-ttl",
+    "3s",
+    "--lease-renew",
+    "1s",
+    "--queue-heartbeat",
+    "1s",
+    "--concurrency",
+    "4",
+];
 
 async fn a_sigkilled_workers_instances_are_finished_by_the_others(b: Backend) {
     let db = TestDb::new(b).await;
     let store = db.store().await;
     for i in 0..12 {
-        store.instance_insert(&simulated(&format!("slow{i}"), json!({"latency_ms": 2000}))).await.unwrap();
+        store
+            .instance_insert(&simulated(&format!("slow{i}"), json!({"latency_ms": 2000})))
+            .await
+            .unwrap();
     }
     let (mut victim, vlog) = worker(&db, "victim", FAST_RECOVERY);
     // Let the victim alone claim work and start syncing, then kill it mid-sync.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = store.session_create(SyncType::ManualBatch, None).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
     let start = Instant::now();
     loop {
         let d = store.session_get(s.session_id).await.unwrap().unwrap();
         if d.records.iter().any(|r| r.status == "running") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "victim never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "victim never started"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     signal(&victim, "KILL");
     let _ = victim.wait();
     let killed_at = Instant::now();
-    let mut others = vec![worker(&db, "x", FAST_RECOVERY), worker(&db, "y", FAST_RECOVERY)];
+    let mut others = vec![
+        worker(&db, "x", FAST_RECOVERY),
+        worker(&db, "y", FAST_RECOVERY),
+    ];
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(60)).await;
     let recovery = killed_at.elapsed();
-    eprintln!("recovered a SIGKILLed worker's instances in {recovery:?} (lease TTL 3 s, orphan timeout 3 s)");
+    eprintln!(
+        "recovered a SIGKILLed worker's instances in {recovery:?} (lease TTL 3 s, orphan timeout 3 s)"
+    );
     assert_invariants(&done);
     assert_eq!(done[0].session.successful_instances, 12, "nothing lost");
-    assert!(done[0].records.iter().any(|r| r.attempts >= 2), "some instance was taken over from the victim");
+    assert!(
+        done[0].records.iter().any(|r| r.attempts >= 2),
+        "some instance was taken over from the victim"
+    );
     for (c, _) in &others {
         signal(c, "TERM");
     }
@@ -153,17 +243,40 @@ async fn a_sigkilled_workers_instances_are_finished_by_the_others(b: Backend) {
 async fn a_paused_workers_late_result_is_refused_by_the_fencing_token(b: Backend) {
     let db = TestDb::new(b).await;
     let store = db.store().await;
-    store.instance_insert(&simulated("only", json!({"latency_ms": 2500}))).await.unwrap();
+    store
+        .instance_insert(&simulated("only", json!({"latency_ms": 2500})))
+        .await
+        .unwrap();
     let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
-    let timings = ["--lease-ttl", "2s", "--lease-renew", "500ms", "--queue-heartbeat", "1s", "--concurrency", "2"];
+    let timings = [
+        "--lease-ttl",
+        "2s",
+        "--lease-renew",
+        "500ms",
+        "--queue-heartbeat",
+        "1s",
+        "--concurrency",
+        "2",
+    ];
     let mut args = timings.to_vec();
     args.extend(["--metrics-bind", metrics.as_str()]);
     let (mut paused, plog) = worker(&db, "paused", &args);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = store.session_create(SyncType::ManualSingle, None).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
     let start = Instant::now();
-    while !store.session_get(s.session_id).await.unwrap().unwrap().records.iter().any(|r| r.status == "running") {
+    while !store
+        .session_get(s.session_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .records
+        .iter()
+        .any(|r| r.status == "running")
+    {
         assert!(start.elapsed() < Duration::from_secs(20), "never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -182,11 +295,17 @@ async fn a_paused_workers_late_result_is_refused_by_the_fencing_token(b: Backend
         if lost >= 1.0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "the paused worker never noticed its lost lease");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the paused worker never noticed its lost lease"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let after = store.session_get(s.session_id).await.unwrap().unwrap();
-    assert_eq!(after.records[0].worker_id, winner, "the new holder's result stands");
+    assert_eq!(
+        after.records[0].worker_id, winner,
+        "the new holder's result stands"
+    );
     assert_eq!(after.records[0].status, "completed");
     assert_invariants(&[after]);
     for c in [&paused, &other] {

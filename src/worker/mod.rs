@@ -68,10 +68,12 @@ pub async fn run(
             shutdown.await;
             tracing::info!("shutting down: no new syncs; running ones have {grace:?} to finish");
             pipeline.begin_shutdown();
-            let p = pipeline.clone();
+            // Holds the token only: holding the pipeline would keep the writer alive
+            // (and the process running) for the whole grace period.
+            let grace_over = pipeline.grace_over.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                p.grace_over.cancel();
+                grace_over.cancel();
             });
             Ok(())
         }
@@ -81,8 +83,11 @@ pub async fn run(
     let restart = {
         let pipeline = pipeline.clone();
         move |ctx: &WorkerContext, err: &WorkerError| {
+            if pipeline.is_stopping() {
+                return false;
+            }
             tracing::warn!(worker = ctx.name(), error = %err, "queue worker stopped; restarting");
-            !pipeline.grace_over.is_cancelled()
+            true
         }
     };
     // apalis fetches at most as many jobs as it can start at once: fetched jobs that wait

@@ -67,6 +67,10 @@ impl Pipeline {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// Waits until no handler is running.
     pub async fn drained(&self) {
         loop {
