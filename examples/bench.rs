@@ -26,13 +26,20 @@ async fn main() -> anyhow::Result<()> {
         return raw_worker(&args[1], args[2].parse()?).await;
     }
     let get = |flag: &str, default: &str| -> String {
-        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| default.into())
     };
     let backend = get("--backend", "both");
     let n: usize = get("--instances", "10000").parse()?;
     let procs: usize = get("--processes", "2").parse()?;
     let conc: usize = get("--concurrency", "16").parse()?;
-    println!("bench: {n} instances, {procs} processes x {conc}, batch {}", conc.min(32));
+    println!(
+        "bench: {n} instances, {procs} processes x {conc}, batch {}",
+        conc.min(32)
+    );
     for b in ["sqlite", "postgres"] {
         if backend == b || backend == "both" {
             run_backend(b, n, procs, conc).await?;
@@ -44,14 +51,27 @@ async fn main() -> anyhow::Result<()> {
 async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (url, pg_name) = match backend {
-        "sqlite" => (format!("sqlite://{}", dir.path().join("bench.db").display()), None),
+        "sqlite" => (
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            None,
+        ),
         _ => {
-            let admin = std::env::var("SYNCPOOL_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let admin = std::env::var("SYNCPOOL_TEST_PG_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             let name = format!("syncpool_bench_{}", std::process::id());
             let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut c).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await?;
-            let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(&mut c)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut c)
+                .await?;
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(admin.clone());
             (format!("{base}/{name}"), Some((admin, name)))
         }
     };
@@ -75,11 +95,21 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
 
     // Ours: workers first (warm), then the timed enqueue, then the drain.
     let exe = std::env::current_exe()?;
-    let syncpool_bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("syncpool")).expect("target dir");
+    let syncpool_bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("syncpool"))
+        .expect("target dir");
     let workers: Vec<Child> = (0..procs)
         .map(|_| {
             Command::new(&syncpool_bin)
-                .args(["worker", "--concurrency", &conc.to_string(), "--poll-interval", "50ms"])
+                .args([
+                    "worker",
+                    "--concurrency",
+                    &conc.to_string(),
+                    "--poll-interval",
+                    "50ms",
+                ])
                 .env("SYNCPOOL_DATABASE_URL", &url)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -93,9 +123,16 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
     let enqueue = t.elapsed();
     let t = Instant::now();
     loop {
-        let d = store.session_get(created.session_id).await?.expect("session");
+        let d = store
+            .session_get(created.session_id)
+            .await?
+            .expect("session");
         if d.session.is_finished() {
-            anyhow::ensure!(d.session.successful_instances as usize == n, "not all completed: {:?}", d.session.status);
+            anyhow::ensure!(
+                d.session.successful_instances as usize == n,
+                "not all completed: {:?}",
+                d.session.status
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -139,14 +176,20 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
     drop(store);
     if let Some((admin, name)) = pg_name {
         let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut c).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await?;
     }
     Ok(())
 }
 
 fn stop(children: Vec<Child>) {
     for c in &children {
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
     }
     for mut c in children {
         let _ = c.wait();
@@ -155,20 +198,32 @@ fn stop(children: Vec<Child>) {
 
 async fn raw_enqueue(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<()> {
     let tasks = |range: std::ops::Range<usize>| -> Vec<Task<Vec<u8>>> {
-        range.map(|i| TaskBuilder::new(serde_json::to_vec(&(i as u64)).expect("u64")).build()).collect()
+        range
+            .map(|i| TaskBuilder::new(serde_json::to_vec(&(i as u64)).expect("u64")).build())
+            .collect()
     };
     match store.pool() {
         DbPool::Sqlite(pool) => {
             for chunk in (0..n).step_by(1000) {
                 let mut tx = pool.begin().await?;
-                apalis_sqlite::queries::push_tasks(&mut *tx, RAW_QUEUE, &tasks(chunk..(chunk + 1000).min(n))).await?;
+                apalis_sqlite::queries::push_tasks(
+                    &mut *tx,
+                    RAW_QUEUE,
+                    &tasks(chunk..(chunk + 1000).min(n)),
+                )
+                .await?;
                 tx.commit().await?;
             }
         }
         DbPool::Postgres(pool) => {
             for chunk in (0..n).step_by(1000) {
                 let mut tx = pool.begin().await?;
-                apalis_postgres::queries::push_tasks(&mut *tx, RAW_QUEUE, tasks(chunk..(chunk + 1000).min(n))).await?;
+                apalis_postgres::queries::push_tasks(
+                    &mut *tx,
+                    RAW_QUEUE,
+                    tasks(chunk..(chunk + 1000).min(n)),
+                )
+                .await?;
                 tx.commit().await?;
             }
         }
@@ -178,8 +233,20 @@ async fn raw_enqueue(store: &Arc<dyn Store>, n: usize) -> anyhow::Result<()> {
 
 async fn raw_done(store: &Arc<dyn Store>) -> anyhow::Result<i64> {
     Ok(match store.pool() {
-        DbPool::Sqlite(p) => sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND status = 'Done'").bind(RAW_QUEUE).fetch_one(&p).await?,
-        DbPool::Postgres(p) => sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'").bind(RAW_QUEUE).fetch_one(&p).await?,
+        DbPool::Sqlite(p) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND status = 'Done'")
+                .bind(RAW_QUEUE)
+                .fetch_one(&p)
+                .await?
+        }
+        DbPool::Postgres(p) => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
+            )
+            .bind(RAW_QUEUE)
+            .fetch_one(&p)
+            .await?
+        }
     })
 }
 
@@ -200,19 +267,36 @@ async fn raw_worker(url: &str, conc: usize) -> anyhow::Result<()> {
     let monitor = Monitor::new();
     let monitor = match store.pool() {
         DbPool::Sqlite(pool) => monitor.register(move |r| {
-            let config = apalis_sqlite::Config::default().queue(RAW_QUEUE).batch_size(batch);
+            let config = apalis_sqlite::Config::default()
+                .queue(RAW_QUEUE)
+                .batch_size(batch);
             let backend = apalis_sqlite::SqliteStorage::<u64>::new(&pool)
                 .with_config(config)
                 .poll_with_interval(Duration::from_millis(50));
-            WorkerBuilder::new(format!("{name}-{r}")).backend(backend).concurrency(conc).parallelize(tokio::spawn).build(noop)
+            WorkerBuilder::new(format!("{name}-{r}"))
+                .backend(backend)
+                .concurrency(conc)
+                .parallelize(tokio::spawn)
+                .build(noop)
         }),
         DbPool::Postgres(pool) => monitor.register(move |r| {
-            let config = apalis_postgres::Config::default().queue(RAW_QUEUE).batch_size(batch);
+            let config = apalis_postgres::Config::default()
+                .queue(RAW_QUEUE)
+                .batch_size(batch);
             let strategy = Strategy::new()
-                .stream(futures::StreamExt::map(apalis_postgres::Pubsub::new(pool.clone(), RAW_QUEUE.into()), |_| ()))
+                .stream(futures::StreamExt::map(
+                    apalis_postgres::Pubsub::new(pool.clone(), RAW_QUEUE.into()),
+                    |_| (),
+                ))
                 .interval(Duration::from_millis(50));
-            let backend = apalis_postgres::PostgresStorage::<u64>::new(&pool).with_config(config).poll_with_strategy(strategy);
-            WorkerBuilder::new(format!("{name}-{r}")).backend(backend).concurrency(conc).parallelize(tokio::spawn).build(noop)
+            let backend = apalis_postgres::PostgresStorage::<u64>::new(&pool)
+                .with_config(config)
+                .poll_with_strategy(strategy);
+            WorkerBuilder::new(format!("{name}-{r}"))
+                .backend(backend)
+                .concurrency(conc)
+                .parallelize(tokio::spawn)
+                .build(noop)
         }),
     };
     monitor.run_with_signal(signal).await?;

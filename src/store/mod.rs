@@ -9,6 +9,7 @@
 //! steps 3 and 5 of DESIGN.md §3; they take many requests so that one process can commit
 //! the work of all its concurrent syncs in one short transaction (group commit).
 
+pub(crate) mod batch;
 pub mod postgres;
 pub mod sqlite;
 

@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::*;
-use pipeline::*;
+use pipeline::{PgOps, session_bump};
 
 mod pipeline;
 use crate::queue;
@@ -393,20 +393,7 @@ impl Store for PgStore {
         reqs: &[GrantRequest],
     ) -> Result<Vec<GrantOutcome>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(reqs.len());
-        let mut bumps = SessionBumps::default();
-        for (i, req) in reqs.iter().enumerate() {
-            let (outcome, bump) = grant_one(&mut tx, p, req).await?;
-            if let Some((session, s, f, c)) = bump {
-                bumps.add(session, i, s, f, c);
-            }
-            out.push(outcome);
-        }
-        for (session, (s, f, c, last)) in bumps.into_iter() {
-            if let Some(fin) = session_bump(&mut tx, session, s, f, c).await? {
-                out[last].set_session_finished(fin);
-            }
-        }
+        let out = batch::grant(&mut PgOps(&mut tx), p, reqs).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -454,18 +441,7 @@ impl Store for PgStore {
         reqs: &[FinishRequest],
     ) -> Result<Vec<FinishOutcome>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(reqs.len());
-        let mut bumps = SessionBumps::default();
-        for (i, req) in reqs.iter().enumerate() {
-            let (outcome, bump) = finish_one(&mut tx, req).await?;
-            if let Some((session, s, f, c)) = bump {
-                bumps.add(session, i, s, f, c);
-            }
-            out.push(outcome);
-        }
-        for (session, (s, f, c, last)) in bumps.into_iter() {
-            out[last].session_finished = session_bump(&mut tx, session, s, f, c).await?;
-        }
+        let out = batch::finish(&mut PgOps(&mut tx), reqs).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -1,65 +1,439 @@
-//! The worker pipeline's statements on PostgreSQL: lease grants, renewals and finishes,
-//! each run inside the one transaction of a group-commit batch (see `worker::writer`).
+//! [`BatchOps`] on PostgreSQL: each method is one statement over all rows of a batch (rows
+//! travel as arrays and are `UNNEST`ed), so a batch costs a dozen round trips whatever its
+//! size. `records_load` and `locks_load` lock their rows (`FOR UPDATE`) in that order.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
+use uuid::Uuid;
 
 use super::{instance_from_row, now};
 use crate::model::*;
-use crate::queue::{self, JobPayload};
+use crate::queue;
+use crate::store::batch::*;
 use crate::store::*;
 
-// ---- statements shared by the pipeline's batch steps (all run inside one transaction) ----
+pub(crate) struct PgOps<'a>(pub &'a mut PgConnection);
 
-pub(super) async fn job_ack(tx: &mut PgConnection, job_id: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Done', done_at = now(), last_result = '{\"Ok\":null}' \
-         WHERE id = $1 AND status <> 'Done'",
-    )
-    .bind(job_id)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
+#[async_trait]
+impl BatchOps for PgOps<'_> {
+    async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
+             s.session_id AS uuid FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
+             WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self.0)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let uuid: Uuid = r.try_get("uuid")?;
+                Ok((
+                    r.try_get("id")?,
+                    RecState {
+                        status: r.try_get("status")?,
+                        attempts: r.try_get("attempts")?,
+                        job_id: r.try_get("job_id")?,
+                        lock_token: r.try_get("lock_token")?,
+                        session_row: r.try_get("session_id")?,
+                        session_uuid: uuid.to_string(),
+                        cancel_requested: r.try_get("cancel_requested")?,
+                    },
+                ))
+            })
+            .collect()
+    }
 
-pub(super) async fn job_push(
-    tx: &mut PgConnection,
-    job_id: &str,
-    payload: &JobPayload,
-    delay: Duration,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
-         VALUES ($1, $2, $3, 'Pending', 0, $4, now() + make_interval(secs => $5::float8), 0)",
-    )
-    .bind(payload.to_bytes())
-    .bind(job_id)
-    .bind(queue::QUEUE)
-    .bind(queue::APALIS_MAX_ATTEMPTS as i32)
-    .bind(delay.as_secs_f64().ceil())
-    .execute(tx)
-    .await?;
-    Ok(())
-}
+    async fn locks_load(&mut self, instance_ids: &[i64]) -> Result<HashMap<i64, LockState>> {
+        let rows = sqlx::query(concat!(
+            "SELECT l.instance_id, l.token, l.expires_at > ",
+            now!(),
+            " AS live, COALESCE(r.status = 'running', FALSE) AS holder_running FROM sync_locks l ",
+            "LEFT JOIN sync_instance_records r ON r.id = l.record_id ",
+            "WHERE l.instance_id = ANY($1) ORDER BY l.instance_id FOR UPDATE OF l"
+        ))
+        .bind(instance_ids)
+        .fetch_all(&mut *self.0)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    LockState {
+                        token: r.try_get(1)?,
+                        live: r.try_get(2)?,
+                        holder_running: r.try_get(3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
 
-pub(super) async fn lease_release(
-    tx: &mut PgConnection,
-    instance_id: i64,
-    token: i64,
-) -> Result<()> {
-    // Expired, not deleted: the row keeps the last token for inspection until cleanup.
-    sqlx::query(concat!(
-        "UPDATE sync_locks SET expires_at = ",
-        now!(),
-        " WHERE instance_id = $1 AND token = $2"
-    ))
-    .bind(instance_id)
-    .bind(token)
-    .execute(tx)
-    .await?;
-    Ok(())
+    async fn instances_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, Instance>> {
+        let rows = sqlx::query("SELECT * FROM instances WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter()
+            .map(|r| instance_from_row(r).map(|i| (i.id, i)))
+            .collect()
+    }
+
+    async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>> {
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        Ok(
+            sqlx::query_scalar("SELECT nextval('sync_lock_token_seq') FROM generate_series(1, $1)")
+                .bind(n as i64)
+                .fetch_all(&mut *self.0)
+                .await?,
+        )
+    }
+
+    async fn locks_take(&mut self, owner: &str, ttl: Duration, leases: &[NewLease]) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let instance: Vec<i64> = leases.iter().map(|l| l.instance_id).collect();
+        let session: Vec<Uuid> = leases
+            .iter()
+            .map(|l| Uuid::parse_str(&l.session_uuid).unwrap_or_default())
+            .collect();
+        let record: Vec<i64> = leases.iter().map(|l| l.record_id).collect();
+        let token: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let taken = sqlx::query(concat!(
+            "INSERT INTO sync_locks (instance_id, session_id, record_id, owner, token, locked_at, expires_at) ",
+            "SELECT i, s, r, $5, t, ",
+            now!(),
+            ", clock_timestamp() + make_interval(secs => $6) ",
+            "FROM UNNEST($1::bigint[], $2::uuid[], $3::bigint[], $4::bigint[]) AS v(i, s, r, t) ORDER BY i ",
+            "ON CONFLICT (instance_id) DO UPDATE SET session_id = excluded.session_id, record_id = excluded.record_id, ",
+            "owner = excluded.owner, token = excluded.token, locked_at = excluded.locked_at, expires_at = excluded.expires_at ",
+            "WHERE sync_locks.expires_at <= clock_timestamp()"
+        ))
+        .bind(&instance)
+        .bind(&session)
+        .bind(&record)
+        .bind(&token)
+        .bind(owner)
+        .bind(ttl.as_secs_f64())
+        .execute(&mut *self.0)
+        .await?
+        .rows_affected();
+        if taken as usize != leases.len() {
+            // Two batches raced to create an instance's first lock row (locks_load could
+            // not lock a row that did not exist yet). Roll back; the writer retries the
+            // batch, which then finds the lease busy.
+            return Err(StoreError::Other(
+                "a lease was taken concurrently; retrying the batch".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn locks_release(&mut self, leases: &[(i64, i64)]) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let (i, t): (Vec<i64>, Vec<i64>) = leases.iter().copied().unzip();
+        sqlx::query(concat!(
+            "UPDATE sync_locks l SET expires_at = ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::bigint[]) AS v(i, t) WHERE l.instance_id = v.i AND l.token = v.t"
+        ))
+        .bind(&i)
+        .bind(&t)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn records_start(
+        &mut self,
+        owner: &str,
+        rows: &[(i64, i64, i64)],
+    ) -> Result<HashMap<i64, i64>> {
+        if rows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let wait: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let token: Vec<i64> = rows.iter().map(|r| r.2).collect();
+        let out = sqlx::query(concat!(
+            "UPDATE sync_instance_records r SET status = 'running', attempts = r.attempts + 1, worker_id = $4, ",
+            "lock_wait_ms = v.w, lock_token = v.t, started_at = ",
+            now!(),
+            ", completed_at = NULL, updated_at = ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS v(i, w, t) WHERE r.id = v.i RETURNING r.id, r.attempts"
+        ))
+        .bind(&id)
+        .bind(&wait)
+        .bind(&token)
+        .bind(owner)
+        .fetch_all(&mut *self.0)
+        .await?;
+        out.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn records_end(&mut self, rows: &[(i64, &'static str, Option<String>)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let status: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let error: Vec<Option<String>> = rows.iter().map(|r| r.2.clone()).collect();
+        sqlx::query(concat!(
+            "UPDATE sync_instance_records r SET status = v.s, error = COALESCE(v.e, r.error), completed_at = ",
+            now!(),
+            ", updated_at = ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS v(i, s, e) WHERE r.id = v.i"
+        ))
+        .bind(&id)
+        .bind(&status)
+        .bind(&error)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let col =
+            |f: fn(&(i64, i64, i64, i64, i64)) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        sqlx::query(concat!(
+            "UPDATE sync_instance_records r SET status = 'completed', accounts_total = v.t, accounts_added = v.a, ",
+            "accounts_removed = v.d, accounts_changed = v.c, error = NULL, completed_at = ",
+            now!(),
+            ", updated_at = ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(i, t, a, d, c) ",
+            "WHERE r.id = v.i"
+        ))
+        .bind(col(|r| r.0))
+        .bind(col(|r| r.1))
+        .bind(col(|r| r.2))
+        .bind(col(|r| r.3))
+        .bind(col(|r| r.4))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn records_requeue(
+        &mut self,
+        rows: &[(i64, String, Option<String>)],
+        to_pending: bool,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let job: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        let error: Vec<Option<String>> = rows.iter().map(|r| r.2.clone()).collect();
+        sqlx::query(concat!(
+            "UPDATE sync_instance_records r SET job_id = v.j, error = COALESCE(v.e, r.error), ",
+            "status = CASE WHEN $4 THEN 'pending' ELSE r.status END, updated_at = ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS v(i, j, e) WHERE r.id = v.i"
+        ))
+        .bind(&id)
+        .bind(&job)
+        .bind(&error)
+        .bind(to_pending)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn records_handback(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(concat!(
+            "UPDATE sync_instance_records SET status = 'pending', attempts = GREATEST(attempts - 1, 0), ",
+            "worker_id = NULL, started_at = NULL, updated_at = ",
+            now!(),
+            " WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn jobs_push(&mut self, jobs: &[NewJob]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let id: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let payload: Vec<&[u8]> = jobs.iter().map(|j| j.payload.as_slice()).collect();
+        let delay: Vec<f64> = jobs.iter().map(|j| j.delay.as_secs_f64()).collect();
+        sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
+             SELECT p, i, $4, 'Pending', 0, $5, now() + make_interval(secs => d), 0 \
+             FROM UNNEST($1::text[], $2::bytea[], $3::float8[]) AS v(i, p, d)",
+        )
+        .bind(&id)
+        .bind(&payload)
+        .bind(&delay)
+        .bind(queue::QUEUE)
+        .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn jobs_ack(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE apalis.jobs SET status = 'Done', done_at = now(), last_result = '{\"Ok\":null}' \
+             WHERE id = ANY($1) AND status <> 'Done'",
+        )
+        .bind(ids)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn jobs_release(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn sessions_start(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(concat!(
+            "UPDATE sync_sessions SET status = 'running', started_at = COALESCE(started_at, ",
+            now!(),
+            "), updated_at = ",
+            now!(),
+            " WHERE id = ANY($1) AND status = 'pending'"
+        ))
+        .bind(ids)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_bump(
+        &mut self,
+        session_row: i64,
+        ok: i64,
+        failed: i64,
+        cancelled: i64,
+    ) -> Result<Option<SessionFinished>> {
+        session_bump(self.0, session_row, ok, failed, cancelled).await
+    }
+
+    async fn accounts_load(
+        &mut self,
+        instance_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<StoredAccountRow>>> {
+        let mut out: HashMap<i64, Vec<StoredAccountRow>> = HashMap::new();
+        if instance_ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = sqlx::query(
+            "SELECT instance_id, username, host, attributes, privileges, deleted_at IS NOT NULL FROM instance_accounts \
+             WHERE instance_id = ANY($1)",
+        )
+        .bind(instance_ids)
+        .fetch_all(&mut *self.0)
+        .await?;
+        for r in rows {
+            out.entry(r.try_get(0)?).or_default().push((
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn accounts_insert(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inst: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.1.username.as_str()).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.1.host.as_str()).collect();
+        let attrs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.attributes).collect();
+        let privs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.privileges).collect();
+        sqlx::query(concat!(
+            "INSERT INTO instance_accounts (instance_id, username, host, attributes, privileges, first_seen_at, last_seen_at) ",
+            "SELECT i, u, h, a, p, ",
+            now!(),
+            ", ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[]) AS v(i, u, h, a, p)"
+        ))
+        .bind(&inst)
+        .bind(&user)
+        .bind(&host)
+        .bind(&attrs)
+        .bind(&privs)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn accounts_update(&mut self, instance_id: i64, a: &Account) -> Result<()> {
+        sqlx::query(concat!(
+            "UPDATE instance_accounts SET attributes = $4, privileges = $5, deleted_at = NULL, last_seen_at = ",
+            now!(),
+            " WHERE instance_id = $1 AND username = $2 AND host = $3"
+        ))
+        .bind(instance_id)
+        .bind(&a.username)
+        .bind(&a.host)
+        .bind(&a.attributes)
+        .bind(&a.privileges)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn accounts_mark_deleted(
+        &mut self,
+        instance_id: i64,
+        username: &str,
+        host: &str,
+    ) -> Result<()> {
+        sqlx::query(concat!(
+            "UPDATE instance_accounts SET deleted_at = ",
+            now!(),
+            " WHERE instance_id = $1 AND username = $2 AND host = $3"
+        ))
+        .bind(instance_id)
+        .bind(username)
+        .bind(host)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Adds to a session's totals and finishes it when its last record became terminal.
@@ -119,481 +493,4 @@ pub(super) async fn session_bump(
             1.0
         },
     }))
-}
-
-/// A change to one session's totals: (session row, successful, failed, cancelled).
-pub(super) type Bump = Option<(i64, i64, i64, i64)>;
-
-/// Makes a record terminal without a sync (cancelled, or failed before it could start).
-pub(super) async fn record_end_unsynced(
-    tx: &mut PgConnection,
-    record_id: i64,
-    session_row: i64,
-    job_id: &str,
-    status: &str,
-    error: Option<&str>,
-) -> Result<Bump> {
-    record_terminal(tx, record_id, status, error).await?;
-    job_ack(tx, job_id).await?;
-    let (f, c) = if status == "cancelled" {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
-    Ok(Some((session_row, 0, f, c)))
-}
-
-pub(super) async fn record_terminal(
-    tx: &mut PgConnection,
-    record_id: i64,
-    status: &str,
-    error: Option<&str>,
-) -> Result<()> {
-    sqlx::query(concat!(
-        "UPDATE sync_instance_records SET status = $2, error = COALESCE($3, error), completed_at = ",
-        now!(),
-        ", updated_at = ",
-        now!(),
-        " WHERE id = $1"
-    ))
-    .bind(record_id)
-    .bind(status)
-    .bind(error)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// Stores the accounts found by a sync and returns (added, removed, changed).
-pub(super) async fn accounts_store(
-    tx: &mut PgConnection,
-    instance_id: i64,
-    found: &[Account],
-) -> Result<(i64, i64, i64)> {
-    let stored: Vec<(String, String, serde_json::Value, serde_json::Value, bool)> = sqlx::query(
-        "SELECT username, host, attributes, privileges, deleted_at IS NOT NULL FROM instance_accounts WHERE instance_id = $1",
-    )
-    .bind(instance_id)
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get(0)?,
-            r.try_get(1)?,
-            r.try_get(2)?,
-            r.try_get(3)?,
-            r.try_get(4)?,
-        ))
-    })
-    .collect::<Result<_>>()?;
-    let diff = AccountDiff::compute(found, &stored);
-    if diff.is_empty() {
-        return Ok((0, 0, 0));
-    }
-    if !diff.added.is_empty() {
-        let users: Vec<&str> = diff.added.iter().map(|a| a.username.as_str()).collect();
-        let hosts: Vec<&str> = diff.added.iter().map(|a| a.host.as_str()).collect();
-        let attrs: Vec<&serde_json::Value> = diff.added.iter().map(|a| &a.attributes).collect();
-        let privs: Vec<&serde_json::Value> = diff.added.iter().map(|a| &a.privileges).collect();
-        sqlx::query(concat!(
-            "INSERT INTO instance_accounts (instance_id, username, host, attributes, privileges, first_seen_at, last_seen_at) ",
-            "SELECT $1, u, h, a, p, ",
-            now!(),
-            ", ",
-            now!(),
-            " FROM UNNEST($2::text[], $3::text[], $4::jsonb[], $5::jsonb[]) AS t(u, h, a, p)"
-        ))
-        .bind(instance_id)
-        .bind(&users)
-        .bind(&hosts)
-        .bind(&attrs)
-        .bind(&privs)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for a in diff.changed.iter().chain(diff.revived.iter()) {
-        sqlx::query(concat!(
-            "UPDATE instance_accounts SET attributes = $4, privileges = $5, deleted_at = NULL, last_seen_at = ",
-            now!(),
-            " WHERE instance_id = $1 AND username = $2 AND host = $3"
-        ))
-        .bind(instance_id)
-        .bind(&a.username)
-        .bind(&a.host)
-        .bind(&a.attributes)
-        .bind(&a.privileges)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for (u, h) in &diff.removed {
-        sqlx::query(concat!(
-            "UPDATE instance_accounts SET deleted_at = ",
-            now!(),
-            " WHERE instance_id = $1 AND username = $2 AND host = $3"
-        ))
-        .bind(instance_id)
-        .bind(u)
-        .bind(h)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok((
-        (diff.added.len() + diff.revived.len()) as i64,
-        diff.removed.len() as i64,
-        diff.changed.len() as i64,
-    ))
-}
-
-pub(super) async fn grant_one(
-    tx: &mut PgConnection,
-    p: &LeaseParams,
-    req: &GrantRequest,
-) -> Result<(GrantOutcome, Bump)> {
-    let Some(rec) = sqlx::query(
-        "SELECT r.status, r.attempts, r.job_id, r.session_id, s.cancel_requested, s.session_id AS uuid \
-         FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = $1 FOR UPDATE OF r",
-    )
-    .bind(req.payload.record_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        job_ack(tx, &req.job_id).await?;
-        return Ok((GrantOutcome::Stale, None));
-    };
-    let status: String = rec.try_get("status")?;
-    let job_id: Option<String> = rec.try_get("job_id")?;
-    let session_row: i64 = rec.try_get("session_id")?;
-    let session_uuid: uuid::Uuid = rec.try_get("uuid")?;
-    let attempts: i64 = rec.try_get("attempts")?;
-    if !(status == "pending" || status == "running")
-        || job_id.as_deref() != Some(req.job_id.as_str())
-    {
-        job_ack(tx, &req.job_id).await?;
-        return Ok((GrantOutcome::Stale, None));
-    }
-    let instance_id = req.payload.instance_id;
-    let lock = sqlx::query(concat!(
-        "SELECT l.expires_at > ",
-        now!(),
-        " AS live, r.status AS holder_status FROM sync_locks l ",
-        "LEFT JOIN sync_instance_records r ON r.id = l.record_id WHERE l.instance_id = $1 FOR UPDATE OF l"
-    ))
-    .bind(instance_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let live = lock
-        .as_ref()
-        .map(|l| l.try_get::<bool, _>("live"))
-        .transpose()?
-        .unwrap_or(false);
-    if rec.try_get::<bool, _>("cancel_requested")? {
-        if status == "running" && live {
-            // Its holder is still syncing and will see the cancel at its next heartbeat.
-            job_ack(tx, &req.job_id).await?;
-            return Ok((GrantOutcome::Stale, None));
-        }
-        let fin = record_end_unsynced(
-            tx,
-            req.payload.record_id,
-            session_row,
-            &req.job_id,
-            "cancelled",
-            None,
-        )
-        .await?;
-        return Ok((
-            GrantOutcome::Cancelled {
-                session_finished: None,
-            },
-            fin,
-        ));
-    }
-    if live {
-        if status == "pending" && req.lock_wait_ms >= p.lock_wait_timeout.as_millis() as i64 {
-            let error = format!(
-                "gave up waiting for the lease of instance {instance_id}: another sync held it for more than {} s",
-                p.lock_wait_timeout.as_secs()
-            );
-            let fin = record_end_unsynced(
-                tx,
-                req.payload.record_id,
-                session_row,
-                &req.job_id,
-                "failed",
-                Some(&error),
-            )
-            .await?;
-            return Ok((
-                GrantOutcome::Failed {
-                    error,
-                    lock_timeout: true,
-                    session_finished: None,
-                },
-                fin,
-            ));
-        }
-        // Wait without holding a worker slot: a delayed copy of this job takes over the record.
-        let next_id = queue::new_job_id();
-        let mut payload = req.payload.clone();
-        let now_ms = Utc::now().timestamp_millis();
-        payload
-            .waiting_since_ms
-            .get_or_insert(now_ms - req.lock_wait_ms);
-        job_push(tx, &next_id, &payload, p.busy_retry).await?;
-        sqlx::query("UPDATE sync_instance_records SET job_id = $2 WHERE id = $1")
-            .bind(req.payload.record_id)
-            .bind(&next_id)
-            .execute(&mut *tx)
-            .await?;
-        job_ack(tx, &req.job_id).await?;
-        return Ok((GrantOutcome::Busy, None));
-    }
-    let takeover = lock
-        .as_ref()
-        .map(|l| l.try_get::<Option<String>, _>("holder_status"))
-        .transpose()?
-        .flatten()
-        .is_some_and(|s| s == "running");
-    if attempts + 1 > p.max_attempts {
-        // Only reachable by takeovers: a sync that keeps killing its worker must end.
-        let error =
-            format!("sync abandoned: its worker stopped during each of {attempts} attempts");
-        let fin = record_end_unsynced(
-            tx,
-            req.payload.record_id,
-            session_row,
-            &req.job_id,
-            "failed",
-            Some(&error),
-        )
-        .await?;
-        return Ok((
-            GrantOutcome::Failed {
-                error,
-                lock_timeout: false,
-                session_finished: None,
-            },
-            fin,
-        ));
-    }
-    let Some(instance) = sqlx::query("SELECT * FROM instances WHERE id = $1")
-        .bind(instance_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| instance_from_row(&r))
-        .transpose()?
-    else {
-        let error = format!("instance {instance_id} was removed before it could be synced");
-        let fin = record_end_unsynced(
-            tx,
-            req.payload.record_id,
-            session_row,
-            &req.job_id,
-            "failed",
-            Some(&error),
-        )
-        .await?;
-        return Ok((
-            GrantOutcome::Failed {
-                error,
-                lock_timeout: false,
-                session_finished: None,
-            },
-            fin,
-        ));
-    };
-    let token: i64 = sqlx::query_scalar("SELECT nextval('sync_lock_token_seq')")
-        .fetch_one(&mut *tx)
-        .await?;
-    sqlx::query(concat!(
-        "INSERT INTO sync_locks (instance_id, session_id, record_id, owner, token, locked_at, expires_at) VALUES ",
-        "($1, $2, $3, $4, $5, ",
-        now!(),
-        ", clock_timestamp() + make_interval(secs => $6)) ",
-        "ON CONFLICT (instance_id) DO UPDATE SET session_id = excluded.session_id, record_id = excluded.record_id, ",
-        "owner = excluded.owner, token = excluded.token, locked_at = excluded.locked_at, expires_at = excluded.expires_at ",
-        "WHERE sync_locks.expires_at <= clock_timestamp() RETURNING token"
-    ))
-    .bind(instance_id)
-    .bind(&session_uuid)
-    .bind(req.payload.record_id)
-    .bind(&req.owner)
-    .bind(token)
-    .bind(p.ttl.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?
-    .is_some()
-    .then_some(())
-    // Two grants raced to create the instance's first lock row; the loser's batch is
-    // rolled back and retried by the writer, and then finds the lease busy.
-    .ok_or_else(|| StoreError::Other(format!("lease of instance {instance_id} was taken concurrently")))?;
-    let attempt: i64 = sqlx::query_scalar(concat!(
-        "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = $2, ",
-        "lock_wait_ms = $3, lock_token = $4, started_at = ",
-        now!(),
-        ", completed_at = NULL, updated_at = ",
-        now!(),
-        " WHERE id = $1 RETURNING attempts"
-    ))
-    .bind(req.payload.record_id)
-    .bind(&req.owner)
-    .bind(req.lock_wait_ms)
-    .bind(token)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(concat!(
-        "UPDATE sync_sessions SET status = 'running', started_at = COALESCE(started_at, ",
-        now!(),
-        "), updated_at = ",
-        now!(),
-        " WHERE id = $1 AND status = 'pending'"
-    ))
-    .bind(session_row)
-    .execute(&mut *tx)
-    .await?;
-    Ok((
-        GrantOutcome::Granted {
-            token,
-            instance,
-            attempt,
-            takeover,
-            lock_wait_ms: req.lock_wait_ms,
-        },
-        None,
-    ))
-}
-
-pub(super) async fn finish_one(
-    tx: &mut PgConnection,
-    req: &FinishRequest,
-) -> Result<(FinishOutcome, Bump)> {
-    let fenced = FinishOutcome {
-        record: RecordOutcome::Fenced,
-        session_finished: None,
-    };
-    // Record first, then lease: the same order as a grant, so they cannot deadlock.
-    let Some(rec) = sqlx::query(
-        "SELECT session_id, attempts FROM sync_instance_records WHERE id = $1 AND lock_token = $2 AND status = 'running' FOR UPDATE",
-    )
-    .bind(req.record_id)
-    .bind(req.token)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok((fenced, None));
-    };
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT token FROM sync_locks WHERE instance_id = $1 FOR UPDATE")
-            .bind(req.instance_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if current != Some(req.token) {
-        return Ok((fenced, None));
-    }
-    let session_row: i64 = rec.try_get(0)?;
-    let attempts: i64 = rec.try_get(1)?;
-    let (record, bump) = match &req.result {
-        SyncResult::Completed(accounts) => {
-            let (added, removed, changed) = accounts_store(tx, req.instance_id, accounts).await?;
-            let total = accounts.len() as i64;
-            sqlx::query(concat!(
-                "UPDATE sync_instance_records SET status = 'completed', accounts_total = $2, accounts_added = $3, ",
-                "accounts_removed = $4, accounts_changed = $5, error = NULL, completed_at = ",
-                now!(),
-                ", updated_at = ",
-                now!(),
-                " WHERE id = $1"
-            ))
-            .bind(req.record_id)
-            .bind(total)
-            .bind(added)
-            .bind(removed)
-            .bind(changed)
-            .execute(&mut *tx)
-            .await?;
-            job_ack(tx, &req.job_id).await?;
-            (
-                RecordOutcome::Completed {
-                    total,
-                    added,
-                    removed,
-                    changed,
-                },
-                Some((1, 0, 0)),
-            )
-        }
-        SyncResult::Failed {
-            error,
-            retry_after: None,
-        } => {
-            record_terminal(tx, req.record_id, "failed", Some(error)).await?;
-            job_ack(tx, &req.job_id).await?;
-            (RecordOutcome::Failed, Some((0, 1, 0)))
-        }
-        SyncResult::Cancelled => {
-            record_terminal(tx, req.record_id, "cancelled", None).await?;
-            job_ack(tx, &req.job_id).await?;
-            (RecordOutcome::Cancelled, Some((0, 0, 1)))
-        }
-        SyncResult::Failed {
-            error,
-            retry_after: Some(delay),
-        } => {
-            let next_id = queue::new_job_id();
-            let payload = JobPayload {
-                session_id: req.session_id.clone(),
-                record_id: req.record_id,
-                instance_id: req.instance_id,
-                attempt: attempts + 1,
-                waiting_since_ms: None,
-            };
-            job_push(tx, &next_id, &payload, *delay).await?;
-            sqlx::query(concat!(
-                "UPDATE sync_instance_records SET status = 'pending', job_id = $2, error = $3, updated_at = ",
-                now!(),
-                " WHERE id = $1"
-            ))
-            .bind(req.record_id)
-            .bind(&next_id)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-            job_ack(tx, &req.job_id).await?;
-            (
-                RecordOutcome::Retrying {
-                    next_attempt: attempts + 1,
-                },
-                None,
-            )
-        }
-        SyncResult::HandedBack => {
-            // The attempt did not happen as far as the record is concerned; the same job
-            // goes back to the queue for another worker.
-            sqlx::query(concat!(
-                "UPDATE sync_instance_records SET status = 'pending', attempts = GREATEST(attempts - 1, 0), ",
-                "worker_id = NULL, started_at = NULL, updated_at = ",
-                now!(),
-                " WHERE id = $1"
-            ))
-            .bind(req.record_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL WHERE id = $1",
-            )
-            .bind(&req.job_id)
-            .execute(&mut *tx)
-            .await?;
-            (RecordOutcome::HandedBack, None)
-        }
-    };
-    lease_release(tx, req.instance_id, req.token).await?;
-    Ok((
-        FinishOutcome {
-            record,
-            session_finished: None,
-        },
-        bump.map(|(s, f, c)| (session_row, s, f, c)),
-    ))
 }

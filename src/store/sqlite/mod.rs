@@ -18,7 +18,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::*;
-use pipeline::*;
+use pipeline::{SqliteOps, session_bump};
 
 mod pipeline;
 use crate::queue;
@@ -425,20 +425,7 @@ impl Store for SqliteStore {
         reqs: &[GrantRequest],
     ) -> Result<Vec<GrantOutcome>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(reqs.len());
-        let mut bumps = SessionBumps::default();
-        for (i, req) in reqs.iter().enumerate() {
-            let (outcome, bump) = grant_one(&mut tx, p, req).await?;
-            if let Some((session, s, f, c)) = bump {
-                bumps.add(session, i, s, f, c);
-            }
-            out.push(outcome);
-        }
-        for (session, (s, f, c, last)) in bumps.into_iter() {
-            if let Some(fin) = session_bump(&mut tx, session, s, f, c).await? {
-                out[last].set_session_finished(fin);
-            }
-        }
+        let out = batch::grant(&mut SqliteOps(&mut tx), p, reqs).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -486,18 +473,7 @@ impl Store for SqliteStore {
         reqs: &[FinishRequest],
     ) -> Result<Vec<FinishOutcome>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(reqs.len());
-        let mut bumps = SessionBumps::default();
-        for (i, req) in reqs.iter().enumerate() {
-            let (outcome, bump) = finish_one(&mut tx, req).await?;
-            if let Some((session, s, f, c)) = bump {
-                bumps.add(session, i, s, f, c);
-            }
-            out.push(outcome);
-        }
-        for (session, (s, f, c, last)) in bumps.into_iter() {
-            out[last].session_finished = session_bump(&mut tx, session, s, f, c).await?;
-        }
+        let out = batch::finish(&mut SqliteOps(&mut tx), reqs).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -1,0 +1,451 @@
+//! The pipeline's batch steps (DESIGN.md §3 steps 3 and 5), written once for both
+//! databases. Each backend supplies [`BatchOps`]: a handful of set-based statements that
+//! each touch all rows of a batch at once, so a batch costs about a dozen statements
+//! whatever its size. The decisions (stale? busy? fenced? retry?) are made here, in Rust,
+//! between reading the rows (locked, on PostgreSQL) and writing them.
+//!
+//! Row order: records, then leases, then session totals (ascending, last). Every batch of
+//! every process follows it, so two processes' transactions cannot deadlock.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::*;
+use crate::queue::{self, JobPayload};
+
+/// A record as a batch step sees it.
+pub(crate) struct RecState {
+    pub status: String,
+    pub attempts: i64,
+    pub job_id: Option<String>,
+    pub lock_token: Option<i64>,
+    pub session_row: i64,
+    pub session_uuid: String,
+    pub cancel_requested: bool,
+}
+
+/// An instance's lease row.
+pub(crate) struct LockState {
+    pub token: i64,
+    pub live: bool,
+    /// The record that last held the lease is still `running`: its holder never finished.
+    pub holder_running: bool,
+}
+
+/// `(username, host, attributes, privileges, deleted)` of a stored account.
+pub(crate) type StoredAccountRow = (String, String, serde_json::Value, serde_json::Value, bool);
+
+pub(crate) struct NewLease {
+    pub instance_id: i64,
+    pub session_uuid: String,
+    pub record_id: i64,
+    pub token: i64,
+}
+
+pub(crate) struct NewJob {
+    pub id: String,
+    pub payload: Vec<u8>,
+    pub delay: Duration,
+}
+
+/// Set-based statements over one open transaction. Every method handles an empty slice
+/// by doing nothing.
+#[async_trait]
+pub(crate) trait BatchOps: Send {
+    /// Locks (PostgreSQL: `FOR UPDATE`) and reads records with their session's state.
+    async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>>;
+    /// Locks and reads the lease rows of these instances.
+    async fn locks_load(&mut self, instance_ids: &[i64]) -> Result<HashMap<i64, LockState>>;
+    async fn instances_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, Instance>>;
+    /// `n` fresh fencing tokens from the database-wide counter.
+    async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>>;
+    /// Takes (inserts or takes over) the leases; the caller has checked they are free.
+    async fn locks_take(&mut self, owner: &str, ttl: Duration, leases: &[NewLease]) -> Result<()>;
+    /// Expires the leases `(instance_id, token)` still carrying these tokens.
+    async fn locks_release(&mut self, leases: &[(i64, i64)]) -> Result<()>;
+    /// Marks records running: `(record_id, lock_wait_ms, token)`; returns their attempts.
+    async fn records_start(
+        &mut self,
+        owner: &str,
+        rows: &[(i64, i64, i64)],
+    ) -> Result<HashMap<i64, i64>>;
+    /// Makes records terminal: `(record_id, status, error)`.
+    async fn records_end(&mut self, rows: &[(i64, &'static str, Option<String>)]) -> Result<()>;
+    /// `(record_id, total, added, removed, changed)`.
+    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64)]) -> Result<()>;
+    /// Points records at a new job: `(record_id, job_id, error)`; with `to_pending` the
+    /// record also goes back to `pending` (a retry), else only its job changes (busy).
+    async fn records_requeue(
+        &mut self,
+        rows: &[(i64, String, Option<String>)],
+        to_pending: bool,
+    ) -> Result<()>;
+    /// Gives records back untouched by the aborted attempt.
+    async fn records_handback(&mut self, ids: &[i64]) -> Result<()>;
+    async fn jobs_push(&mut self, jobs: &[NewJob]) -> Result<()>;
+    async fn jobs_ack(&mut self, ids: &[String]) -> Result<()>;
+    /// Puts jobs back to pending, unlocked.
+    async fn jobs_release(&mut self, ids: &[String]) -> Result<()>;
+    async fn sessions_start(&mut self, ids: &[i64]) -> Result<()>;
+    async fn session_bump(
+        &mut self,
+        session_row: i64,
+        ok: i64,
+        failed: i64,
+        cancelled: i64,
+    ) -> Result<Option<SessionFinished>>;
+    async fn accounts_load(
+        &mut self,
+        instance_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<StoredAccountRow>>>;
+    async fn accounts_insert(&mut self, rows: &[(i64, &Account)]) -> Result<()>;
+    /// Updates one account's attributes and privileges and clears `deleted_at`.
+    async fn accounts_update(&mut self, instance_id: i64, account: &Account) -> Result<()>;
+    async fn accounts_mark_deleted(
+        &mut self,
+        instance_id: i64,
+        username: &str,
+        host: &str,
+    ) -> Result<()>;
+}
+
+fn sorted_unique(mut v: Vec<i64>) -> Vec<i64> {
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Step 3 for a batch of jobs.
+pub(crate) async fn grant<O: BatchOps>(
+    ops: &mut O,
+    p: &LeaseParams,
+    reqs: &[GrantRequest],
+) -> Result<Vec<GrantOutcome>> {
+    let recs = ops
+        .records_load(&sorted_unique(
+            reqs.iter().map(|r| r.payload.record_id).collect(),
+        ))
+        .await?;
+    let instance_ids = sorted_unique(reqs.iter().map(|r| r.payload.instance_id).collect());
+    let locks = ops.locks_load(&instance_ids).await?;
+    let instances = ops.instances_load(&instance_ids).await?;
+
+    let mut out: Vec<Option<GrantOutcome>> = vec![None; reqs.len()];
+    let mut ack = vec![];
+    let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
+    let mut bumps = SessionBumps::default();
+    let mut busy_jobs = vec![];
+    let mut busy_records = vec![];
+    let mut granted: Vec<usize> = vec![];
+    let mut taken: HashSet<i64> = HashSet::new();
+    let mut seen_records: HashSet<i64> = HashSet::new();
+    let now_ms = Utc::now().timestamp_millis();
+    for (i, req) in reqs.iter().enumerate() {
+        let rid = req.payload.record_id;
+        let iid = req.payload.instance_id;
+        let Some(rec) = recs.get(&rid).filter(|r| {
+            (r.status == "pending" || r.status == "running")
+                && r.job_id.as_deref() == Some(req.job_id.as_str())
+        }) else {
+            ack.push(req.job_id.clone());
+            out[i] = Some(GrantOutcome::Stale);
+            continue;
+        };
+        if !seen_records.insert(rid) {
+            // The same job twice in one batch (duplicate delivery): the first one decides.
+            out[i] = Some(GrantOutcome::Stale);
+            continue;
+        }
+        let lock = locks.get(&iid);
+        let live = lock.is_some_and(|l| l.live) || taken.contains(&iid);
+        // Ends the record without a sync (cancelled, or failed before it could start).
+        macro_rules! end {
+            ($status:expr, $error:expr) => {{
+                let (status, error): (&'static str, Option<String>) = ($status, $error);
+                ack.push(req.job_id.clone());
+                ended.push((rid, status, error.clone()));
+                let (failed, cancelled) = if status == "cancelled" {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                };
+                bumps.add(rec.session_row, i, 0, failed, cancelled);
+                out[i] = Some(match error {
+                    None => GrantOutcome::Cancelled {
+                        session_finished: None,
+                    },
+                    Some(error) => GrantOutcome::Failed {
+                        lock_timeout: error.starts_with("gave up waiting"),
+                        error,
+                        session_finished: None,
+                    },
+                });
+            }};
+        }
+        if rec.cancel_requested {
+            if rec.status == "running" && live {
+                // Its holder is still syncing and sees the cancel at its next heartbeat.
+                ack.push(req.job_id.clone());
+                out[i] = Some(GrantOutcome::Stale);
+            } else {
+                end!("cancelled", None);
+            }
+            continue;
+        }
+        if live {
+            if rec.status == "pending" && req.lock_wait_ms >= p.lock_wait_timeout.as_millis() as i64
+            {
+                let error = format!(
+                    "gave up waiting for the lease of instance {iid}: another sync held it for more than {} s",
+                    p.lock_wait_timeout.as_secs()
+                );
+                end!("failed", Some(error));
+            } else {
+                // Wait without holding a worker slot: a delayed copy of this job takes over.
+                let mut payload = req.payload.clone();
+                payload
+                    .waiting_since_ms
+                    .get_or_insert(now_ms - req.lock_wait_ms);
+                let id = queue::new_job_id();
+                busy_jobs.push(NewJob {
+                    id: id.clone(),
+                    payload: payload.to_bytes(),
+                    delay: p.busy_retry,
+                });
+                busy_records.push((rid, id, None));
+                ack.push(req.job_id.clone());
+                out[i] = Some(GrantOutcome::Busy);
+            }
+            continue;
+        }
+        if rec.attempts + 1 > p.max_attempts {
+            // Only takeovers get here: a sync that keeps losing its worker must end.
+            let error = format!(
+                "sync abandoned: its worker stopped during each of {} attempts",
+                rec.attempts
+            );
+            end!("failed", Some(error));
+            continue;
+        }
+        if !instances.contains_key(&iid) {
+            end!(
+                "failed",
+                Some(format!(
+                    "instance {iid} was removed before it could be synced"
+                ))
+            );
+            continue;
+        }
+        taken.insert(iid);
+        granted.push(i);
+    }
+
+    let tokens = ops.tokens_next(granted.len()).await?;
+    let leases: Vec<NewLease> = granted
+        .iter()
+        .zip(&tokens)
+        .map(|(&i, &token)| NewLease {
+            instance_id: reqs[i].payload.instance_id,
+            session_uuid: recs[&reqs[i].payload.record_id].session_uuid.clone(),
+            record_id: reqs[i].payload.record_id,
+            token,
+        })
+        .collect();
+    let owner = reqs.first().map(|r| r.owner.as_str()).unwrap_or_default();
+    // Records first (already locked by records_load), then leases: the one order.
+    let starts: Vec<(i64, i64, i64)> = granted
+        .iter()
+        .zip(&tokens)
+        .map(|(&i, &t)| (reqs[i].payload.record_id, reqs[i].lock_wait_ms, t))
+        .collect();
+    let attempts = ops.records_start(owner, &starts).await?;
+    ops.records_end(&ended).await?;
+    ops.records_requeue(&busy_records, false).await?;
+    ops.locks_take(owner, p.ttl, &leases).await?;
+    ops.jobs_push(&busy_jobs).await?;
+    ops.jobs_ack(&ack).await?;
+    ops.sessions_start(&sorted_unique(
+        granted
+            .iter()
+            .map(|&i| recs[&reqs[i].payload.record_id].session_row)
+            .collect(),
+    ))
+    .await?;
+    for (&i, &token) in granted.iter().zip(&tokens) {
+        let req = &reqs[i];
+        out[i] = Some(GrantOutcome::Granted {
+            token,
+            instance: instances[&req.payload.instance_id].clone(),
+            attempt: attempts.get(&req.payload.record_id).copied().unwrap_or(1),
+            takeover: locks
+                .get(&req.payload.instance_id)
+                .is_some_and(|l| l.holder_running),
+            lock_wait_ms: req.lock_wait_ms,
+        });
+    }
+    for (session, (s, f, c, last)) in bumps.into_iter() {
+        if let Some(fin) = ops.session_bump(session, s, f, c).await? {
+            if let Some(o) = out[last].as_mut() {
+                o.set_session_finished(fin);
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.unwrap_or(GrantOutcome::Stale))
+        .collect())
+}
+
+/// Step 5 for a batch of finished syncs.
+pub(crate) async fn finish<O: BatchOps>(
+    ops: &mut O,
+    reqs: &[FinishRequest],
+) -> Result<Vec<FinishOutcome>> {
+    let recs = ops
+        .records_load(&sorted_unique(reqs.iter().map(|r| r.record_id).collect()))
+        .await?;
+    let locks = ops
+        .locks_load(&sorted_unique(reqs.iter().map(|r| r.instance_id).collect()))
+        .await?;
+    let mut out: Vec<FinishOutcome> = reqs
+        .iter()
+        .map(|_| FinishOutcome {
+            record: RecordOutcome::Fenced,
+            session_finished: None,
+        })
+        .collect();
+    // The fencing check: the lease still carries our token, and the record is still the
+    // running attempt that token started.
+    let valid: Vec<usize> = (0..reqs.len())
+        .filter(|&i| {
+            let r = &reqs[i];
+            locks
+                .get(&r.instance_id)
+                .is_some_and(|l| l.token == r.token)
+                && recs
+                    .get(&r.record_id)
+                    .is_some_and(|rec| rec.status == "running" && rec.lock_token == Some(r.token))
+        })
+        .collect();
+
+    let completed: Vec<usize> = valid
+        .iter()
+        .copied()
+        .filter(|&i| matches!(reqs[i].result, SyncResult::Completed(_)))
+        .collect();
+    let mut stored = ops
+        .accounts_load(&sorted_unique(
+            completed.iter().map(|&i| reqs[i].instance_id).collect(),
+        ))
+        .await?;
+    let mut inserts: Vec<(i64, &Account)> = vec![];
+    let mut completes = vec![];
+    for &i in &completed {
+        let SyncResult::Completed(found) = &reqs[i].result else {
+            continue;
+        };
+        let iid = reqs[i].instance_id;
+        let diff = AccountDiff::compute(found, stored.remove(&iid).as_deref().unwrap_or(&[]));
+        inserts.extend(diff.added.iter().map(|a| (iid, *a)));
+        for a in diff.changed.iter().chain(&diff.revived) {
+            ops.accounts_update(iid, a).await?;
+        }
+        for (u, h) in &diff.removed {
+            ops.accounts_mark_deleted(iid, u, h).await?;
+        }
+        let (total, added, removed, changed) = (
+            found.len() as i64,
+            (diff.added.len() + diff.revived.len()) as i64,
+            diff.removed.len() as i64,
+            diff.changed.len() as i64,
+        );
+        completes.push((reqs[i].record_id, total, added, removed, changed));
+        out[i].record = RecordOutcome::Completed {
+            total,
+            added,
+            removed,
+            changed,
+        };
+    }
+    ops.accounts_insert(&inserts).await?;
+
+    let mut ended = vec![];
+    let mut retries = vec![];
+    let mut retry_jobs = vec![];
+    let mut handbacks = vec![];
+    let mut handback_jobs = vec![];
+    let mut ack = vec![];
+    let mut bumps = SessionBumps::default();
+    for &i in &valid {
+        let r = &reqs[i];
+        let rec = &recs[&r.record_id];
+        match &r.result {
+            SyncResult::Completed(_) => {
+                ack.push(r.job_id.clone());
+                bumps.add(rec.session_row, i, 1, 0, 0);
+            }
+            SyncResult::Failed {
+                error,
+                retry_after: None,
+            } => {
+                ended.push((r.record_id, "failed", Some(error.clone())));
+                ack.push(r.job_id.clone());
+                bumps.add(rec.session_row, i, 0, 1, 0);
+                out[i].record = RecordOutcome::Failed;
+            }
+            SyncResult::Cancelled => {
+                ended.push((r.record_id, "cancelled", None));
+                ack.push(r.job_id.clone());
+                bumps.add(rec.session_row, i, 0, 0, 1);
+                out[i].record = RecordOutcome::Cancelled;
+            }
+            SyncResult::Failed {
+                error,
+                retry_after: Some(delay),
+            } => {
+                let payload = JobPayload {
+                    session_id: r.session_id.clone(),
+                    record_id: r.record_id,
+                    instance_id: r.instance_id,
+                    attempt: rec.attempts + 1,
+                    waiting_since_ms: None,
+                };
+                let id = queue::new_job_id();
+                retry_jobs.push(NewJob {
+                    id: id.clone(),
+                    payload: payload.to_bytes(),
+                    delay: *delay,
+                });
+                retries.push((r.record_id, id, Some(error.clone())));
+                ack.push(r.job_id.clone());
+                out[i].record = RecordOutcome::Retrying {
+                    next_attempt: rec.attempts + 1,
+                };
+            }
+            SyncResult::HandedBack => {
+                handbacks.push(r.record_id);
+                handback_jobs.push(r.job_id.clone());
+                out[i].record = RecordOutcome::HandedBack;
+            }
+        }
+    }
+    ops.records_complete(&completes).await?;
+    ops.records_end(&ended).await?;
+    ops.records_requeue(&retries, true).await?;
+    ops.records_handback(&handbacks).await?;
+    let releases: Vec<(i64, i64)> = valid
+        .iter()
+        .map(|&i| (reqs[i].instance_id, reqs[i].token))
+        .collect();
+    ops.locks_release(&releases).await?;
+    ops.jobs_push(&retry_jobs).await?;
+    ops.jobs_ack(&ack).await?;
+    ops.jobs_release(&handback_jobs).await?;
+    for (session, (s, f, c, last)) in bumps.into_iter() {
+        out[last].session_finished = ops.session_bump(session, s, f, c).await?;
+    }
+    Ok(out)
+}
