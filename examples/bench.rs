@@ -121,6 +121,8 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
     let t = Instant::now();
     let created = store.session_create(SyncType::ManualBatch, None).await?;
     let enqueue = t.elapsed();
+    // Statistics that see the queued jobs, for both contenders alike (APALIS-NOTES 2, 18).
+    store.analyze().await?;
     let t = Instant::now();
     loop {
         let d = store
@@ -154,12 +156,25 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
     let t = Instant::now();
     raw_enqueue(&store, n).await?;
     let raw_enqueue_time = t.elapsed();
+    store.analyze().await?;
     let t = Instant::now();
     while raw_done(&store).await? < n as i64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let raw = t.elapsed();
     stop(raw_workers);
+    if let DbPool::Sqlite(pool) = store.pool() {
+        // apalis' ack can pick a plan that scans every job its worker ever locked
+        // (APALIS-NOTES 18); show which plan raw apalis ran with.
+        let plan: Vec<String> = sqlx::query_scalar(
+            "SELECT detail FROM (EXPLAIN QUERY PLAN WITH j AS (SELECT value ->> 'task_id' AS task_id FROM json_each('[]')) \
+             UPDATE Jobs SET status = 'Done' FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = 'x')",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        println!("sqlite   raw apalis ack plan: {}", plan.join(" | "));
+    }
 
     let ours_rate = n as f64 / ours.as_secs_f64();
     let raw_rate = n as f64 / raw.as_secs_f64();
@@ -272,7 +287,12 @@ async fn raw_worker(url: &str, conc: usize) -> anyhow::Result<()> {
                 .batch_size(batch);
             let backend = apalis_sqlite::SqliteStorage::<u64>::new(&pool)
                 .with_config(config)
-                .poll_with_interval(Duration::from_millis(50));
+                .poll_with_interval(Duration::from_millis(
+                    std::env::var("RAW_POLL_MS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(50),
+                ));
             WorkerBuilder::new(format!("{name}-{r}"))
                 .backend(backend)
                 .concurrency(conc)

@@ -4,26 +4,26 @@
 //! `syncpool_db_busy_total`. It needs the raw handle, hence this module's one `unsafe`.
 
 use std::os::raw::{c_int, c_void};
+use std::time::Duration;
 
-/// SQLite's default back-off table (sqlite3.c, `sqliteDefaultBusyCallback`), in ms.
-const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
-const TIMEOUT_MS: u64 = 30_000;
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 extern "C" fn busy_handler(_arg: *mut c_void, count: c_int) -> c_int {
-    let count = count.max(0) as usize;
-    let (delay, waited) = if count < DELAYS_MS.len() {
-        (DELAYS_MS[count], DELAYS_MS[..count].iter().sum::<u64>())
-    } else {
-        let total: u64 = DELAYS_MS.iter().sum();
-        (100, total + (count - DELAYS_MS.len()) as u64 * 100)
-    };
-    if waited + delay > TIMEOUT_MS {
+    // SQLite's own handler sleeps 1, 2, 5, 10 ... 100 ms between tries: under steady
+    // contention a waiter then sleeps long after the lock was freed (writes here hold it
+    // for well under a millisecond). Short, growing waits capped at 1 ms keep the lock
+    // busy instead, at the cost of a few more wake-ups.
+    let count = count.max(0) as u32;
+    let delay = Duration::from_micros((50u64 << count.min(5)).min(1000));
+    let waited = Duration::from_micros(50 * ((1u64 << count.min(5)) - 1))
+        + Duration::from_millis(count.saturating_sub(5) as u64);
+    if waited > TIMEOUT {
         return 0;
     }
     metrics::counter!(crate::metrics::DB_BUSY).increment(1);
     // This runs on sqlx's dedicated SQLite worker thread, never on a tokio worker, so a
     // blocking sleep is what SQLite's own handler would do here too.
-    std::thread::sleep(std::time::Duration::from_millis(delay));
+    std::thread::sleep(delay);
     1
 }
 
