@@ -20,6 +20,9 @@ both!(
     three_workers_finish_two_overlapping_sessions_without_overlapping_syncs,
     a_sigkilled_workers_instances_are_finished_by_the_others,
     a_paused_workers_late_result_is_refused_by_the_fencing_token,
+    sigterm_hands_running_syncs_back_and_exits_0,
+    cancel_stops_a_running_session_at_the_next_heartbeat,
+    an_undecodable_job_is_killed_without_stopping_the_worker,
 );
 
 async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<SessionDetail> {
@@ -314,4 +317,149 @@ async fn a_paused_workers_late_result_is_refused_by_the_fencing_token(b: Backend
     assert!(paused.wait().unwrap().success());
     assert!(other.wait().unwrap().success());
     assert_no_lock_errors(&[plog, olog]);
+}
+
+async fn wait_running(db: &TestDb, id: uuid::Uuid, n: usize) {
+    let store = db.store().await;
+    let start = Instant::now();
+    while store
+        .session_get(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .records
+        .iter()
+        .filter(|r| r.status == "running")
+        .count()
+        < n
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "syncs never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sigterm_hands_running_syncs_back_and_exits_0(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    for i in 0..3 {
+        store
+            .instance_insert(&simulated(
+                &format!("long{i}"),
+                json!({"latency_ms": 30000}),
+            ))
+            .await
+            .unwrap();
+    }
+    let (mut w, log) = worker(
+        &db,
+        "leaving",
+        &["--shutdown-grace", "1s", "--concurrency", "4"],
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    wait_running(&db, s.session_id, 3).await;
+    let t = Instant::now();
+    signal(&w, "TERM");
+    assert!(w.wait().unwrap().success(), "exit code 0");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "left within the grace period: {:?}",
+        t.elapsed()
+    );
+    let d = store.session_get(s.session_id).await.unwrap().unwrap();
+    assert!(
+        d.records
+            .iter()
+            .all(|r| r.status == "pending" && r.attempts == 0),
+        "records handed back: {:?}",
+        d.records
+    );
+    let g = store.fleet_gauges().await.unwrap();
+    assert_eq!(
+        (g.locks_held, g.jobs_pending),
+        (0, 3),
+        "leases released, jobs back in the queue"
+    );
+    assert_no_lock_errors(&[log]);
+}
+
+async fn cancel_stops_a_running_session_at_the_next_heartbeat(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    for i in 0..6 {
+        store
+            .instance_insert(&simulated(&format!("c{i}"), json!({"latency_ms": 30000})))
+            .await
+            .unwrap();
+    }
+    let (mut w, log) = worker(
+        &db,
+        "c",
+        &[
+            "--concurrency",
+            "2",
+            "--lease-ttl",
+            "3s",
+            "--lease-renew",
+            "500ms",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    wait_running(&db, s.session_id, 2).await;
+    let (code, out, err) = cli(&db.url, &["cancel", &s.session_id.to_string()]);
+    assert_eq!(code, 0, "{out} {err}");
+    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(15)).await;
+    assert_eq!(done[0].session.status, "cancelled");
+    assert_eq!(done[0].session.cancelled_instances, 6);
+    assert_invariants(&done);
+    signal(&w, "TERM");
+    assert!(w.wait().unwrap().success());
+    assert_eq!(store.fleet_gauges().await.unwrap().locks_held, 0);
+    assert_no_lock_errors(&[log]);
+}
+
+async fn an_undecodable_job_is_killed_without_stopping_the_worker(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    let id = syncpool::queue::new_job_id();
+    match store.pool() {
+        syncpool::store::DbPool::Sqlite(p) => {
+            sqlx::query("INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) VALUES (X'7b6e6f74', ?1, ?2, 'Pending', 0, 1, unixepoch(), 0)")
+                .bind(&id).bind(syncpool::queue::QUEUE).execute(&p).await.unwrap();
+        }
+        syncpool::store::DbPool::Postgres(p) => {
+            sqlx::query("INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) VALUES ('\\x7b6e6f74', $1, $2, 'Pending', 0, 1, now() - interval '1 second', 0)")
+                .bind(&id).bind(syncpool::queue::QUEUE).execute(&p).await.unwrap();
+        }
+    }
+    store
+        .instance_insert(&simulated("fine", json!({"latency_ms": 10})))
+        .await
+        .unwrap();
+    let (mut w, log) = worker(&db, "poison", &["--concurrency", "2"]);
+    let s = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
+    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(20)).await;
+    assert_eq!(done[0].session.status, "completed");
+    assert_eq!(
+        store.fleet_gauges().await.unwrap().jobs_failed,
+        1,
+        "the bad job is retired as killed"
+    );
+    signal(&w, "TERM");
+    assert!(w.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("undecodable job payload"), "{text}");
 }
