@@ -25,9 +25,35 @@ if command -v mariadb-admin >/dev/null 2>&1 && ! mariadb-admin -h 127.0.0.1 -uro
   wait_for MariaDB mariadb-admin -h 127.0.0.1 -uroot ping
 fi
 
+# The source tests need PostgreSQL to check passwords for some roles (this server trusts
+# loopback otherwise): members of one group must authenticate over TCP. Idempotent.
+hba=$(psql -h 127.0.0.1 -U postgres -d test -Atc "SHOW hba_file" 2>/dev/null || true)
+if [ -n "$hba" ] && ! grep -q syncpool_password_required "$hba"; then
+  psql -h 127.0.0.1 -U postgres -d test -qc "DO \$\$ BEGIN CREATE ROLE syncpool_password_required NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$"
+  sed -i '1i host all +syncpool_password_required 127.0.0.1/32 scram-sha-256' "$hba"
+  psql -h 127.0.0.1 -U postgres -d test -qAtc "SELECT pg_reload_conf()" >/dev/null
+fi
+
 # Test databases from an interrupted earlier run would only waste disk: drop them.
 psql -h 127.0.0.1 -U postgres -d test -Atc \
   "SELECT 'DROP DATABASE IF EXISTS ' || quote_ident(datname) || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'syncpool_t_%'" \
   2>/dev/null | psql -h 127.0.0.1 -U postgres -d test -q >/dev/null 2>&1 || true
+
+# Roles, users and databases the source tests create are named sp<10 hex>_*; drop those an
+# interrupted run left behind.
+psql -h 127.0.0.1 -U postgres -d test -Atc \
+  "SELECT 'DROP DATABASE IF EXISTS ' || quote_ident(datname) || ' WITH (FORCE);' FROM pg_database WHERE datname ~ '^sp[0-9a-f]{10}_'" \
+  2>/dev/null | psql -h 127.0.0.1 -U postgres -d test -q >/dev/null 2>&1 || true
+psql -h 127.0.0.1 -U postgres -d test -Atc \
+  "SELECT 'DROP OWNED BY ' || quote_ident(rolname) || '; DROP ROLE ' || quote_ident(rolname) || ';' FROM pg_roles WHERE rolname ~ '^sp[0-9a-f]{10}_'" \
+  2>/dev/null | psql -h 127.0.0.1 -U postgres -d test -q >/dev/null 2>&1 || true
+if command -v mariadb >/dev/null 2>&1; then
+  mariadb -h 127.0.0.1 -uroot -N -e \
+    "SELECT CONCAT('DROP USER IF EXISTS ', QUOTE(User), '@', QUOTE(Host), ';') FROM mysql.user WHERE User RLIKE '^sp[0-9a-f]{10}_'" \
+    2>/dev/null | mariadb -h 127.0.0.1 -uroot 2>/dev/null || true
+  mariadb -h 127.0.0.1 -uroot -N -e \
+    "SELECT CONCAT('DROP DATABASE IF EXISTS \`', SCHEMA_NAME, '\`;') FROM information_schema.SCHEMATA WHERE SCHEMA_NAME RLIKE '^sp[0-9a-f]{10}_'" \
+    2>/dev/null | mariadb -h 127.0.0.1 -uroot 2>/dev/null || true
+fi
 
 exec cargo test --workspace "$@"

@@ -44,6 +44,8 @@ pub async fn run(
         })
         .filter(|n| !existing.contains(&n.name))
         .collect();
+    let mut new = new;
+    new.extend(local_servers(&existing).await);
     store.instance_insert_many(&new).await?;
     // A fresh database has no planner statistics yet (APALIS-NOTES pitfall 2).
     store.analyze().await?;
@@ -133,9 +135,64 @@ pub async fn run(
             r.error.as_deref().unwrap_or("")
         );
     }
+    for r in detail
+        .records
+        .iter()
+        .filter(|r| r.instance_name.starts_with("local-"))
+    {
+        println!(
+            "real instance  {}: {} ({} accounts{}); see `syncpool accounts {}`",
+            r.instance_name,
+            r.status,
+            r.accounts_total.unwrap_or(0),
+            r.error
+                .as_deref()
+                .map(|e| format!(", {e}"))
+                .unwrap_or_default(),
+            r.instance_name
+        );
+    }
     println!(
         "\nnext: `syncpool sessions`, `syncpool session {}`, `syncpool accounts demo-00001`",
         s.session_id
     );
     Ok(())
+}
+
+/// The PostgreSQL and MariaDB on this machine, when they answer on their usual ports, so
+/// that the demo also shows real accounts. They are registered once, without passwords
+/// (loopback trust / an empty root password, as on a developer machine).
+async fn local_servers(existing: &std::collections::HashSet<String>) -> Vec<NewInstance> {
+    let mut out = vec![];
+    for (name, kind, port, user, database) in [
+        (
+            "local-postgres",
+            "postgres",
+            5432,
+            "postgres",
+            Some("postgres"),
+        ),
+        ("local-mariadb", "mysql", 3306, "root", None),
+    ] {
+        let reachable = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if reachable && !existing.contains(name) {
+            out.push(NewInstance {
+                name: name.into(),
+                kind: kind.into(),
+                host: Some("127.0.0.1".into()),
+                port: Some(port.into()),
+                username: Some(user.into()),
+                database: database.map(Into::into),
+                password_env: None,
+                options: serde_json::json!({}),
+                active: true,
+            });
+        }
+    }
+    out
 }

@@ -7,6 +7,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod common;
+mod mysql;
+mod postgres;
 mod simulated;
 
 use std::collections::BTreeMap;
@@ -14,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use mysql::{MysqlSource, parse_grant};
+pub use postgres::PostgresSource;
 pub use simulated::SimulatedSource;
 
 /// The kinds of instance syncpool knows how to sync.
@@ -121,6 +126,8 @@ pub trait AccountSource: Send + Sync {
 pub fn source_for(kind: &str) -> Option<Box<dyn AccountSource>> {
     match kind {
         "simulated" => Some(Box::new(SimulatedSource)),
+        "postgres" => Some(Box::new(PostgresSource)),
+        "mysql" => Some(Box::new(MysqlSource)),
         _ => None,
     }
 }

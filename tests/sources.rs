@@ -1,0 +1,432 @@
+//! Real account sources against the PostgreSQL and MariaDB on this machine. Each test
+//! creates its own uniquely named roles/users, syncs through a real worker process, checks
+//! the inventory against the server, changes the server and syncs again.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use syncpool::model::NewInstance;
+
+use crate::common::*;
+
+/// The group whose members must log in with a password over TCP (scripts/test.sh puts it
+/// in pg_hba.conf; the rest of this server trusts loopback).
+const PW_GROUP: &str = "syncpool_password_required";
+
+fn tag() -> String {
+    format!("sp{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+async fn pg(sql: &str) {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url())
+        .await
+        .expect("PostgreSQL is required");
+    for stmt in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+}
+
+fn maria(sql: &str) {
+    let out = Command::new("mariadb")
+        .args(["-h", "127.0.0.1", "-uroot", "-e", sql])
+        .output()
+        .expect("mariadb client");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn instance(
+    name: &str,
+    kind: &str,
+    port: i64,
+    user: &str,
+    database: Option<&str>,
+    password_env: Option<&str>,
+    options: Value,
+) -> NewInstance {
+    NewInstance {
+        name: name.into(),
+        kind: kind.into(),
+        host: Some("127.0.0.1".into()),
+        port: Some(port),
+        username: Some(user.into()),
+        database: database.map(Into::into),
+        password_env: password_env.map(Into::into),
+        options,
+        active: true,
+    }
+}
+
+/// Syncs one instance through a real worker process that has `env` set; returns the
+/// session record and the CLI's view of the accounts.
+fn sync_one(db: &TestDb, name: &str, env: &[(&str, &str)]) -> (Value, Value) {
+    let log = db.dir.path().join(format!("worker-{name}.log"));
+    let mut worker = Command::new(bin())
+        .args([
+            "worker",
+            "--poll-interval",
+            "100ms",
+            "--retry-backoff",
+            "100ms",
+        ])
+        .envs(env.iter().copied())
+        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let (code, out, err) = cli(&db.url, &["sync", name, "--wait", "--json"]);
+    signal(&worker, "TERM");
+    worker.wait().unwrap();
+    assert_eq!(code, 0, "{err}");
+    let session: Value = serde_json::from_str(&out).unwrap();
+    let (code, out, err) = cli(&db.url, &["accounts", name, "--json", "--include-deleted"]);
+    assert_eq!(code, 0, "{err}");
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    for (_, secret) in env {
+        assert!(
+            !logs.contains(secret) && !out.contains(secret),
+            "a secret leaked into logs or output"
+        );
+    }
+    (
+        session["records"][0].clone(),
+        serde_json::from_str(&out).unwrap(),
+    )
+}
+
+fn find<'a>(accounts: &'a Value, user: &str) -> &'a Value {
+    accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["username"] == user)
+        .unwrap_or_else(|| panic!("{user} not in {accounts}"))
+}
+
+fn counts(record: &Value) -> (i64, i64, i64, i64) {
+    let n = |k: &str| record[k].as_i64().unwrap_or(-1);
+    (
+        n("accounts_total"),
+        n("accounts_added"),
+        n("accounts_removed"),
+        n("accounts_changed"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
+    let t = tag();
+    let secret = format!("pw-{t}-secret");
+    pg(&format!(
+        "CREATE ROLE {t}_reader NOLOGIN;\n\
+         CREATE ROLE {t}_app LOGIN CREATEDB PASSWORD '{secret}' CONNECTION LIMIT 5 IN ROLE {PW_GROUP};\n\
+         CREATE ROLE {t}_old LOGIN;\n\
+         GRANT {t}_reader TO {t}_app;\n\
+         GRANT CREATE ON SCHEMA public TO {t}_app"
+    ))
+    .await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    store
+        .instance_insert(&instance(
+            "pg",
+            "postgres",
+            5432,
+            &format!("{t}_app"),
+            Some("test"),
+            Some(&var),
+            json!({"role_like": format!("{t}_%")}),
+        ))
+        .await
+        .unwrap();
+    let (record, accounts) = sync_one(&db, "pg", &[(&var, &secret)]);
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(counts(&record), (3, 3, 0, 0));
+    let app = find(&accounts, &format!("{t}_app"));
+    assert_eq!(app["attributes"]["can_login"], true);
+    assert_eq!(app["attributes"]["create_db"], true);
+    assert_eq!(app["attributes"]["superuser"], false);
+    assert_eq!(app["attributes"]["connection_limit"], 5);
+    assert_eq!(app["attributes"]["member_of"], json!([{"role": PW_GROUP, "admin_option": false}, {"role": format!("{t}_reader"), "admin_option": false}]).as_array().map(|a| {
+        let mut a = a.clone();
+        a.sort_by_key(|v| v["role"].as_str().unwrap().to_string());
+        Value::Array(a)
+    }).unwrap());
+    let privs = app["privileges"].as_array().unwrap();
+    assert!(privs.iter().any(|p| {
+        p["level"] == "database"
+            && p["database"] == "test"
+            && p["privileges"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("CONNECT"))
+    }));
+    assert!(privs.iter().any(|p| p["level"] == "schema"
+        && p["schema"] == "public"
+        && p["privileges"] == json!(["USAGE", "CREATE"])));
+    assert_eq!(
+        find(&accounts, &format!("{t}_reader"))["attributes"]["can_login"],
+        false
+    );
+
+    pg(&format!(
+        "DROP ROLE {t}_old;\nALTER ROLE {t}_reader LOGIN;\nCREATE ROLE {t}_new NOLOGIN"
+    ))
+    .await;
+    let (record, accounts) = sync_one(&db, "pg", &[(&var, &secret)]);
+    assert_eq!(counts(&record), (3, 1, 1, 1), "{record}");
+    assert!(!find(&accounts, &format!("{t}_old"))["deleted_at"].is_null());
+    let (record, _) = sync_one(&db, "pg", &[(&var, &secret)]);
+    assert_eq!(
+        counts(&record),
+        (3, 0, 0, 0),
+        "a sync that finds no change writes no account rows"
+    );
+    pg(&format!("DROP ROLE {t}_new;\nREVOKE CREATE ON SCHEMA public FROM {t}_app;\nDROP ROLE {t}_app;\nDROP ROLE {t}_reader")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_instance_is_synced_with_parsed_grants_and_its_changes_are_counted() {
+    let t = tag();
+    let secret = format!("pw-{t}-secret");
+    maria(&format!(
+        "CREATE DATABASE {t}_db; CREATE TABLE {t}_db.orders (id INT, note TEXT);\
+         CREATE USER '{t}_admin'@'%' IDENTIFIED BY '{secret}'; GRANT SELECT ON mysql.* TO '{t}_admin'@'%';\
+         CREATE USER '{t}_app'@'10.%' IDENTIFIED BY 'x'; GRANT SELECT, INSERT ON {t}_db.* TO '{t}_app'@'10.%';\
+         GRANT UPDATE (note) ON {t}_db.orders TO '{t}_app'@'10.%';\
+         CREATE USER '{t}_old'@'%';"
+    ));
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    store
+        .instance_insert(&instance(
+            "maria",
+            "mysql",
+            3306,
+            &format!("{t}_admin"),
+            None,
+            Some(&var),
+            json!({"user_like": format!("{t}_%")}),
+        ))
+        .await
+        .unwrap();
+    let (record, accounts) = sync_one(&db, "maria", &[(&var, &secret)]);
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(counts(&record), (3, 3, 0, 0));
+    let app = find(&accounts, &format!("{t}_app"));
+    assert_eq!(app["host"], "10.%");
+    assert_eq!(app["attributes"]["locked"], false);
+    let privs = app["privileges"].as_array().unwrap();
+    assert!(
+        privs.iter().any(|p| p["level"] == "database"
+            && p["database"] == format!("{t}_db")
+            && p["privileges"] == json!(["SELECT", "INSERT"])),
+        "{privs:?}"
+    );
+    assert!(
+        privs
+            .iter()
+            .any(|p| p["level"] == "table" && p["table"] == "orders"),
+        "{privs:?}"
+    );
+    assert!(
+        privs
+            .iter()
+            .any(|p| p["level"] == "global" && p["privileges"] == json!(["USAGE"]))
+    );
+
+    maria(&format!(
+        "DROP USER '{t}_old'@'%'; ALTER USER '{t}_app'@'10.%' ACCOUNT LOCK; CREATE USER '{t}_new'@'localhost';"
+    ));
+    let (record, accounts) = sync_one(&db, "maria", &[(&var, &secret)]);
+    assert_eq!(counts(&record), (3, 1, 1, 1), "{record}");
+    assert_eq!(
+        find(&accounts, &format!("{t}_app"))["attributes"]["locked"],
+        true
+    );
+    maria(&format!(
+        "DROP USER '{t}_new'@'localhost'; DROP USER '{t}_app'@'10.%'; DROP USER '{t}_admin'@'%'; DROP DATABASE {t}_db;"
+    ));
+}
+
+/// Each failure is classified: fatal ones are not retried, network ones are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_classified_and_never_show_the_password() {
+    let t = tag();
+    let secret = format!("pw-{t}-secret");
+    pg(&format!(
+        "CREATE ROLE {t}_pw LOGIN PASSWORD 'right-{secret}' IN ROLE {PW_GROUP};\n\
+         CREATE ROLE {t}_nologin NOLOGIN;\n\
+         CREATE DATABASE {t}_locked;\n\
+         REVOKE CONNECT ON DATABASE {t}_locked FROM PUBLIC;\n\
+         CREATE ROLE {t}_plain LOGIN"
+    ))
+    .await;
+    maria(&format!(
+        "CREATE USER '{t}_noprivs'@'%' IDENTIFIED BY '{secret}';"
+    ));
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    let cases = [
+        (
+            "wrong-password",
+            instance(
+                "wrong-password",
+                "postgres",
+                5432,
+                &format!("{t}_pw"),
+                Some("test"),
+                Some(&var),
+                json!({}),
+            ),
+            "authentication failed",
+            1,
+        ),
+        (
+            "no-login",
+            instance(
+                "no-login",
+                "postgres",
+                5432,
+                &format!("{t}_nologin"),
+                Some("test"),
+                None,
+                json!({}),
+            ),
+            "authentication failed",
+            1,
+        ),
+        (
+            "unreachable",
+            instance(
+                "unreachable",
+                "postgres",
+                1,
+                "postgres",
+                None,
+                None,
+                json!({}),
+            ),
+            "connection refused",
+            3,
+        ),
+        (
+            "missing-var",
+            instance(
+                "missing-var",
+                "mysql",
+                3306,
+                "root",
+                None,
+                Some("SYNCPOOL_TEST_UNSET_VARIABLE"),
+                json!({}),
+            ),
+            "is not set",
+            1,
+        ),
+        (
+            "no-connect",
+            instance(
+                "no-connect",
+                "postgres",
+                5432,
+                &format!("{t}_plain"),
+                Some(&format!("{t}_locked")),
+                None,
+                json!({}),
+            ),
+            "lacks a privilege",
+            1,
+        ),
+        (
+            "no-catalog",
+            instance(
+                "no-catalog",
+                "mysql",
+                3306,
+                &format!("{t}_noprivs"),
+                None,
+                Some(&var),
+                json!({}),
+            ),
+            "lacks a privilege",
+            1,
+        ),
+        (
+            "mysql-wrong-password",
+            instance(
+                "mysql-wrong-password",
+                "mysql",
+                3306,
+                &format!("{t}_noprivs"),
+                None,
+                Some("SYNCPOOL_TEST_OTHER_PW"),
+                json!({}),
+            ),
+            "authentication failed",
+            1,
+        ),
+    ];
+    for (_, new, _, _) in &cases {
+        store.instance_insert(new).await.unwrap();
+    }
+    let env = [
+        (var.as_str(), secret.as_str()),
+        ("SYNCPOOL_TEST_OTHER_PW", "not-the-password"),
+    ];
+    let log = db.dir.path().join("worker.log");
+    let mut worker = Command::new(bin())
+        .args([
+            "worker",
+            "--poll-interval",
+            "100ms",
+            "--retry-backoff",
+            "100ms",
+        ])
+        .envs(env)
+        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let (code, out, err) = cli(&db.url, &["sync-all", "--wait", "--json"]);
+    signal(&worker, "TERM");
+    worker.wait().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(&secret) && !std::fs::read_to_string(&log).unwrap().contains(&secret),
+        "the password leaked"
+    );
+    let session: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(session["status"], "failed");
+    for (name, _, needle, attempts) in &cases {
+        let r = session["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["instance_name"] == *name)
+            .unwrap();
+        assert_eq!(r["status"], "failed", "{name}: {r}");
+        let error = r["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains(needle),
+            "{name}: expected {needle:?} in {error:?}"
+        );
+        assert_eq!(r["attempts"], *attempts, "{name}: {r}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pg(&format!(
+        "DROP ROLE {t}_pw;\nDROP ROLE {t}_nologin;\nDROP DATABASE {t}_locked;\nDROP ROLE {t}_plain"
+    ))
+    .await;
+    maria(&format!("DROP USER '{t}_noprivs'@'%';"));
+}
