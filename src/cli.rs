@@ -137,6 +137,24 @@ pub enum Command {
         #[arg(long)]
         metrics_bind: Option<String>,
     },
+    /// HTTP API and /metrics; optionally in-process workers and the scheduler
+    Serve {
+        /// Address to listen on; port 0 picks a free one (the bound address is logged)
+        #[arg(long, env = "SYNCPOOL_BIND", default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Concurrency of an in-process worker (0: none)
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+        workers: u16,
+        /// Cron expression for scheduled sessions over all active instances (e.g. "0 */6 * * *")
+        #[arg(long, env = "SYNCPOOL_SCHEDULE")]
+        schedule: Option<String>,
+        /// Cron expression for the daily cleanup
+        #[arg(long, env = "SYNCPOOL_CLEANUP_SCHEDULE", default_value = "0 3 * * *")]
+        cleanup_schedule: String,
+        /// Days of finished sessions the scheduled cleanup keeps
+        #[arg(long, env = "SYNCPOOL_RETENTION_DAYS", default_value_t = 7)]
+        retention_days: i64,
+    },
     /// List sessions
     Sessions {
         #[arg(long)]
@@ -323,6 +341,24 @@ pub async fn run(cli: Cli) -> Out {
             )
             .await
             .map_err(CliError::Runtime)
+        }
+        Command::Serve {
+            bind,
+            workers,
+            schedule,
+            cleanup_schedule,
+            retention_days,
+        } => {
+            serve(
+                store,
+                settings,
+                &bind,
+                workers,
+                schedule,
+                &cleanup_schedule,
+                retention_days,
+            )
+            .await
         }
         Command::Sessions {
             status,
@@ -638,4 +674,66 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+async fn serve(
+    store: Arc<dyn Store>,
+    settings: Settings,
+    bind: &str,
+    workers: u16,
+    schedule: Option<String>,
+    cleanup_schedule: &str,
+    retention_days: i64,
+) -> Out {
+    use crate::scheduler::{self, Job, Schedule};
+    let mut schedules = vec![Schedule {
+        name: "cleanup",
+        cron: scheduler::parse(cleanup_schedule).map_err(CliError::Usage)?,
+        job: Job::Cleanup {
+            days: validate::days(retention_days)?,
+        },
+    }];
+    if let Some(expr) = schedule.filter(|s| !s.trim().is_empty()) {
+        schedules.push(Schedule {
+            name: "sync",
+            cron: scheduler::parse(&expr).map_err(CliError::Usage)?,
+            job: Job::Sync,
+        });
+    }
+    let token = std::env::var("SYNCPOOL_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Arc::<str>::from);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let state = crate::http::AppState {
+        store: store.clone(),
+        token,
+    };
+    let (_, server) = crate::http::serve(state, bind, stop.clone().cancelled_owned())
+        .await
+        .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    let sched = tokio::spawn(scheduler::run(store.clone(), schedules, stop.clone()));
+    let worker = (workers > 0).then(|| {
+        let id = crate::worker::new_worker_id();
+        tokio::spawn(crate::worker::run(
+            store.clone(),
+            settings,
+            workers as usize,
+            id,
+            stop.clone().cancelled_owned(),
+        ))
+    });
+    shutdown_signal().await;
+    stop.cancel();
+    let _ = sched.await;
+    if let Some(w) = worker {
+        w.await
+            .map_err(|e| CliError::Runtime(e.into()))?
+            .map_err(CliError::Runtime)?;
+    }
+    server
+        .await
+        .map_err(|e| CliError::Runtime(e.into()))?
+        .map_err(|e| CliError::Runtime(e.into()))?;
+    Ok(())
 }

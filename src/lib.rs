@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod redact;
+pub mod scheduler;
 pub mod settings;
 mod sqlite_busy;
 pub mod store;

@@ -1,4 +1,5 @@
 //! One integration-test binary (links once): real SQLite files, the real PostgreSQL.
+mod api;
 mod cli;
 mod common;
 mod conformance;

@@ -230,6 +230,8 @@ pub trait Store: Send + Sync + 'static {
     async fn instance_get(&self, id: i64) -> Result<Option<Instance>>;
     async fn instance_get_by_name(&self, name: &str) -> Result<Option<Instance>>;
     async fn instance_delete(&self, id: i64) -> Result<bool>;
+    /// Replaces an instance's fields (already validated).
+    async fn instance_update(&self, id: i64, new: &NewInstance) -> Result<Instance>;
 
     /// Enqueues a session over `instance_ids` (None: every active instance) atomically.
     async fn session_create(
@@ -269,6 +271,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredAccount>>;
     async fn cleanup(&self, days: i64) -> Result<CleanupCounts>;
     async fn fleet_gauges(&self) -> Result<FleetGauges>;
+
+    /// Claims a cron slot; false when another replica claimed it first.
+    async fn schedule_slot_claim(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool>;
+    async fn schedule_slot_record(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+        session_id: Option<Uuid>,
+        skipped: bool,
+    ) -> Result<()>;
+    /// True while a `scheduled` session is unfinished.
+    async fn schedule_sync_running(&self) -> Result<bool>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.

@@ -565,6 +565,84 @@ impl Store for PgStore {
         Ok(counts)
     }
 
+    async fn instance_update(&self, id: i64, new: &NewInstance) -> Result<Instance> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(concat!(
+            "UPDATE instances SET name = $2, kind = $3, host = $4, port = $5, username = $6, database = $7, ",
+            "password_env = $8, options = $9, active = $10, updated_at = ",
+            now!(),
+            " WHERE id = $1 RETURNING *"
+        ))
+        .bind(id)
+        .bind(&new.name)
+        .bind(&new.kind)
+        .bind(&new.host)
+        .bind(new.port)
+        .bind(&new.username)
+        .bind(&new.database)
+        .bind(&new.password_env)
+        .bind(&new.options)
+        .bind(new.active)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("an instance named '{}' already exists", new.name))
+            } else {
+                e.into()
+            }
+        })?
+        .ok_or_else(|| StoreError::NotFound(format!("unknown instance {id}")))?;
+        tx.commit().await?;
+        instance_from_row(&row)
+    }
+
+    async fn schedule_slot_claim(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("INSERT INTO schedule_slots (name, slot) VALUES ($1, $2) ON CONFLICT (name, slot) DO NOTHING")
+            .bind(name)
+            .bind(slot)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn schedule_slot_record(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+        session_id: Option<Uuid>,
+        skipped: bool,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE schedule_slots SET session_id = $3, skipped = $4 WHERE name = $1 AND slot = $2",
+        )
+        .bind(name)
+        .bind(slot)
+        .bind(session_id)
+        .bind(skipped)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn schedule_sync_running(&self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_sessions WHERE sync_type = 'scheduled' AND status IN ('pending', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
     async fn fleet_gauges(&self) -> Result<FleetGauges> {
         let jobs = sqlx::query(
             "SELECT COUNT(*) FILTER (WHERE status = 'Pending'), COUNT(*) FILTER (WHERE status IN ('Queued', 'Running')), \

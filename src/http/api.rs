@@ -1,0 +1,290 @@
+//! The `/api/v1` routes and health.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::extract::{ApiJson, Params, instance_id, session_id};
+use super::{ApiError, AppState};
+use crate::model::{NewInstance, SyncType};
+use crate::store::SessionFilter;
+use crate::validate;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/sessions", post(session_create).get(session_list))
+        .route("/api/v1/sessions/{session_id}", get(session_get))
+        .route("/api/v1/sessions/{session_id}/cancel", post(session_cancel))
+        .route(
+            "/api/v1/instances",
+            post(instance_create).get(instance_list),
+        )
+        .route(
+            "/api/v1/instances/{id}",
+            get(instance_get)
+                .patch(instance_patch)
+                .delete(instance_delete),
+        )
+        .route("/api/v1/instances/{id}/sync", post(instance_sync))
+        .route("/api/v1/instances/{id}/accounts", get(instance_accounts))
+        .route("/api/v1/maintenance/cleanup", post(cleanup))
+}
+
+/// Routes that never need the token.
+pub fn open_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    match s.store.ready().await {
+        Ok(true) => Ok(Json(json!({"status": "ready", "database": s.store.kind()}))),
+        _ => Err(ApiError::Unavailable),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    #[serde(default)]
+    instance_ids: Option<Vec<i64>>,
+    #[serde(default)]
+    sync_type: Option<SyncType>,
+}
+
+/// Most instances one request may name.
+const MAX_IDS: usize = 100_000;
+
+async fn session_create(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<SessionRequest>,
+) -> ApiResult<impl IntoResponse> {
+    if let Some(ids) = &req.instance_ids {
+        if ids.is_empty() {
+            return Err(ApiError::field(
+                "instance_ids",
+                "instance_ids must not be empty (omit it to sync every active instance)",
+            ));
+        }
+        if ids.len() > MAX_IDS {
+            return Err(ApiError::field(
+                "instance_ids",
+                format!("at most {MAX_IDS} instance ids per session"),
+            ));
+        }
+    }
+    let ids = req.instance_ids.map(|mut v| {
+        v.sort_unstable();
+        v.dedup();
+        v
+    });
+    let kind = req.sync_type.unwrap_or(match &ids {
+        Some(v) if v.len() == 1 => SyncType::ManualSingle,
+        _ => SyncType::ManualBatch,
+    });
+    let created = s
+        .store
+        .session_create(kind, ids.as_deref())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound(m) => ApiError::field("instance_ids", m),
+            other => other.into(),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(created)))
+}
+
+async fn session_list(State(s): State<AppState>, q: Params) -> ApiResult<Json<Value>> {
+    let filter = SessionFilter {
+        status: q
+            .str("status")
+            .filter(|v| !v.is_empty())
+            .map(validate::session_status)
+            .transpose()?,
+        limit: validate::limit(q.int("limit", 50)?)?,
+        offset: validate::offset(q.int("offset", 0)?)?,
+    };
+    let (items, total) = s.store.session_list(&filter).await?;
+    Ok(Json(json!({"items": items, "total": total})))
+}
+
+async fn session_get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = session_id(&id)?;
+    let d = s
+        .store
+        .session_get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    Ok(Json(serde_json::to_value(d).map_err(anyhow::Error::from)?))
+}
+
+async fn session_cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = session_id(&id)?;
+    let session = s
+        .store
+        .session_cancel(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    Ok(Json(
+        serde_json::to_value(session).map_err(anyhow::Error::from)?,
+    ))
+}
+
+async fn instance_create(
+    State(s): State<AppState>,
+    ApiJson(new): ApiJson<NewInstance>,
+) -> ApiResult<impl IntoResponse> {
+    let new = validate::new_instance(new)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.store.instance_insert(&new).await?),
+    ))
+}
+
+async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let items = s.store.instance_list().await?;
+    Ok(Json(json!({"total": items.len(), "items": items})))
+}
+
+async fn load_instance(s: &AppState, id: &str) -> ApiResult<crate::model::Instance> {
+    let id = instance_id(id)?;
+    s.store
+        .instance_get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown instance {id}")))
+}
+
+async fn instance_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::model::Instance>> {
+    Ok(Json(load_instance(&s, &id).await?))
+}
+
+/// Applies the fields present in the body; `null` clears an optional field.
+async fn instance_patch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<Map<String, Value>>,
+) -> ApiResult<Json<crate::model::Instance>> {
+    let current = load_instance(&s, &id).await?;
+    let mut new = NewInstance {
+        name: current.name,
+        kind: current.kind,
+        host: current.host,
+        port: current.port,
+        username: current.username,
+        database: current.database,
+        password_env: current.password_env,
+        options: current.options,
+        active: current.active,
+    };
+    for (key, value) in patch {
+        let text = |v: &Value| -> ApiResult<Option<String>> {
+            match v {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s.clone())),
+                _ => Err(ApiError::field(
+                    &key,
+                    format!("{key} must be a string or null"),
+                )),
+            }
+        };
+        match key.as_str() {
+            "name" => {
+                new.name =
+                    text(&value)?.ok_or_else(|| ApiError::field("name", "name cannot be null"))?
+            }
+            "kind" => {
+                new.kind =
+                    text(&value)?.ok_or_else(|| ApiError::field("kind", "kind cannot be null"))?
+            }
+            "host" => new.host = text(&value)?,
+            "username" => new.username = text(&value)?,
+            "database" => new.database = text(&value)?,
+            "password_env" => new.password_env = text(&value)?,
+            "port" => {
+                new.port = match value {
+                    Value::Null => None,
+                    v => Some(v.as_i64().ok_or_else(|| {
+                        ApiError::field("port", "port must be an integer or null")
+                    })?),
+                }
+            }
+            "options" => new.options = value,
+            "active" => {
+                new.active = value
+                    .as_bool()
+                    .ok_or_else(|| ApiError::field("active", "active must be true or false"))?
+            }
+            other => return Err(ApiError::field(other, format!("unknown field '{other}'"))),
+        }
+    }
+    let new = validate::new_instance(new)?;
+    Ok(Json(s.store.instance_update(current.id, &new).await?))
+}
+
+async fn instance_delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let inst = load_instance(&s, &id).await?;
+    s.store.instance_delete(inst.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn instance_sync(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let inst = load_instance(&s, &id).await?;
+    let created = s
+        .store
+        .session_create(SyncType::ManualSingle, Some(&[inst.id]))
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(created)))
+}
+
+async fn instance_accounts(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Params,
+) -> ApiResult<Json<Value>> {
+    let inst = load_instance(&s, &id).await?;
+    let items = s
+        .store
+        .accounts_list(inst.id, q.bool("include_deleted")?)
+        .await?;
+    Ok(Json(json!({"total": items.len(), "items": items})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CleanupRequest {
+    #[serde(default = "seven")]
+    pub days: i64,
+}
+fn seven() -> i64 {
+    7
+}
+
+async fn cleanup(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CleanupRequest>,
+) -> ApiResult<Json<crate::model::CleanupCounts>> {
+    Ok(Json(s.store.cleanup(validate::days(req.days)?).await?))
+}

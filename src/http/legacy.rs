@@ -1,0 +1,73 @@
+//! The previous platform's three routes, kept so that its producers keep working. Their
+//! shapes follow that platform: a `success` flag beside the data.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::api::CleanupRequest;
+use super::extract::{ApiJson, Params, session_id};
+use super::{ApiError, AppState};
+use crate::model::SyncType;
+use crate::validate;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/account-sync-optimized/sync-all", post(sync_all))
+        .route("/account-sync-optimized/sync-details-batch", get(details))
+        .route("/account-sync-optimized/cleanup", post(cleanup))
+}
+
+async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let created = s.store.session_create(SyncType::ManualBatch, None).await?;
+    Ok(Json(json!({
+        "success": true,
+        "message": format!("sync started for {} instances", created.total_instances),
+        "session_id": created.session_id,
+        "total_instances": created.total_instances,
+        "status": created.status,
+    })))
+}
+
+async fn details(State(s): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
+    let raw = q
+        .str("session_id")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::field("session_id", "session_id is required"))?;
+    let id = session_id(raw)?;
+    let d = s
+        .store
+        .session_get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    let count = |st: &str| d.records.iter().filter(|r| r.status == st).count();
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "session": d.session,
+            "duration_seconds": d.session.duration_seconds,
+            "success_rate": d.session.success_rate,
+            "instance_statistics": {
+                "total": d.records.len(),
+                "completed": count("completed"),
+                "failed": count("failed"),
+                "cancelled": count("cancelled"),
+                "running": count("running"),
+                "pending": count("pending"),
+            },
+            "records": d.records,
+        }
+    })))
+}
+
+async fn cleanup(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CleanupRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let counts = s.store.cleanup(validate::days(req.days)?).await?;
+    Ok(Json(
+        json!({"success": true, "message": format!("deleted {} sessions", counts.sessions_deleted), "data": counts}),
+    ))
+}

@@ -1,0 +1,123 @@
+//! The replica-safe scheduler of `serve --schedule CRON`: scheduled sessions over all
+//! active instances, and a daily cleanup. Every replica computes the same cron slots; the
+//! one that inserts the slot's row in `schedule_slots` first fires it, the others see the
+//! row and do nothing. No leader is elected or guessed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::SyncType;
+use crate::store::Store;
+
+pub const SKIPPED: &str = "syncpool_schedule_skipped_total";
+pub const FIRED: &str = "syncpool_schedule_fired_total";
+
+/// What a schedule does when its slot comes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Job {
+    /// A `scheduled` session over all active instances, unless the last one still runs.
+    Sync,
+    /// `cleanup --days N`.
+    Cleanup { days: i64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: &'static str,
+    pub cron: Cron,
+    pub job: Job,
+}
+
+pub fn parse(expr: &str) -> Result<Cron, String> {
+    expr.parse::<Cron>()
+        .map_err(|e| format!("'{expr}' is not a cron expression: {e}"))
+}
+
+/// What happened to one slot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fired {
+    /// Another replica had fired this slot already.
+    Taken,
+    Skipped,
+    Started(uuid::Uuid),
+    CleanedUp,
+}
+
+/// Fires `schedule` for `slot` if no replica has yet.
+pub async fn fire(
+    store: &dyn Store,
+    schedule: &Schedule,
+    slot: DateTime<Utc>,
+) -> anyhow::Result<Fired> {
+    if !store.schedule_slot_claim(schedule.name, slot).await? {
+        return Ok(Fired::Taken);
+    }
+    metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
+    match schedule.job {
+        Job::Sync => {
+            if store.schedule_sync_running().await? {
+                metrics::counter!(SKIPPED, "schedule" => schedule.name).increment(1);
+                store
+                    .schedule_slot_record(schedule.name, slot, None, true)
+                    .await?;
+                tracing::warn!(%slot, "scheduled sync skipped: the previous scheduled session is still running");
+                return Ok(Fired::Skipped);
+            }
+            let created = store.session_create(SyncType::Scheduled, None).await?;
+            store
+                .schedule_slot_record(schedule.name, slot, Some(created.session_id), false)
+                .await?;
+            tracing::info!(%slot, session_id = %created.session_id, "scheduled sync started");
+            Ok(Fired::Started(created.session_id))
+        }
+        Job::Cleanup { days } => {
+            let c = store.cleanup(days).await?;
+            tracing::info!(%slot, sessions = c.sessions_deleted, "scheduled cleanup done");
+            Ok(Fired::CleanedUp)
+        }
+    }
+}
+
+/// Runs the schedules until `stop` is cancelled.
+pub async fn run(store: Arc<dyn Store>, schedules: Vec<Schedule>, stop: CancellationToken) {
+    for s in &schedules {
+        metrics::counter!(SKIPPED, "schedule" => s.name).absolute(0);
+        metrics::counter!(FIRED, "schedule" => s.name).absolute(0);
+    }
+    loop {
+        let now = Utc::now();
+        let next = schedules
+            .iter()
+            .filter_map(|s| {
+                s.cron
+                    .find_next_occurrence(&now, false)
+                    .ok()
+                    .map(|t| (t, s))
+            })
+            .min_by_key(|(t, _)| *t);
+        let Some((slot, schedule)) = next else { return };
+        let wait = (slot - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for s in schedules
+            .iter()
+            .filter(|s| s.cron.is_time_matching(&slot).unwrap_or(false) || s.name == schedule.name)
+        {
+            if let Err(e) = fire(store.as_ref(), s, slot).await {
+                tracing::error!(
+                    schedule = s.name,
+                    error = format!("{e:#}"),
+                    "schedule failed to fire"
+                );
+            }
+        }
+        // Never fire the same slot twice from this replica, even if the clock is coarse.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,594 @@
+//! The HTTP API, spawned in-process on port 0 against a fresh database (SQLite and
+//! PostgreSQL alike), exercised over real HTTP.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use syncpool::http::AppState;
+use syncpool::store::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+struct App {
+    addr: std::net::SocketAddr,
+    store: Arc<dyn Store>,
+    token: Option<String>,
+    stop: CancellationToken,
+    _db: TestDb,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let stop = CancellationToken::new();
+    let state = AppState {
+        store: store.clone(),
+        token: token.map(Arc::from),
+    };
+    let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())
+        .await
+        .unwrap();
+    App {
+        addr,
+        store,
+        token: token.map(String::from),
+        stop,
+        _db: db,
+    }
+}
+
+impl App {
+    /// One HTTP/1.1 request with `Connection: close`; returns the status and JSON body.
+    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.raw(method, path, body, self.token.as_deref()).await
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let body = body.unwrap_or("");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let payload = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let payload = if text.to_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(payload)
+        } else {
+            payload.to_string()
+        };
+        (
+            status,
+            serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+        )
+    }
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Postgres).await } )* }
+    };
+}
+
+both!(
+    every_route_answers_with_the_contracts_shapes,
+    routes_need_the_bearer_token_when_one_is_set,
+    bad_input_gets_a_4xx_naming_the_field_and_writes_nothing,
+    two_replicas_fire_a_cron_slot_once_and_skip_while_the_last_one_runs,
+);
+
+async fn every_route_answers_with_the_contracts_shapes(b: Backend) {
+    let app = spawn_app(b, None).await;
+    assert_eq!(app.call("GET", "/healthz", None).await.0, 200);
+    assert_eq!(app.call("GET", "/readyz", None).await.0, 200);
+    let (st, inst) = app
+        .call(
+            "POST",
+            "/api/v1/instances",
+            Some(r#"{"name":"a","kind":"simulated","options":{"latency_ms":0}}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{inst}");
+    let id = inst["id"].as_i64().unwrap();
+    app.call(
+        "POST",
+        "/api/v1/instances",
+        Some(r#"{"name":"b","kind":"simulated","active":false}"#),
+    )
+    .await;
+    let (st, list) = app.call("GET", "/api/v1/instances", None).await;
+    assert_eq!((st, list["total"].as_i64()), (200, Some(2)));
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["id"].is_i64())
+    );
+    let (st, got) = app
+        .call("GET", &format!("/api/v1/instances/{id}"), None)
+        .await;
+    assert_eq!((st, got["name"].as_str()), (200, Some("a")));
+    let (st, patched) = app
+        .call(
+            "PATCH",
+            &format!("/api/v1/instances/{id}"),
+            Some(r#"{"host":"db1","options":{"latency_ms":1}}"#),
+        )
+        .await;
+    assert_eq!(
+        (st, patched["host"].as_str()),
+        (200, Some("db1")),
+        "{patched}"
+    );
+
+    let (st, created) = app.call("POST", "/api/v1/sessions", Some("{}")).await;
+    assert_eq!(st, 202);
+    assert_eq!(created["total_instances"], 1, "only active instances");
+    assert_eq!(created["status"], "pending");
+    let sid = created["session_id"].as_str().unwrap().to_string();
+    let (st, single) = app
+        .call("POST", &format!("/api/v1/instances/{id}/sync"), None)
+        .await;
+    assert_eq!(st, 202);
+    let (st, d) = app
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/sessions/{}",
+                single["session_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!((st, d["sync_type"].as_str()), (200, Some("manual_single")));
+    for key in [
+        "duration_seconds",
+        "success_rate",
+        "records",
+        "total_instances",
+        "successful_instances",
+    ] {
+        assert!(d.get(key).is_some(), "session lacks {key}: {d}");
+    }
+    let r = &d["records"][0];
+    for key in [
+        "instance_id",
+        "instance_name",
+        "status",
+        "attempts",
+        "worker_id",
+        "lock_wait_ms",
+        "started_at",
+        "completed_at",
+        "accounts_total",
+        "error",
+    ] {
+        assert!(r.get(key).is_some(), "record lacks {key}: {r}");
+    }
+    let (st, l) = app
+        .call(
+            "GET",
+            "/api/v1/sessions?status=pending&limit=10&offset=0",
+            None,
+        )
+        .await;
+    assert_eq!((st, l["total"].as_i64()), (200, Some(2)));
+    let (st, c) = app
+        .call("POST", &format!("/api/v1/sessions/{sid}/cancel"), None)
+        .await;
+    assert_eq!((st, c["status"].as_str()), (200, Some("cancelled")), "{c}");
+    let (st, acc) = app
+        .call(
+            "GET",
+            &format!("/api/v1/instances/{id}/accounts?include_deleted=true"),
+            None,
+        )
+        .await;
+    assert_eq!((st, acc["total"].as_i64()), (200, Some(0)));
+    let (st, legacy) = app
+        .call("POST", "/account-sync-optimized/sync-all", None)
+        .await;
+    assert_eq!((st, legacy["success"].as_bool()), (200, Some(true)));
+    let lsid = legacy["session_id"].as_str().unwrap();
+    let (st, det) = app
+        .call(
+            "GET",
+            &format!("/account-sync-optimized/sync-details-batch?session_id={lsid}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{det}");
+    assert_eq!(det["data"]["instance_statistics"]["total"], 1);
+    assert!(
+        det["data"].get("success_rate").is_some() && det["data"].get("duration_seconds").is_some()
+    );
+    let (st, clean) = app
+        .call(
+            "POST",
+            "/account-sync-optimized/cleanup",
+            Some(r#"{"days": 7}"#),
+        )
+        .await;
+    assert_eq!((st, clean["success"].as_bool()), (200, Some(true)));
+    let (st, counts) = app
+        .call(
+            "POST",
+            "/api/v1/maintenance/cleanup",
+            Some(r#"{"days": 0}"#),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        counts["sessions_deleted"], 1,
+        "the cancelled session: {counts}"
+    );
+    let (st, metrics) = app.call("GET", "/metrics", None).await;
+    assert_eq!(st, 200);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("syncpool_jobs{state=\"pending\"}")
+    );
+    let (st, _) = app
+        .call("DELETE", &format!("/api/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        app.call("GET", &format!("/api/v1/instances/{id}"), None)
+            .await
+            .0,
+        404
+    );
+}
+
+async fn routes_need_the_bearer_token_when_one_is_set(b: Backend) {
+    let app = spawn_app(b, Some("s3cr3t-token")).await;
+    for path in [
+        "/api/v1/sessions",
+        "/api/v1/instances",
+        "/account-sync-optimized/sync-details-batch?session_id=x",
+    ] {
+        let (st, body) = app.raw("GET", path, None, None).await;
+        assert_eq!(st, 401, "{path}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(
+            app.raw("GET", path, None, Some("s3cr3t-tokeN")).await.0,
+            401,
+            "{path}"
+        );
+        assert!(
+            !body.to_string().contains("s3cr3t"),
+            "the token is never echoed"
+        );
+    }
+    assert_eq!(
+        app.raw("POST", "/api/v1/sessions", Some("{}"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(app.call("GET", "/api/v1/sessions", None).await.0, 200);
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(app.raw("GET", open, None, None).await.0, 200, "{open}");
+    }
+}
+
+async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(b: Backend) {
+    let app = spawn_app(b, None).await;
+    app.call(
+        "POST",
+        "/api/v1/instances",
+        Some(r#"{"name":"a","kind":"simulated"}"#),
+    )
+    .await;
+    let before = app.store.fleet_gauges().await.unwrap();
+    let big = format!(
+        r#"{{"name":"{}","kind":"simulated"}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let cases: Vec<(&str, String, Option<String>, u16, Option<&str>)> = vec![
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some("{".into()),
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some(r#"{"instance_ids":"all"}"#.into()),
+            400,
+            Some("instance_ids"),
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some(r#"{"instance_ids":[1,"2"]}"#.into()),
+            400,
+            Some("instance_ids[1]"),
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some(r#"{"instance_ids":[]}"#.into()),
+            400,
+            Some("instance_ids"),
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some(r#"{"instance_ids":[424242]}"#.into()),
+            400,
+            Some("instance_ids"),
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some(r#"{"sync_type":"hourly"}"#.into()),
+            400,
+            Some("sync_type"),
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            Some(r#"{"force":true}"#.into()),
+            400,
+            Some("force"),
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(r#"{"name":"b","kind":"oracle"}"#.into()),
+            400,
+            Some("kind"),
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(r#"{"name":"b","kind":"simulated","password":"pw"}"#.into()),
+            400,
+            Some("password"),
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(r#"{"name":"b","kind":"postgres","host":"h","port":0}"#.into()),
+            400,
+            Some("port"),
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(r#"{"name":"a","kind":"simulated"}"#.into()),
+            409,
+            None,
+        ),
+        ("POST", "/api/v1/instances".into(), Some(big), 413, None),
+        (
+            "PATCH",
+            "/api/v1/instances/1".into(),
+            Some(r#"{"colour":"red"}"#.into()),
+            400,
+            Some("colour"),
+        ),
+        (
+            "PATCH",
+            "/api/v1/instances/1".into(),
+            Some(r#"{"active":"yes"}"#.into()),
+            400,
+            Some("active"),
+        ),
+        ("GET", "/api/v1/instances/abc".into(), None, 400, Some("id")),
+        ("GET", "/api/v1/instances/999".into(), None, 404, None),
+        (
+            "GET",
+            "/api/v1/sessions/not-a-uuid".into(),
+            None,
+            400,
+            Some("session_id"),
+        ),
+        (
+            "GET",
+            "/api/v1/sessions/00000000-0000-0000-0000-000000000000".into(),
+            None,
+            404,
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/sessions/00000000-0000-0000-0000-000000000000/cancel".into(),
+            None,
+            404,
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?limit=-1".into(),
+            None,
+            400,
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?limit=1000000".into(),
+            None,
+            400,
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?limit=ten".into(),
+            None,
+            400,
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?status=weird".into(),
+            None,
+            400,
+            Some("status"),
+        ),
+        (
+            "POST",
+            "/api/v1/maintenance/cleanup".into(),
+            Some(r#"{"days":-1}"#.into()),
+            400,
+            Some("days"),
+        ),
+        (
+            "POST",
+            "/api/v1/maintenance/cleanup".into(),
+            Some(r#"{"days":99999999}"#.into()),
+            400,
+            Some("days"),
+        ),
+        (
+            "POST",
+            "/api/v1/maintenance/cleanup".into(),
+            Some(r#"{"days":"7"}"#.into()),
+            400,
+            Some("days"),
+        ),
+        (
+            "POST",
+            "/account-sync-optimized/cleanup".into(),
+            Some(r#"{"days":-5}"#.into()),
+            400,
+            Some("days"),
+        ),
+        (
+            "GET",
+            "/account-sync-optimized/sync-details-batch".into(),
+            None,
+            400,
+            Some("session_id"),
+        ),
+        (
+            "GET",
+            "/account-sync-optimized/sync-details-batch?session_id=zzz".into(),
+            None,
+            400,
+            Some("session_id"),
+        ),
+    ];
+    for (method, path, body, status, field) in cases {
+        let (st, resp) = app.call(method, &path, body.as_deref()).await;
+        assert_eq!(st, status, "{method} {path}: {resp}");
+        assert!(
+            resp["error"]["code"].is_string() && resp["error"]["message"].is_string(),
+            "{method} {path}: {resp}"
+        );
+        if let Some(f) = field {
+            assert_eq!(resp["error"]["field"], json!(f), "{method} {path}: {resp}");
+        }
+    }
+    let after = app.store.fleet_gauges().await.unwrap();
+    assert_eq!(
+        (before.jobs_pending, after.jobs_pending),
+        (0, 0),
+        "no rejected request enqueued anything"
+    );
+    assert_eq!(app.store.instance_list().await.unwrap().len(), 1);
+    let (_, sessions) = app
+        .store
+        .session_list(&syncpool::store::SessionFilter {
+            status: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0);
+}
+
+async fn two_replicas_fire_a_cron_slot_once_and_skip_while_the_last_one_runs(b: Backend) {
+    use syncpool::scheduler::{self, Fired, Job, Schedule};
+    let db = TestDb::new(b).await;
+    let a = db.store().await;
+    let b2 = db.store().await;
+    a.instance_insert(&simulated("i", json!({}))).await.unwrap();
+    let sched = Schedule {
+        name: "sync",
+        cron: scheduler::parse("0 */6 * * *").unwrap(),
+        job: Job::Sync,
+    };
+    let slot = chrono::Utc::now();
+    let (x, y) = tokio::join!(
+        scheduler::fire(a.as_ref(), &sched, slot),
+        scheduler::fire(b2.as_ref(), &sched, slot)
+    );
+    let fired = [x.unwrap(), y.unwrap()];
+    assert_eq!(
+        fired
+            .iter()
+            .filter(|f| matches!(f, Fired::Started(_)))
+            .count(),
+        1,
+        "{fired:?}"
+    );
+    assert_eq!(
+        fired.iter().filter(|f| **f == Fired::Taken).count(),
+        1,
+        "{fired:?}"
+    );
+    // The next slot comes while that scheduled session is still pending: skipped.
+    let next = slot + chrono::Duration::hours(6);
+    assert_eq!(
+        scheduler::fire(b2.as_ref(), &sched, next).await.unwrap(),
+        Fired::Skipped
+    );
+    let (_, n) = a
+        .session_list(&syncpool::store::SessionFilter {
+            status: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "one session for two replicas and two slots");
+    assert!(scheduler::parse("every tuesday").is_err());
+}
