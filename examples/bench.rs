@@ -287,12 +287,7 @@ async fn raw_worker(url: &str, conc: usize) -> anyhow::Result<()> {
                 .batch_size(batch);
             let backend = apalis_sqlite::SqliteStorage::<u64>::new(&pool)
                 .with_config(config)
-                .poll_with_interval(Duration::from_millis(
-                    std::env::var("RAW_POLL_MS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(50),
-                ));
+                .poll_with_strategy(syncpool::queue::Every::new(Duration::from_millis(50)));
             WorkerBuilder::new(format!("{name}-{r}"))
                 .backend(backend)
                 .concurrency(conc)
@@ -308,7 +303,7 @@ async fn raw_worker(url: &str, conc: usize) -> anyhow::Result<()> {
                     apalis_postgres::Pubsub::new(pool.clone(), RAW_QUEUE.into()),
                     |_| (),
                 ))
-                .interval(Duration::from_millis(50));
+                .apply(syncpool::queue::Every::new(Duration::from_millis(50)));
             let backend = apalis_postgres::PostgresStorage::<u64>::new(&pool)
                 .with_config(config)
                 .poll_with_strategy(strategy);

@@ -25,6 +25,12 @@ if command -v mariadb-admin >/dev/null 2>&1 && ! mariadb-admin -h 127.0.0.1 -uro
   wait_for MariaDB mariadb-admin -h 127.0.0.1 -uroot ping
 fi
 
+# The Prometheus test runs the real thing (Debian's package) against live processes.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "installing prometheus" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+
 # The source tests need PostgreSQL to check passwords for some roles (this server trusts
 # loopback otherwise): members of one group must authenticate over TCP. Idempotent.
 hba=$(psql -h 127.0.0.1 -U postgres -d test -Atc "SHOW hba_file" 2>/dev/null || true)

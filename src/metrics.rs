@@ -72,6 +72,12 @@ fn register() {
     for result in ["completed", "failed", "cancelled"] {
         counter!(INSTANCE_SYNCS, "result" => result).absolute(0);
     }
+    // The success-ratio gauge is not pre-set: a zero would read as a failed session.
+    for sync_type in ["manual_single", "manual_batch", "scheduled"] {
+        for status in crate::model::FINISHED_SESSION_STATUSES {
+            let _ = histogram!(SESSION_DURATION, "sync_type" => sync_type, "status" => *status);
+        }
+    }
     for state in ["pending", "running", "failed"] {
         gauge!(JOBS, "state" => state).set(0.0);
     }

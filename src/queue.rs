@@ -51,3 +51,51 @@ impl apalis::prelude::Codec<Vec<u8>> for RawBytes {
         Ok(val.clone())
     }
 }
+
+/// Wakes an idle worker every `period` so it looks for jobs.
+///
+/// apalis 1.0's `IntervalStrategy` re-arms its timer after firing without polling the new
+/// timer, so no waker is registered and an idle worker fetches again only at its next
+/// heartbeat (seen: delayed retries picked up 10 s late, exactly on heartbeats). This
+/// strategy polls the fresh timer at once, which registers the wake-up.
+#[derive(Debug)]
+pub struct Every {
+    period: std::time::Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Every {
+    pub fn new(period: std::time::Duration) -> Self {
+        Self {
+            period,
+            sleep: None,
+        }
+    }
+}
+
+impl Clone for Every {
+    fn clone(&self) -> Self {
+        Self::new(self.period)
+    }
+}
+
+impl apalis::prelude::PollStrategy for Every {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &apalis::prelude::PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let period = self.period;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            let mut next = Box::pin(tokio::time::sleep(period));
+            // Polling the new timer is what registers the next wake-up.
+            let _ = next.as_mut().poll(cx);
+            self.sleep = Some(next);
+            return std::task::Poll::Ready(Some(()));
+        }
+        std::task::Poll::Pending
+    }
+}

@@ -4,4 +4,5 @@ mod cli;
 mod common;
 mod conformance;
 mod processes;
+mod prometheus;
 mod sources;

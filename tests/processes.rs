@@ -23,6 +23,7 @@ both!(
     sigterm_hands_running_syncs_back_and_exits_0,
     cancel_stops_a_running_session_at_the_next_heartbeat,
     an_undecodable_job_is_killed_without_stopping_the_worker,
+    an_idle_worker_picks_up_new_and_delayed_jobs_by_polling_not_at_its_heartbeat,
 );
 
 async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<SessionDetail> {
@@ -462,4 +463,41 @@ async fn an_undecodable_job_is_killed_without_stopping_the_worker(b: Backend) {
     assert!(w.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("undecodable job payload"), "{text}");
+}
+
+async fn an_idle_worker_picks_up_new_and_delayed_jobs_by_polling_not_at_its_heartbeat(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    store
+        .instance_insert(&simulated(
+            "flaky",
+            json!({"latency_ms": 0, "fail_rate": 1.0}),
+        ))
+        .await
+        .unwrap();
+    // A 30 s queue heartbeat: if pickup waited for it, this test could not finish in time.
+    let (mut w, log) = worker(
+        &db,
+        "idle",
+        &[
+            "--queue-heartbeat",
+            "30s",
+            "--max-attempts",
+            "2",
+            "--retry-backoff",
+            "100ms",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let s = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
+    // The first attempt is new work; the second is a job scheduled 1 s ahead, which
+    // PostgreSQL's NOTIFY does not announce.
+    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(12)).await;
+    assert_eq!(done[0].records[0].attempts, 2);
+    signal(&w, "TERM");
+    assert!(w.wait().unwrap().success());
+    assert_no_lock_errors(&[log]);
 }

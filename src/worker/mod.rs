@@ -18,7 +18,7 @@ use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use futures::StreamExt;
 
-use crate::queue::{QUEUE, RawBytes};
+use crate::queue::{Every, QUEUE, RawBytes};
 use crate::settings::Settings;
 use crate::store::{DbPool, Store};
 use pipeline::{Pipeline, handle_job};
@@ -111,7 +111,7 @@ pub async fn run(
                 let backend = SqliteStorage::<Vec<u8>>::new(&pool)
                     .with_config(config.clone())
                     .with_codec(RawBytes)
-                    .poll_with_interval(poll);
+                    .poll_with_strategy(Every::new(poll));
                 WorkerBuilder::new(name)
                     .backend(backend)
                     .data(pipeline.clone())
@@ -139,7 +139,7 @@ pub async fn run(
                     .stream(
                         apalis_postgres::Pubsub::new(pool.clone(), QUEUE.to_string()).map(|_| ()),
                     )
-                    .interval(poll);
+                    .apply(Every::new(poll));
                 let backend = PostgresStorage::<Vec<u8>>::new(&pool)
                     .with_config(config.clone())
                     .with_codec(RawBytes)
