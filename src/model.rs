@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use syncpool_workers::Account;
@@ -34,7 +35,7 @@ pub mod ts {
 
 /// A registered database instance. Its password is never here: only the name of the
 /// environment variable that holds it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Instance {
     pub id: i64,
     pub name: String,
@@ -44,6 +45,7 @@ pub struct Instance {
     pub username: Option<String>,
     pub database: Option<String>,
     pub password_env: Option<String>,
+    #[schema(value_type = Object)]
     pub options: serde_json::Value,
     pub active: bool,
     #[serde(with = "ts")]
@@ -69,7 +71,7 @@ impl Instance {
 }
 
 /// A validated request to register an instance (see `validate::new_instance`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInstance {
     pub name: String,
@@ -85,6 +87,7 @@ pub struct NewInstance {
     #[serde(default)]
     pub password_env: Option<String>,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub options: serde_json::Value,
     #[serde(default = "yes")]
     pub active: bool,
@@ -97,7 +100,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncType {
     ManualSingle,
@@ -135,7 +138,7 @@ pub const FINISHED_SESSION_STATUSES: &[&str] =
     &["completed", "completed_with_errors", "failed", "cancelled"];
 
 /// One sync session and its totals.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Session {
     pub id: i64,
     pub session_id: Uuid,
@@ -179,7 +182,7 @@ impl Session {
 }
 
 /// One instance's part in a session.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Record {
     pub id: i64,
     pub instance_id: i64,
@@ -200,7 +203,7 @@ pub struct Record {
 }
 
 /// A session with its records, as `session ID --json` and the API show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionDetail {
     #[serde(flatten)]
     pub session: Session,
@@ -208,7 +211,7 @@ pub struct SessionDetail {
 }
 
 /// What `session_create` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionCreated {
     pub session_id: Uuid,
     pub total_instances: i64,
@@ -216,11 +219,13 @@ pub struct SessionCreated {
 }
 
 /// An account in syncpool's inventory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StoredAccount {
     pub username: String,
     pub host: String,
+    #[schema(value_type = Object)]
     pub attributes: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
     pub privileges: serde_json::Value,
     #[serde(with = "ts")]
     pub first_seen_at: DateTime<Utc>,
@@ -231,7 +236,7 @@ pub struct StoredAccount {
 }
 
 /// What `cleanup` deleted.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct CleanupCounts {
     pub sessions_deleted: u64,
     pub records_deleted: u64,

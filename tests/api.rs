@@ -592,3 +592,228 @@ async fn two_replicas_fire_a_cron_slot_once_and_skip_while_the_last_one_runs(b: 
     assert_eq!(n, 1, "one session for two replicas and two slots");
     assert!(scheduler::parse("every tuesday").is_err());
 }
+
+/// A small validator for the OpenAPI 3.1 schema subset utoipa emits: `$ref`, `allOf`,
+/// `oneOf`/`anyOf`, `type` (also as a list, for nullable), `required`, `properties`,
+/// `items`, `enum`.
+fn validate(doc: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return validate(doc, &doc["components"]["schemas"][name], v, at, errs);
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        all.iter().for_each(|s| validate(doc, s, v, at, errs));
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(any) = schema[key].as_array() {
+            let ok = any.iter().any(|s| {
+                let mut e = vec![];
+                validate(doc, s, v, at, &mut e);
+                e.is_empty()
+            });
+            if !ok {
+                errs.push(format!("{at}: matches none of {key}"));
+            }
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if !types.is_empty() {
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => true,
+        });
+        if !ok {
+            errs.push(format!("{at}: {v} is not {types:?}"));
+            return;
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(v) {
+            errs.push(format!("{at}: {v} not in {allowed:?}"));
+        }
+    }
+    if let (Some(obj), Some(required)) = (v.as_object(), schema["required"].as_array()) {
+        for r in required.iter().filter_map(Value::as_str) {
+            if !obj.contains_key(r) {
+                errs.push(format!("{at}: missing required '{r}'"));
+            }
+        }
+    }
+    if let (Some(obj), Some(props)) = (v.as_object(), schema["properties"].as_object()) {
+        for (k, s) in props {
+            if let Some(x) = obj.get(k) {
+                validate(doc, s, x, &format!("{at}.{k}"), errs);
+            }
+        }
+    }
+    if let (Some(arr), Some(items)) = (v.as_array(), schema.get("items")) {
+        for (i, x) in arr.iter().enumerate() {
+            validate(doc, items, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_responses_match_the_generated_openapi_document() {
+    let app = spawn_app(Backend::Sqlite, None).await;
+    let (st, doc) = app.call("GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let (_, inst) = app
+        .call(
+            "POST",
+            "/api/v1/instances",
+            Some(r#"{"name":"a","kind":"simulated"}"#),
+        )
+        .await;
+    let id = inst["id"].as_i64().unwrap();
+    let (_, created) = app.call("POST", "/api/v1/sessions", Some("{}")).await;
+    let sid = created["session_id"].as_str().unwrap().to_string();
+    let calls: Vec<(&str, String, &str, Option<&str>)> = vec![
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            "/api/v1/instances",
+            Some(r#"{"name":"b","kind":"simulated","port":5}"#),
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            "/api/v1/instances",
+            Some(r#"{"name":"b","kind":"simulated"}"#),
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            "/api/v1/instances",
+            Some(r#"{"name":"c","kind":"nope"}"#),
+        ),
+        ("GET", "/api/v1/instances".into(), "/api/v1/instances", None),
+        (
+            "GET",
+            format!("/api/v1/instances/{id}"),
+            "/api/v1/instances/{id}",
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/instances/77".into(),
+            "/api/v1/instances/{id}",
+            None,
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/instances/{id}"),
+            "/api/v1/instances/{id}",
+            Some(r#"{"host":"h"}"#),
+        ),
+        (
+            "POST",
+            format!("/api/v1/instances/{id}/sync"),
+            "/api/v1/instances/{id}/sync",
+            None,
+        ),
+        (
+            "GET",
+            format!("/api/v1/instances/{id}/accounts"),
+            "/api/v1/instances/{id}/accounts",
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            "/api/v1/sessions",
+            Some(r#"{"instance_ids":[1]}"#),
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?limit=5".into(),
+            "/api/v1/sessions",
+            None,
+        ),
+        (
+            "GET",
+            format!("/api/v1/sessions/{sid}"),
+            "/api/v1/sessions/{session_id}",
+            None,
+        ),
+        (
+            "POST",
+            format!("/api/v1/sessions/{sid}/cancel"),
+            "/api/v1/sessions/{session_id}/cancel",
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/maintenance/cleanup".into(),
+            "/api/v1/maintenance/cleanup",
+            Some(r#"{"days":1}"#),
+        ),
+        ("GET", "/healthz".into(), "/healthz", None),
+        ("GET", "/readyz".into(), "/readyz", None),
+        (
+            "POST",
+            "/account-sync-optimized/sync-all".into(),
+            "/account-sync-optimized/sync-all",
+            None,
+        ),
+        (
+            "GET",
+            format!("/account-sync-optimized/sync-details-batch?session_id={sid}"),
+            "/account-sync-optimized/sync-details-batch",
+            None,
+        ),
+        (
+            "POST",
+            "/account-sync-optimized/cleanup".into(),
+            "/account-sync-optimized/cleanup",
+            Some(r#"{"days":7}"#),
+        ),
+    ];
+    let mut errs = vec![];
+    for (method, path, template, body) in calls {
+        let (st, v) = app.call(method, &path, body).await;
+        let op = &doc["paths"][template][method.to_lowercase()];
+        assert!(
+            op.is_object(),
+            "{method} {template} is not in the OpenAPI document"
+        );
+        let resp = &op["responses"][st.to_string()];
+        assert!(
+            resp.is_object(),
+            "{method} {path} answered {st}, which the document does not list: {v}"
+        );
+        let schema = &resp["content"]["application/json"]["schema"];
+        if schema.is_object() {
+            validate(
+                &doc,
+                schema,
+                &v,
+                &format!("{method} {path} -> {st}"),
+                &mut errs,
+            );
+        }
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    // The validator itself must be able to fail: a wrong type and a missing field.
+    let (_, mut detail) = app
+        .call("GET", &format!("/api/v1/sessions/{sid}"), None)
+        .await;
+    detail["total_instances"] = json!("many");
+    detail.as_object_mut().unwrap().remove("records");
+    let schema = &doc["paths"]["/api/v1/sessions/{session_id}"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    let mut bad = vec![];
+    validate(&doc, schema, &detail, "broken", &mut bad);
+    assert_eq!(bad.len(), 2, "{bad:?}");
+}

@@ -6,16 +6,44 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Params, instance_id, session_id};
 use super::{ApiError, AppState};
-use crate::model::{NewInstance, SyncType};
+use crate::model::{
+    CleanupCounts, Instance, NewInstance, Session, SessionCreated, SessionDetail, StoredAccount,
+    SyncType,
+};
 use crate::store::SessionFilter;
 use crate::validate;
 
 type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionPage {
+    pub items: Vec<Session>,
+    pub total: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstancePage {
+    pub items: Vec<Instance>,
+    pub total: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccountPage {
+    pub items: Vec<StoredAccount>,
+    pub total: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub database: Option<String>,
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -35,6 +63,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/instances/{id}/sync", post(instance_sync))
         .route("/api/v1/instances/{id}/accounts", get(instance_accounts))
         .route("/api/v1/maintenance/cleanup", post(cleanup))
+        .route("/api/v1/openapi.json", get(openapi))
 }
 
 /// Routes that never need the token.
@@ -44,20 +73,62 @@ pub fn open_routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "syncpool",
+        description = "Sync sessions over a fleet's database accounts"
+    ),
+    paths(
+        session_create,
+        session_list,
+        session_get,
+        session_cancel,
+        instance_create,
+        instance_list,
+        instance_get,
+        instance_patch,
+        instance_delete,
+        instance_sync,
+        instance_accounts,
+        cleanup,
+        healthz,
+        readyz,
+        super::legacy::sync_all,
+        super::legacy::details,
+        super::legacy::cleanup
+    ),
+    components(schemas(super::error::ErrorBody, SyncType))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document, generated from the handlers' annotations and the types they return.
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        database: None,
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)))]
+pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Health>> {
     match s.store.ready().await {
-        Ok(true) => Ok(Json(json!({"status": "ready", "database": s.store.kind()}))),
+        Ok(true) => Ok(Json(Health {
+            status: "ready".into(),
+            database: Some(s.store.kind().into()),
+        })),
         _ => Err(ApiError::Unavailable),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SessionRequest {
+pub(super) struct SessionRequest {
     #[serde(default)]
     instance_ids: Option<Vec<i64>>,
     #[serde(default)]
@@ -67,7 +138,8 @@ struct SessionRequest {
 /// Most instances one request may name.
 const MAX_IDS: usize = 100_000;
 
-async fn session_create(
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = SessionRequest, responses((status = 202, body = SessionCreated), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn session_create(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SessionRequest>,
 ) -> ApiResult<impl IntoResponse> {
@@ -105,7 +177,11 @@ async fn session_create(
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
-async fn session_list(State(s): State<AppState>, q: Params) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/sessions", params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)), responses((status = 200, body = SessionPage), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn session_list(
+    State(s): State<AppState>,
+    q: Params,
+) -> ApiResult<Json<SessionPage>> {
     let filter = SessionFilter {
         status: q
             .str("status")
@@ -116,10 +192,14 @@ async fn session_list(State(s): State<AppState>, q: Params) -> ApiResult<Json<Va
         offset: validate::offset(q.int("offset", 0)?)?,
     };
     let (items, total) = s.store.session_list(&filter).await?;
-    Ok(Json(json!({"items": items, "total": total})))
+    Ok(Json(SessionPage { items, total }))
 }
 
-async fn session_get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/sessions/{session_id}", params(("session_id" = String, Path)), responses((status = 200, body = SessionDetail), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn session_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = session_id(&id)?;
     let d = s
         .store
@@ -129,7 +209,8 @@ async fn session_get(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
     Ok(Json(serde_json::to_value(d).map_err(anyhow::Error::from)?))
 }
 
-async fn session_cancel(
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/cancel", params(("session_id" = String, Path)), responses((status = 200, body = Session), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn session_cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -144,7 +225,8 @@ async fn session_cancel(
     ))
 }
 
-async fn instance_create(
+#[utoipa::path(post, path = "/api/v1/instances", request_body = NewInstance, responses((status = 201, body = Instance), (status = 409, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_create(
     State(s): State<AppState>,
     ApiJson(new): ApiJson<NewInstance>,
 ) -> ApiResult<impl IntoResponse> {
@@ -155,12 +237,16 @@ async fn instance_create(
     ))
 }
 
-async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/instances", responses((status = 200, body = InstancePage), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<InstancePage>> {
     let items = s.store.instance_list().await?;
-    Ok(Json(json!({"total": items.len(), "items": items})))
+    Ok(Json(InstancePage {
+        total: items.len(),
+        items,
+    }))
 }
 
-async fn load_instance(s: &AppState, id: &str) -> ApiResult<crate::model::Instance> {
+async fn load_instance(s: &AppState, id: &str) -> ApiResult<Instance> {
     let id = instance_id(id)?;
     s.store
         .instance_get(id)
@@ -168,19 +254,21 @@ async fn load_instance(s: &AppState, id: &str) -> ApiResult<crate::model::Instan
         .ok_or_else(|| ApiError::NotFound(format!("unknown instance {id}")))
 }
 
-async fn instance_get(
+#[utoipa::path(get, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 200, body = Instance), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<crate::model::Instance>> {
+) -> ApiResult<Json<Instance>> {
     Ok(Json(load_instance(&s, &id).await?))
 }
 
 /// Applies the fields present in the body; `null` clears an optional field.
-async fn instance_patch(
+#[utoipa::path(patch, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), request_body = Object, responses((status = 200, body = Instance), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_patch(
     State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<Map<String, Value>>,
-) -> ApiResult<Json<crate::model::Instance>> {
+) -> ApiResult<Json<Instance>> {
     let current = load_instance(&s, &id).await?;
     let mut new = NewInstance {
         name: current.name,
@@ -238,7 +326,8 @@ async fn instance_patch(
     Ok(Json(s.store.instance_update(current.id, &new).await?))
 }
 
-async fn instance_delete(
+#[utoipa::path(delete, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
@@ -247,7 +336,8 @@ async fn instance_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn instance_sync(
+#[utoipa::path(post, path = "/api/v1/instances/{id}/sync", params(("id" = i64, Path)), responses((status = 202, body = SessionCreated), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_sync(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -259,7 +349,8 @@ async fn instance_sync(
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
-async fn instance_accounts(
+#[utoipa::path(get, path = "/api/v1/instances/{id}/accounts", params(("id" = i64, Path), ("include_deleted" = Option<bool>, Query)), responses((status = 200, body = AccountPage), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn instance_accounts(
     State(s): State<AppState>,
     Path(id): Path<String>,
     q: Params,
@@ -272,7 +363,7 @@ async fn instance_accounts(
     Ok(Json(json!({"total": items.len(), "items": items})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CleanupRequest {
     #[serde(default = "seven")]
@@ -282,9 +373,10 @@ fn seven() -> i64 {
     7
 }
 
-async fn cleanup(
+#[utoipa::path(post, path = "/api/v1/maintenance/cleanup", request_body = CleanupRequest, responses((status = 200, body = CleanupCounts), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn cleanup(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<CleanupRequest>,
-) -> ApiResult<Json<crate::model::CleanupCounts>> {
+) -> ApiResult<Json<CleanupCounts>> {
     Ok(Json(s.store.cleanup(validate::days(req.days)?).await?))
 }

@@ -20,7 +20,8 @@ pub fn routes() -> Router<AppState> {
         .route("/account-sync-optimized/cleanup", post(cleanup))
 }
 
-async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/account-sync-optimized/sync-all", responses((status = 200, body = Object), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let created = s.store.session_create(SyncType::ManualBatch, None).await?;
     Ok(Json(json!({
         "success": true,
@@ -31,7 +32,8 @@ async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-async fn details(State(s): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/account-sync-optimized/sync-details-batch", params(("session_id" = String, Query)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn details(State(s): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let raw = q
         .str("session_id")
         .filter(|v| !v.is_empty())
@@ -62,7 +64,8 @@ async fn details(State(s): State<AppState>, q: Params) -> Result<Json<Value>, Ap
     })))
 }
 
-async fn cleanup(
+#[utoipa::path(post, path = "/account-sync-optimized/cleanup", request_body = CleanupRequest, responses((status = 200, body = Object), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub(super) async fn cleanup(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<CleanupRequest>,
 ) -> Result<Json<Value>, ApiError> {
