@@ -817,3 +817,39 @@ async fn real_responses_match_the_generated_openapi_document() {
     validate(&doc, schema, &detail, "broken", &mut bad);
     assert_eq!(bad.len(), 2, "{bad:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_until_the_database_is_migrated() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = syncpool::store::connect(&db.url).await.unwrap();
+    let stop = CancellationToken::new();
+    let (addr, _) = syncpool::http::serve(
+        AppState {
+            store: store.clone(),
+            token: None,
+        },
+        "127.0.0.1:0",
+        stop.clone().cancelled_owned(),
+    )
+    .await
+    .unwrap();
+    let app = App {
+        addr,
+        store: store.clone(),
+        token: None,
+        stop,
+        _db: db,
+    };
+    let (st, body) = app.call("GET", "/readyz", None).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (503, Some("not_ready"))
+    );
+    assert_eq!(
+        app.call("GET", "/healthz", None).await.0,
+        200,
+        "liveness does not depend on the database"
+    );
+    store.migrate().await.unwrap();
+    assert_eq!(app.call("GET", "/readyz", None).await.0, 200);
+}
