@@ -63,6 +63,12 @@ pub struct TimingArgs {
     /// Queue heartbeat; a worker silent for 3 heartbeats has its jobs taken over
     #[arg(long, env = "SYNCPOOL_QUEUE_HEARTBEAT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub queue_heartbeat: Duration,
+    /// Time allowed to connect to an instance
+    #[arg(long, env = "SYNCPOOL_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Duration,
+    /// Time allowed for one catalog query on an instance
+    #[arg(long, env = "SYNCPOOL_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub statement_timeout: Duration,
     /// How often an idle worker polls for jobs
     #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", default_value = "200ms", value_parser = parse_duration, global = true)]
     pub poll_interval: Duration,
@@ -85,6 +91,8 @@ impl TimingArgs {
             shutdown_grace: self.shutdown_grace,
             queue_heartbeat: self.queue_heartbeat,
             poll_interval: self.poll_interval,
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
             ..Settings::default()
         })
     }

@@ -28,6 +28,10 @@ pub struct Settings {
     /// apalis worker heartbeat; the orphan timeout is this times `missed_heartbeats`.
     pub queue_heartbeat: Duration,
     pub missed_heartbeats: usize,
+    /// Time allowed to connect to an instance.
+    pub connect_timeout: Duration,
+    /// Time allowed for one catalog query on an instance.
+    pub statement_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -44,6 +48,8 @@ impl Default for Settings {
             poll_interval: Duration::from_millis(200),
             queue_heartbeat: Duration::from_secs(10),
             missed_heartbeats: 3,
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -55,6 +61,13 @@ impl Settings {
             busy_retry: self.busy_retry,
             lock_wait_timeout: self.lock_wait_timeout,
             max_attempts: self.max_attempts,
+        }
+    }
+
+    pub fn source_settings(&self) -> syncpool_workers::SourceSettings {
+        syncpool_workers::SourceSettings {
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
         }
     }
 

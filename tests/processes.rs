@@ -2,6 +2,7 @@
 //! sessions, a SIGKILLed worker, a SIGSTOPped worker whose lease is taken over.
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -24,6 +25,7 @@ both!(
     cancel_stops_a_running_session_at_the_next_heartbeat,
     an_undecodable_job_is_killed_without_stopping_the_worker,
     an_idle_worker_picks_up_new_and_delayed_jobs_by_polling_not_at_its_heartbeat,
+    two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs,
 );
 
 async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<SessionDetail> {
@@ -497,6 +499,95 @@ async fn an_idle_worker_picks_up_new_and_delayed_jobs_by_polling_not_at_its_hear
     // PostgreSQL's NOTIFY does not announce.
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(12)).await;
     assert_eq!(done[0].records[0].attempts, 2);
+    signal(&w, "TERM");
+    assert!(w.wait().unwrap().success());
+    assert_no_lock_errors(&[log]);
+}
+
+async fn two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    // Each scheduled session takes ~3 s, the schedule fires every 2 s: slots must be skipped.
+    store
+        .instance_insert(&simulated("slow", json!({"latency_ms": 3000})))
+        .await
+        .unwrap();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(bin())
+                .args([
+                    "serve",
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--schedule",
+                    "*/2 * * * * *",
+                ])
+                .env("SYNCPOOL_DATABASE_URL", &db.url)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut w, log) = worker(&db, "sched", &["--concurrency", "2"]);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    for r in &replicas {
+        signal(r, "TERM");
+    }
+    for mut r in replicas {
+        assert!(r.wait().unwrap().success());
+    }
+    let (slots, skipped, with_session): (i64, i64, i64) = match store.pool() {
+        syncpool::store::DbPool::Sqlite(p) => sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(skipped), 0), COUNT(session_id) FROM schedule_slots WHERE name = 'sync'",
+        )
+        .fetch_one(&p)
+        .await
+        .unwrap(),
+        syncpool::store::DbPool::Postgres(p) => sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE skipped), COUNT(session_id) FROM schedule_slots WHERE name = 'sync'",
+        )
+        .fetch_one(&p)
+        .await
+        .unwrap(),
+    };
+    let (sessions, n) = store
+        .session_list(&syncpool::store::SessionFilter {
+            status: None,
+            limit: 100,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert!(
+        slots >= 3,
+        "about 4 slots in 9 s, each recorded once: {slots}"
+    );
+    assert_eq!(
+        slots,
+        skipped + with_session,
+        "every claimed slot either started a session or was skipped"
+    );
+    assert_eq!(
+        n, with_session,
+        "one session per fired slot, however many replicas"
+    );
+    assert!(
+        skipped >= 1,
+        "a slot that comes while the last scheduled session runs is skipped"
+    );
+    assert!(sessions.iter().all(|s| s.sync_type == "scheduled"));
+    // Scheduled sessions never overlap: each starts after the previous one finished.
+    let mut spans: Vec<_> = sessions
+        .iter()
+        .map(|s| (s.created_at, s.completed_at))
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1.is_some_and(|end| end <= w[1].0),
+            "scheduled sessions overlap: {spans:?}"
+        );
+    }
     signal(&w, "TERM");
     assert!(w.wait().unwrap().success());
     assert_no_lock_errors(&[log]);

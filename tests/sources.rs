@@ -430,3 +430,55 @@ async fn failures_are_classified_and_never_show_the_password() {
     .await;
     maria(&format!("DROP USER '{t}_noprivs'@'%';"));
 }
+
+/// A server that accepts connections and never answers: the connect timeout ends the
+/// attempt, and the failure is retried (network trouble may pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out_and_is_retried() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    store
+        .instance_insert(&instance(
+            "silent",
+            "postgres",
+            port as i64,
+            "postgres",
+            None,
+            None,
+            json!({}),
+        ))
+        .await
+        .unwrap();
+    let mut worker = Command::new(bin())
+        .args([
+            "worker",
+            "--poll-interval",
+            "100ms",
+            "--retry-backoff",
+            "100ms",
+            "--max-attempts",
+            "2",
+            "--connect-timeout",
+            "300ms",
+        ])
+        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (code, out, err) = cli(&db.url, &["sync", "silent", "--wait", "--json"]);
+    signal(&worker, "TERM");
+    worker.wait().unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r = &serde_json::from_str::<Value>(&out).unwrap()["records"][0];
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["attempts"], 2, "a timeout is retried: {r}");
+    assert!(r["error"].as_str().unwrap().contains("timed out"), "{r}");
+}

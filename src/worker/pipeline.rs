@@ -236,7 +236,7 @@ impl Pipeline {
                         spec.kind
                     )));
                 };
-                let settings = syncpool_workers::SourceSettings::default();
+                let settings = self.settings.source_settings();
                 match tokio::time::timeout(
                     self.settings.sync_timeout,
                     source.fetch_accounts(&spec, &settings),
