@@ -562,6 +562,13 @@ impl Store for PgStore {
                 break;
             }
         }
+        // Fired cron slots older than the retention only prove a slot fired once.
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM schedule_slots WHERE created_at < $1")
+            .bind(&cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(counts)
     }
 

@@ -603,6 +603,13 @@ impl Store for SqliteStore {
                 break;
             }
         }
+        // Fired cron slots older than the retention only prove a slot fired once.
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM schedule_slots WHERE created_at < ?1")
+            .bind(&cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(counts)
     }
 
