@@ -259,6 +259,24 @@ pub trait Store: Send + Sync + 'static {
         params: &LeaseParams,
         reqs: &[FinishRequest],
     ) -> Result<Vec<FinishOutcome>>;
+    /// Whether `pipeline_round` commits a whole round in one all-or-nothing transaction.
+    fn combines_rounds(&self) -> bool {
+        false
+    }
+    /// One group-commit round, finishes then renewals then grants, in one transaction
+    /// (SQLite: one write-lock acquisition instead of three). Only called when
+    /// `combines_rounds`; PostgreSQL keeps one kind per transaction for its lock order.
+    async fn pipeline_round(
+        &self,
+        _params: &LeaseParams,
+        _finishes: &[FinishRequest],
+        _renews: &[RenewRequest],
+        _grants: &[GrantRequest],
+    ) -> Result<(Vec<FinishOutcome>, Vec<RenewOutcome>, Vec<GrantOutcome>)> {
+        Err(StoreError::Other(
+            "this store commits each kind of request on its own".into(),
+        ))
+    }
     /// Retires a job that can never run (an undecodable payload).
     async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()>;
     /// Puts the apalis jobs still locked by these worker names back to pending.

@@ -78,6 +78,23 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
             };
         }
         // Finishes first: they release leases that grants in the same round may want.
+        if store.combines_rounds() {
+            // All or nothing: on failure nothing was written, so each kind is retried alone.
+            match store
+                .pipeline_round(&params, &finishes.0, &renews.0, &grants.0)
+                .await
+            {
+                Ok((f, r, g)) => {
+                    reply(finishes.1, f);
+                    reply(renews.1, r);
+                    reply(grants.1, g);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "group commit round failed; committing each kind alone")
+                }
+            }
+        }
         if !finishes.0.is_empty() {
             let reqs = finishes.0;
             commit(&reqs, finishes.1, |batch| {
@@ -105,6 +122,12 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
             })
             .await;
         }
+    }
+}
+
+fn reply<T>(txs: Vec<Reply<T>>, outcomes: Vec<T>) {
+    for (tx, o) in txs.into_iter().zip(outcomes) {
+        let _ = tx.send(Ok(o));
     }
 }
 

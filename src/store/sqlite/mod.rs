@@ -436,35 +436,29 @@ impl Store for SqliteStore {
         reqs: &[RenewRequest],
     ) -> Result<Vec<RenewOutcome>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            // Renewal only needs the token to be current: if the lease lapsed but nobody
-            // took it over, nobody else can have started, so extending it is still safe.
-            let held = sqlx::query(
-                "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') \
-                 WHERE instance_id = ?1 AND token = ?2",
-            )
-            .bind(r.instance_id)
-            .bind(r.token)
-            .bind(p.ttl.as_secs_f64())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            let cancel_requested: bool = sqlx::query_scalar(
-                "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = ?1",
-            )
-            .bind(r.record_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .unwrap_or(false);
-            out.push(RenewOutcome {
-                held,
-                cancel_requested,
-            });
-        }
+        let out = renew(&mut tx, p, reqs).await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    fn combines_rounds(&self) -> bool {
+        true
+    }
+
+    async fn pipeline_round(
+        &self,
+        p: &LeaseParams,
+        finishes: &[FinishRequest],
+        renews: &[RenewRequest],
+        grants: &[GrantRequest],
+    ) -> Result<(Vec<FinishOutcome>, Vec<RenewOutcome>, Vec<GrantOutcome>)> {
+        // One writer at a time is SQLite's rule anyway: take the write lock once per round.
+        let mut tx = self.begin().await?;
+        let f = batch::finish(&mut SqliteOps(&mut tx), finishes).await?;
+        let r = renew(&mut tx, p, renews).await?;
+        let g = batch::grant(&mut SqliteOps(&mut tx), p, grants).await?;
+        tx.commit().await?;
+        Ok((f, r, g))
     }
 
     async fn record_finish_batch(
@@ -717,6 +711,42 @@ impl Store for SqliteStore {
             sessions_running: sessions,
         })
     }
+}
+
+/// Extends the leases whose token is still current and reports cancel requests.
+async fn renew(
+    tx: &mut SqliteConnection,
+    p: &LeaseParams,
+    reqs: &[RenewRequest],
+) -> Result<Vec<RenewOutcome>> {
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        // Renewal only needs the token to be current: if the lease lapsed but nobody
+        // took it over, nobody else can have started, so extending it is still safe.
+        let held = sqlx::query(
+                "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') \
+                 WHERE instance_id = ?1 AND token = ?2",
+            )
+            .bind(r.instance_id)
+            .bind(r.token)
+            .bind(p.ttl.as_secs_f64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        let cancel_requested: bool = sqlx::query_scalar(
+                "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = ?1",
+            )
+            .bind(r.record_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(false);
+        out.push(RenewOutcome {
+            held,
+            cancel_requested,
+        });
+    }
+    Ok(out)
 }
 
 async fn insert_instance(tx: &mut SqliteConnection, n: &NewInstance) -> Result<i64> {
