@@ -592,3 +592,46 @@ async fn two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs(
     assert!(w.wait().unwrap().success());
     assert_no_lock_errors(&[log]);
 }
+
+/// A backend error ends an apalis worker (APALIS-NOTES 3); ours restarts under a new name,
+/// backing off while the error lasts, and keeps working. Provoked on PostgreSQL by hiding
+/// apalis' jobs table for two seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_queue_fails_restarts_under_a_new_name_and_keeps_syncing() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    store
+        .instance_insert(&simulated("after", json!({"latency_ms": 10})))
+        .await
+        .unwrap();
+    let (mut w, log) = worker(&db, "phoenix", &["--concurrency", "2"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let syncpool::store::DbPool::Postgres(pool) = store.pool() else {
+        unreachable!()
+    };
+    sqlx::query("ALTER TABLE apalis.jobs RENAME TO jobs_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("ALTER TABLE apalis.jobs_away RENAME TO jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let s = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
+    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(30)).await;
+    assert_eq!(done[0].session.status, "completed");
+    signal(&w, "TERM");
+    assert!(w.wait().unwrap().success(), "still exits 0");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let restarts = text.matches("restarting").count();
+    assert!(restarts >= 1, "the worker restarted: {text}");
+    assert!(
+        restarts < 100,
+        "restarts back off instead of spinning: {restarts}"
+    );
+    assert!(text.contains("-w1"), "the restarted worker has a new name");
+}

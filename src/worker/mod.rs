@@ -82,11 +82,27 @@ pub async fn run(
     // requires and PostgreSQL needs to recover the old name's jobs) unless we are stopping.
     let restart = {
         let pipeline = pipeline.clone();
+        let recent: Mutex<(u32, std::time::Instant)> = Mutex::new((0, std::time::Instant::now()));
         move |ctx: &WorkerContext, err: &WorkerError| {
             if pipeline.is_stopping() {
                 return false;
             }
-            tracing::warn!(worker = ctx.name(), error = %err, "queue worker stopped; restarting");
+            // apalis restarts at once; during an outage that is thousands of restarts a
+            // second. Back off (50 ms doubling to 1 s) while failures keep coming. The
+            // callback is synchronous, so this briefly blocks one runtime thread, and only
+            // while the database is failing anyway.
+            let delay = {
+                let mut r = recent.lock().expect("restart state");
+                r.0 = if r.1.elapsed() > std::time::Duration::from_secs(10) {
+                    0
+                } else {
+                    r.0.saturating_add(1)
+                };
+                r.1 = std::time::Instant::now();
+                std::time::Duration::from_millis((50u64 << r.0.min(5)).min(1000))
+            };
+            tracing::warn!(worker = ctx.name(), error = %err, ?delay, "queue worker stopped; restarting");
+            std::thread::sleep(delay);
             true
         }
     };
