@@ -29,13 +29,13 @@ pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
             ),
         ));
     }
-    if let Some(p) = n.port {
-        if !(1..=65535).contains(&p) {
-            return Err(StoreError::invalid(
-                "port",
-                format!("port must be between 1 and 65535, got {p}"),
-            ));
-        }
+    if let Some(p) = n.port
+        && !(1..=65535).contains(&p)
+    {
+        return Err(StoreError::invalid(
+            "port",
+            format!("port must be between 1 and 65535, got {p}"),
+        ));
     }
     if let Some(v) = &n.password_env {
         let ok = !v.is_empty()

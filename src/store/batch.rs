@@ -287,10 +287,10 @@ pub(crate) async fn grant<O: BatchOps>(
         });
     }
     for (session, (s, f, c, last)) in bumps.into_iter() {
-        if let Some(fin) = ops.session_bump(session, s, f, c).await? {
-            if let Some(o) = out[last].as_mut() {
-                o.set_session_finished(fin);
-            }
+        if let Some(fin) = ops.session_bump(session, s, f, c).await?
+            && let Some(o) = out[last].as_mut()
+        {
+            o.set_session_finished(fin);
         }
     }
     Ok(out

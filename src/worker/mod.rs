@@ -169,7 +169,27 @@ pub async fn run(
             })
         }
     };
+    // Statistics go stale as the queue grows and drains; refresh them now and then so the
+    // planner keeps choosing indexes (APALIS-NOTES 2, 18).
+    let stats = {
+        let store = store.clone();
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if pipeline.is_stopping() {
+                    return;
+                }
+                if let Err(e) = store.analyze().await {
+                    tracing::warn!(error = %e, "refreshing planner statistics failed");
+                }
+            }
+        })
+    };
     let result = monitor.run_with_signal(signal).await;
+    stats.abort();
     // Handlers are spawned tasks: they outlive the monitor. Wait for them (the grace
     // timer makes running syncs hand back), then return whatever apalis still holds.
     pipeline.drained().await;

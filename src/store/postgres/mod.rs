@@ -510,7 +510,7 @@ impl Store for PgStore {
                 "SELECT id FROM sync_sessions WHERE status IN ('completed', 'completed_with_errors', 'failed', 'cancelled') \
                  AND completed_at < $1 ORDER BY id LIMIT 100",
             )
-            .bind(&cutoff)
+            .bind(cutoff)
             .fetch_all(&mut *tx)
             .await?;
             if ids.is_empty() {
@@ -565,7 +565,7 @@ impl Store for PgStore {
         // Fired cron slots older than the retention only prove a slot fired once.
         let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM schedule_slots WHERE created_at < $1")
-            .bind(&cutoff)
+            .bind(cutoff)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

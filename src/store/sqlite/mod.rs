@@ -169,7 +169,17 @@ impl Store for SqliteStore {
         let mut ours = sqlx::migrate!("./migrations/sqlite");
         ours.dangerous_set_table_name("_syncpool_migrations");
         ours.run(&self.pool).await?;
-        self.analyze().await
+        // A fresh file has no planner statistics and runs ~40x slower (APALIS-NOTES 2);
+        // once they exist, workers refresh them, so a CLI call need not re-analyze.
+        let has_stats: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if has_stats == 0 {
+            self.analyze().await?;
+        }
+        Ok(())
     }
 
     async fn ready(&self) -> Result<bool> {
