@@ -38,6 +38,46 @@ pub(crate) struct LockState {
 /// `(username, host, attributes, privileges, deleted)` of a stored account.
 pub(crate) type StoredAccountRow = (String, String, serde_json::Value, serde_json::Value, bool);
 
+/// A session's totals right after a change to them.
+pub(crate) struct SessionTotals {
+    pub total: i64,
+    pub successful: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub cancel_requested: bool,
+    pub status: String,
+    pub sync_type: String,
+}
+
+/// Adds to a session's totals in the caller's transaction and finishes the session when
+/// its last record became terminal (invariant 3). The one place that decides it.
+pub(crate) async fn session_bump<O: BatchOps>(
+    ops: &mut O,
+    session_row: i64,
+    ok: i64,
+    failed: i64,
+    cancelled: i64,
+) -> Result<Option<SessionFinished>> {
+    let t = ops.session_add(session_row, ok, failed, cancelled).await?;
+    if t.successful + t.failed + t.cancelled < t.total
+        || FINISHED_SESSION_STATUSES.contains(&t.status.as_str())
+    {
+        return Ok(None);
+    }
+    let status = final_status(t.cancel_requested, t.successful, t.failed, t.cancelled);
+    let (start, end) = ops.session_close(session_row, status).await?;
+    Ok(Some(SessionFinished {
+        sync_type: t.sync_type,
+        status: status.to_string(),
+        duration_seconds: (end - start).num_microseconds().unwrap_or(0) as f64 / 1e6,
+        success_rate: if t.total > 0 {
+            t.successful as f64 / t.total as f64
+        } else {
+            1.0
+        },
+    }))
+}
+
 pub(crate) struct NewLease {
     pub instance_id: i64,
     pub session_uuid: String,
@@ -90,13 +130,20 @@ pub(crate) trait BatchOps: Send {
     /// Puts jobs back to pending, unlocked.
     async fn jobs_release(&mut self, ids: &[String]) -> Result<()>;
     async fn sessions_start(&mut self, ids: &[i64]) -> Result<()>;
-    async fn session_bump(
+    /// Adds to a session's totals; returns the totals after the change.
+    async fn session_add(
         &mut self,
         session_row: i64,
         ok: i64,
         failed: i64,
         cancelled: i64,
-    ) -> Result<Option<SessionFinished>>;
+    ) -> Result<SessionTotals>;
+    /// Marks a session finished with `status`; returns its (started_at, completed_at).
+    async fn session_close(
+        &mut self,
+        session_row: i64,
+        status: &str,
+    ) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>)>;
     async fn accounts_load(
         &mut self,
         instance_ids: &[i64],
@@ -287,7 +334,7 @@ pub(crate) async fn grant<O: BatchOps>(
         });
     }
     for (session, (s, f, c, last)) in bumps.into_iter() {
-        if let Some(fin) = ops.session_bump(session, s, f, c).await?
+        if let Some(fin) = session_bump(ops, session, s, f, c).await?
             && let Some(o) = out[last].as_mut()
         {
             o.set_session_finished(fin);
@@ -445,7 +492,7 @@ pub(crate) async fn finish<O: BatchOps>(
     ops.jobs_ack(&ack).await?;
     ops.jobs_release(&handback_jobs).await?;
     for (session, (s, f, c, last)) in bumps.into_iter() {
-        out[last].session_finished = ops.session_bump(session, s, f, c).await?;
+        out[last].session_finished = session_bump(ops, session, s, f, c).await?;
     }
     Ok(out)
 }

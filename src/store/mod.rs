@@ -351,6 +351,24 @@ impl SessionBumps {
     }
 }
 
+/// Rejects a list of instance ids of which some do not exist, naming them.
+pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
+    let found: std::collections::HashSet<i64> = found.collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!(
+            "unknown instance id(s): {}",
+            missing.join(", ")
+        )))
+    }
+}
+
 /// Decides what a finished session's status is, from its final totals.
 pub fn final_status(
     cancel_requested: bool,

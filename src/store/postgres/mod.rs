@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::*;
-use pipeline::{PgOps, session_bump};
+use pipeline::PgOps;
 
 mod pipeline;
 use crate::queue;
@@ -379,7 +379,10 @@ impl Store for PgStore {
             .bind(&jobs)
             .execute(&mut *tx)
             .await?;
-            if let Some(fin) = session_bump(&mut tx, session_row, 0, 0, jobs.len() as i64).await? {
+            if let Some(fin) =
+                batch::session_bump(&mut PgOps(&mut tx), session_row, 0, 0, jobs.len() as i64)
+                    .await?
+            {
                 crate::metrics::session_finished(&fin);
             }
         }
@@ -701,22 +704,4 @@ async fn insert_instance(tx: &mut PgConnection, n: &NewInstance) -> Result<i64> 
             e.into()
         }
     })
-}
-
-/// Rejects a list of instance ids of which some do not exist, naming them.
-pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
-    let found: std::collections::HashSet<i64> = found.collect();
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|id| !found.contains(id))
-        .map(|id| id.to_string())
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound(format!(
-            "unknown instance id(s): {}",
-            missing.join(", ")
-        )))
-    }
 }

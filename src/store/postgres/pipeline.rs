@@ -336,14 +336,57 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn session_bump(
+    async fn session_add(
         &mut self,
         session_row: i64,
         ok: i64,
         failed: i64,
         cancelled: i64,
-    ) -> Result<Option<SessionFinished>> {
-        session_bump(self.0, session_row, ok, failed, cancelled).await
+    ) -> Result<SessionTotals> {
+        let row = sqlx::query(concat!(
+            "UPDATE sync_sessions SET successful_instances = successful_instances + $2, ",
+            "failed_instances = failed_instances + $3, cancelled_instances = cancelled_instances + $4, ",
+            "updated_at = ",
+            now!(),
+            " WHERE id = $1 RETURNING total_instances, successful_instances, failed_instances, ",
+            "cancelled_instances, cancel_requested, status, sync_type"
+        ))
+        .bind(session_row)
+        .bind(ok)
+        .bind(failed)
+        .bind(cancelled)
+        .fetch_one(&mut *self.0)
+        .await?;
+        Ok(SessionTotals {
+            total: row.try_get(0)?,
+            successful: row.try_get(1)?,
+            failed: row.try_get(2)?,
+            cancelled: row.try_get(3)?,
+            cancel_requested: row.try_get(4)?,
+            status: row.try_get(5)?,
+            sync_type: row.try_get(6)?,
+        })
+    }
+
+    async fn session_close(
+        &mut self,
+        session_row: i64,
+        status: &str,
+    ) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+        let done = sqlx::query(concat!(
+            "UPDATE sync_sessions SET status = $2, completed_at = ",
+            now!(),
+            ", started_at = COALESCE(started_at, ",
+            now!(),
+            "), updated_at = ",
+            now!(),
+            " WHERE id = $1 RETURNING started_at, completed_at"
+        ))
+        .bind(session_row)
+        .bind(status)
+        .fetch_one(&mut *self.0)
+        .await?;
+        Ok((done.try_get(0)?, done.try_get(1)?))
     }
 
     async fn accounts_load(
@@ -434,63 +477,4 @@ impl BatchOps for PgOps<'_> {
         .await?;
         Ok(())
     }
-}
-
-/// Adds to a session's totals and finishes it when its last record became terminal.
-pub(super) async fn session_bump(
-    tx: &mut PgConnection,
-    session_row: i64,
-    ok: i64,
-    failed: i64,
-    cancelled: i64,
-) -> Result<Option<SessionFinished>> {
-    let row = sqlx::query(concat!(
-        "UPDATE sync_sessions SET successful_instances = successful_instances + $2, ",
-        "failed_instances = failed_instances + $3, cancelled_instances = cancelled_instances + $4, ",
-        "updated_at = ",
-        now!(),
-        " WHERE id = $1 RETURNING total_instances, successful_instances, failed_instances, ",
-        "cancelled_instances, cancel_requested, status, sync_type"
-    ))
-    .bind(session_row)
-    .bind(ok)
-    .bind(failed)
-    .bind(cancelled)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (total, s, f, c): (i64, i64, i64, i64) = (
-        row.try_get(0)?,
-        row.try_get(1)?,
-        row.try_get(2)?,
-        row.try_get(3)?,
-    );
-    let status: String = row.try_get(5)?;
-    if s + f + c < total || FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
-        return Ok(None);
-    }
-    let final_status = final_status(row.try_get(4)?, s, f, c);
-    let done = sqlx::query(concat!(
-        "UPDATE sync_sessions SET status = $2, completed_at = ",
-        now!(),
-        ", started_at = COALESCE(started_at, ",
-        now!(),
-        "), updated_at = ",
-        now!(),
-        " WHERE id = $1 RETURNING started_at, completed_at"
-    ))
-    .bind(session_row)
-    .bind(final_status)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (start, end): (DateTime<Utc>, DateTime<Utc>) = (done.try_get(0)?, done.try_get(1)?);
-    Ok(Some(SessionFinished {
-        sync_type: row.try_get(6)?,
-        status: final_status.to_string(),
-        duration_seconds: (end - start).num_microseconds().unwrap_or(0) as f64 / 1e6,
-        success_rate: if total > 0 {
-            s as f64 / total as f64
-        } else {
-            1.0
-        },
-    }))
 }

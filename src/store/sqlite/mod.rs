@@ -18,7 +18,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::*;
-use pipeline::{SqliteOps, session_bump};
+use pipeline::SqliteOps;
 
 mod pipeline;
 use crate::queue;
@@ -421,7 +421,15 @@ impl Store for SqliteStore {
             .bind(serde_json::to_string(&jobs).unwrap_or_default())
             .execute(&mut *tx)
             .await?;
-            if let Some(fin) = session_bump(&mut tx, session_row, 0, 0, jobs.len() as i64).await? {
+            if let Some(fin) = batch::session_bump(
+                &mut SqliteOps(&mut tx),
+                session_row,
+                0,
+                0,
+                jobs.len() as i64,
+            )
+            .await?
+            {
                 crate::metrics::session_finished(&fin);
             }
         }
@@ -782,22 +790,4 @@ async fn insert_instance(tx: &mut SqliteConnection, n: &NewInstance) -> Result<i
             e.into()
         }
     })
-}
-
-/// Rejects a list of instance ids of which some do not exist, naming them.
-pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
-    let found: std::collections::HashSet<i64> = found.collect();
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|id| !found.contains(id))
-        .map(|id| id.to_string())
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound(format!(
-            "unknown instance id(s): {}",
-            missing.join(", ")
-        )))
-    }
 }
