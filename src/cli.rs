@@ -415,10 +415,11 @@ pub async fn run(cli: Cli) -> Out {
         }
         Command::Cancel { id } => {
             let id = parse_session_id(&id)?;
-            let s = store
+            let cancelled = store
                 .session_cancel(id)
                 .await?
                 .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;
+            let s = cancelled.session;
             println!(
                 "session {} is {}{}",
                 s.session_id,

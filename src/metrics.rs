@@ -22,6 +22,7 @@ pub const LOCK_TAKEOVERS: &str = "syncpool_lock_takeovers_total";
 pub const LOCK_LOST: &str = "syncpool_lock_lost_total";
 pub const DB_POOL: &str = "syncpool_db_pool_connections";
 pub const DB_BUSY: &str = "syncpool_db_busy_total";
+pub const RECORDS_RESCUED: &str = "syncpool_records_rescued_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -71,6 +72,9 @@ fn register() {
     }
     for result in ["completed", "failed", "cancelled"] {
         counter!(INSTANCE_SYNCS, "result" => result).absolute(0);
+    }
+    for outcome in ["requeued", "failed", "cancelled"] {
+        counter!(RECORDS_RESCUED, "outcome" => outcome).absolute(0);
     }
     // The success-ratio gauge is not pre-set: a zero would read as a failed session.
     for sync_type in ["manual_single", "manual_batch", "scheduled"] {

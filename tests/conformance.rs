@@ -91,6 +91,7 @@ async fn count(store: &dyn Store, sql: &'static str) -> i64 {
 
 fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
     GrantRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
         job_id: job.0.clone(),
         payload: job.1.clone(),
         owner: owner.into(),
@@ -100,6 +101,7 @@ fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
 
 fn finish(job: &(String, JobPayload), token: i64, result: SyncResult) -> FinishRequest {
     FinishRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
         job_id: job.0.clone(),
         record_id: job.1.record_id,
         instance_id: job.1.instance_id,
@@ -416,7 +418,12 @@ async fn cancel_marks_pending_records_and_finishes_the_session(b: Backend) {
             .await
             .unwrap()[0],
     );
-    let after = store.session_cancel(s.session_id).await.unwrap().unwrap();
+    let after = store
+        .session_cancel(s.session_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .session;
     assert_eq!(after.cancelled_instances, 2);
     assert!(
         !after.is_finished(),

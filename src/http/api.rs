@@ -215,11 +215,17 @@ pub(super) async fn session_cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = session_id(&id)?;
-    let session = s
+    let cancelled = s
         .store
         .session_cancel(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    // Recorded after the commit, never by the store: a rolled-back cancel counts nothing.
+    cancelled
+        .finished
+        .iter()
+        .for_each(crate::metrics::session_finished);
+    let session = cancelled.session;
     Ok(Json(
         serde_json::to_value(session).map_err(anyhow::Error::from)?,
     ))

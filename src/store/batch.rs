@@ -18,6 +18,7 @@ use crate::queue::{self, JobPayload};
 
 /// A record as a batch step sees it.
 pub(crate) struct RecState {
+    pub instance_id: i64,
     pub status: String,
     pub attempts: i64,
     pub job_id: Option<String>,
@@ -25,6 +26,10 @@ pub(crate) struct RecState {
     pub session_row: i64,
     pub session_uuid: String,
     pub cancel_requested: bool,
+    /// The last grant or finish request that wrote this record (replay on retry).
+    pub request_id: Option<String>,
+    /// `(total, added, removed, changed)` accounts of a completed record.
+    pub accounts: (Option<i64>, Option<i64>, Option<i64>, Option<i64>),
 }
 
 /// An instance's lease row.
@@ -99,7 +104,17 @@ pub(crate) trait BatchOps: Send {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>>;
     /// Locks and reads the lease rows of these instances.
     async fn locks_load(&mut self, instance_ids: &[i64]) -> Result<HashMap<i64, LockState>>;
+    /// Reads instances; PostgreSQL share-locks them so that a concurrent delete waits
+    /// (instance_delete takes the instance row first, then its accounts).
     async fn instances_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, Instance>>;
+    /// Ids of running records without a live lease carrying their token (unlocked read).
+    async fn records_orphaned(&mut self, limit: i64) -> Result<Vec<i64>>;
+    /// Ids of a session's pending and running records (unlocked read).
+    async fn session_open_records(&mut self, session_row: i64) -> Result<Vec<i64>>;
+    /// Stamps records with the request that wrote them: `(record_id, request_id)`.
+    async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()>;
+    /// Sets a session's cancel flag.
+    async fn session_request_cancel(&mut self, session_row: i64) -> Result<()>;
     /// `n` fresh fencing tokens from the database-wide counter.
     async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>>;
     /// Takes (inserts or takes over) the leases; the caller has checked they are free.
@@ -149,14 +164,11 @@ pub(crate) trait BatchOps: Send {
         instance_ids: &[i64],
     ) -> Result<HashMap<i64, Vec<StoredAccountRow>>>;
     async fn accounts_insert(&mut self, rows: &[(i64, &Account)]) -> Result<()>;
-    /// Updates one account's attributes and privileges and clears `deleted_at`.
-    async fn accounts_update(&mut self, instance_id: i64, account: &Account) -> Result<()>;
-    async fn accounts_mark_deleted(
-        &mut self,
-        instance_id: i64,
-        username: &str,
-        host: &str,
-    ) -> Result<()>;
+    /// Updates accounts' attributes and privileges and clears `deleted_at`: one
+    /// statement for any number, so a large diff is not a statement per account.
+    async fn accounts_update(&mut self, rows: &[(i64, &Account)]) -> Result<()>;
+    /// Marks `(instance_id, username, host)` accounts deleted, in one statement.
+    async fn accounts_mark_deleted(&mut self, rows: &[(i64, &str, &str)]) -> Result<()>;
 }
 
 fn sorted_unique(mut v: Vec<i64>) -> Vec<i64> {
@@ -193,6 +205,28 @@ pub(crate) async fn grant<O: BatchOps>(
     for (i, req) in reqs.iter().enumerate() {
         let rid = req.payload.record_id;
         let iid = req.payload.instance_id;
+        if let Some(rec) = recs.get(&rid)
+            && rec.request_id.as_deref() == Some(req.request_id.as_str())
+        {
+            // A retry of this very grant after a commit whose outcome the caller never
+            // learned: answer what was decided then, while the lease is still ours.
+            let ours = rec.status == "running"
+                && locks
+                    .get(&iid)
+                    .is_some_and(|l| l.live && Some(l.token) == rec.lock_token);
+            out[i] = Some(match (ours, instances.get(&iid), rec.lock_token) {
+                (true, Some(instance), Some(token)) => GrantOutcome::Granted {
+                    token,
+                    instance: instance.clone(),
+                    attempt: rec.attempts,
+                    takeover: false,
+                    lock_wait_ms: req.lock_wait_ms,
+                },
+                _ => GrantOutcome::Stale,
+            });
+            seen_records.insert(rid);
+            continue;
+        }
         let Some(rec) = recs.get(&rid).filter(|r| {
             (r.status == "pending" || r.status == "running")
                 && r.job_id.as_deref() == Some(req.job_id.as_str())
@@ -210,7 +244,10 @@ pub(crate) async fn grant<O: BatchOps>(
         let live = lock.is_some_and(|l| l.live) || taken.contains(&iid);
         // Ends the record without a sync (cancelled, or failed before it could start).
         macro_rules! end {
-            ($status:expr, $error:expr) => {{
+            ($status:expr, $error:expr) => {
+                end!($status, $error, false)
+            };
+            ($status:expr, $error:expr, $lock_timeout:expr) => {{
                 let (status, error): (&'static str, Option<String>) = ($status, $error);
                 ack.push(req.job_id.clone());
                 ended.push((rid, status, error.clone()));
@@ -225,7 +262,7 @@ pub(crate) async fn grant<O: BatchOps>(
                         session_finished: None,
                     },
                     Some(error) => GrantOutcome::Failed {
-                        lock_timeout: error.starts_with("gave up waiting"),
+                        lock_timeout: $lock_timeout,
                         error,
                         session_finished: None,
                     },
@@ -249,7 +286,7 @@ pub(crate) async fn grant<O: BatchOps>(
                     "gave up waiting for the lease of instance {iid}: another sync held it for more than {} s",
                     p.lock_wait_timeout.as_secs()
                 );
-                end!("failed", Some(error));
+                end!("failed", Some(error), true);
             } else {
                 // Wait without holding a worker slot: a delayed copy of this job takes over.
                 let mut payload = req.payload.clone();
@@ -309,6 +346,11 @@ pub(crate) async fn grant<O: BatchOps>(
         .map(|(&i, &t)| (reqs[i].payload.record_id, reqs[i].lock_wait_ms, t))
         .collect();
     let attempts = ops.records_start(owner, &starts).await?;
+    let stamps: Vec<(i64, &str)> = granted
+        .iter()
+        .map(|&i| (reqs[i].payload.record_id, reqs[i].request_id.as_str()))
+        .collect();
+    ops.records_mark_request(&stamps).await?;
     ops.records_end(&ended).await?;
     ops.records_requeue(&busy_records, false).await?;
     ops.locks_take(owner, p.ttl, &leases).await?;
@@ -364,24 +406,54 @@ pub(crate) async fn finish<O: BatchOps>(
             session_finished: None,
         })
         .collect();
+    let mut seen_records = HashSet::new();
     // The fencing check: the lease still carries our token, and the record is still the
-    // running attempt that token started.
-    let valid: Vec<usize> = (0..reqs.len())
+    // running attempt that token started. The lease need not be live: a token is only
+    // replaced by a grant, so an expired lease nobody took over still fences correctly
+    // (the rescuer moves such a record on first if it gets there first).
+    let mut valid: Vec<usize> = vec![];
+    for (i, r) in reqs.iter().enumerate() {
+        let Some(rec) = recs.get(&r.record_id) else {
+            continue;
+        };
+        if rec.request_id.as_deref() == Some(r.request_id.as_str()) {
+            // A retry of a finish that committed: replay what the record says it did.
+            out[i].record = replayed(rec, &r.result);
+            continue;
+        }
+        let current = locks
+            .get(&r.instance_id)
+            .is_some_and(|l| l.token == r.token)
+            && rec.status == "running"
+            && rec.lock_token == Some(r.token);
+        if current && seen_records.insert(r.record_id) {
+            valid.push(i);
+        }
+    }
+    // A completed sync of an instance deleted meanwhile must not write accounts for it
+    // (instances_load share-locks the rows on PostgreSQL, so the delete waits or wins).
+    let completed_instances = ops
+        .instances_load(&sorted_unique(
+            valid
+                .iter()
+                .filter(|&&i| matches!(reqs[i].result, SyncResult::Completed(_)))
+                .map(|&i| reqs[i].instance_id)
+                .collect(),
+        ))
+        .await?;
+    let gone: HashSet<usize> = valid
+        .iter()
+        .copied()
         .filter(|&i| {
-            let r = &reqs[i];
-            locks
-                .get(&r.instance_id)
-                .is_some_and(|l| l.token == r.token)
-                && recs
-                    .get(&r.record_id)
-                    .is_some_and(|rec| rec.status == "running" && rec.lock_token == Some(r.token))
+            matches!(reqs[i].result, SyncResult::Completed(_))
+                && !completed_instances.contains_key(&reqs[i].instance_id)
         })
         .collect();
 
     let completed: Vec<usize> = valid
         .iter()
         .copied()
-        .filter(|&i| matches!(reqs[i].result, SyncResult::Completed(_)))
+        .filter(|&i| matches!(reqs[i].result, SyncResult::Completed(_)) && !gone.contains(&i))
         .collect();
     let mut stored = ops
         .accounts_load(&sorted_unique(
@@ -389,6 +461,8 @@ pub(crate) async fn finish<O: BatchOps>(
         ))
         .await?;
     let mut inserts: Vec<(i64, &Account)> = vec![];
+    let mut updates: Vec<(i64, &Account)> = vec![];
+    let mut deletes: Vec<(i64, String, String)> = vec![];
     let mut completes = vec![];
     for &i in &completed {
         let SyncResult::Completed(found) = &reqs[i].result else {
@@ -397,12 +471,8 @@ pub(crate) async fn finish<O: BatchOps>(
         let iid = reqs[i].instance_id;
         let diff = AccountDiff::compute(found, stored.remove(&iid).as_deref().unwrap_or(&[]));
         inserts.extend(diff.added.iter().map(|a| (iid, *a)));
-        for a in diff.changed.iter().chain(&diff.revived) {
-            ops.accounts_update(iid, a).await?;
-        }
-        for (u, h) in &diff.removed {
-            ops.accounts_mark_deleted(iid, u, h).await?;
-        }
+        updates.extend(diff.changed.iter().chain(&diff.revived).map(|a| (iid, *a)));
+        deletes.extend(diff.removed.iter().map(|(u, h)| (iid, u.clone(), h.clone())));
         let (total, added, removed, changed) = (
             found.len() as i64,
             (diff.added.len() + diff.revived.len()) as i64,
@@ -418,6 +488,12 @@ pub(crate) async fn finish<O: BatchOps>(
         };
     }
     ops.accounts_insert(&inserts).await?;
+    ops.accounts_update(&updates).await?;
+    let deletes: Vec<(i64, &str, &str)> = deletes
+        .iter()
+        .map(|(i, u, h)| (*i, u.as_str(), h.as_str()))
+        .collect();
+    ops.accounts_mark_deleted(&deletes).await?;
 
     let mut ended = vec![];
     let mut retries = vec![];
@@ -430,6 +506,16 @@ pub(crate) async fn finish<O: BatchOps>(
         let r = &reqs[i];
         let rec = &recs[&r.record_id];
         match &r.result {
+            SyncResult::Completed(_) if gone.contains(&i) => {
+                ended.push((
+                    r.record_id,
+                    "failed",
+                    Some("the instance was deleted during its sync; nothing was stored".into()),
+                ));
+                ack.push(r.job_id.clone());
+                bumps.add(rec.session_row, i, 0, 1, 0);
+                out[i].record = RecordOutcome::Failed;
+            }
             SyncResult::Completed(_) => {
                 ack.push(r.job_id.clone());
                 bumps.add(rec.session_row, i, 1, 0, 0);
@@ -483,6 +569,11 @@ pub(crate) async fn finish<O: BatchOps>(
     ops.records_end(&ended).await?;
     ops.records_requeue(&retries, true).await?;
     ops.records_handback(&handbacks).await?;
+    let stamps: Vec<(i64, &str)> = valid
+        .iter()
+        .map(|&i| (reqs[i].record_id, reqs[i].request_id.as_str()))
+        .collect();
+    ops.records_mark_request(&stamps).await?;
     let releases: Vec<(i64, i64)> = valid
         .iter()
         .map(|&i| (reqs[i].instance_id, reqs[i].token))
@@ -495,4 +586,152 @@ pub(crate) async fn finish<O: BatchOps>(
         out[last].session_finished = session_bump(ops, session, s, f, c).await?;
     }
     Ok(out)
+}
+
+/// The outcome a committed finish had, read back from the record it wrote.
+fn replayed(rec: &RecState, result: &SyncResult) -> RecordOutcome {
+    match (rec.status.as_str(), result) {
+        ("completed", _) => {
+            let (t, a, r, c) = rec.accounts;
+            RecordOutcome::Completed {
+                total: t.unwrap_or(0),
+                added: a.unwrap_or(0),
+                removed: r.unwrap_or(0),
+                changed: c.unwrap_or(0),
+            }
+        }
+        ("failed", _) => RecordOutcome::Failed,
+        ("cancelled", _) => RecordOutcome::Cancelled,
+        (_, SyncResult::HandedBack) => RecordOutcome::HandedBack,
+        (_, SyncResult::Failed { .. }) => RecordOutcome::Retrying {
+            next_attempt: rec.attempts + 1,
+        },
+        // The record moved on since (a later grant or the rescuer): nothing to replay.
+        _ => RecordOutcome::Fenced,
+    }
+}
+
+/// True when `rec` is running under a live lease that carries its own token.
+fn lease_alive(rec: &RecState, locks: &HashMap<i64, LockState>) -> bool {
+    rec.status == "running"
+        && locks
+            .get(&rec.instance_id)
+            .is_some_and(|l| l.live && Some(l.token) == rec.lock_token)
+}
+
+/// The rescuer's sweep (see [`Store::records_rescue`]). Rows are locked in the one order:
+/// records, leases, sessions.
+pub(crate) async fn rescue<O: BatchOps>(
+    ops: &mut O,
+    p: &LeaseParams,
+    limit: i64,
+) -> Result<RescueOutcome> {
+    let ids = ops.records_orphaned(limit).await?;
+    let mut outcome = RescueOutcome::default();
+    if ids.is_empty() {
+        return Ok(outcome);
+    }
+    let recs = ops.records_load(&ids).await?;
+    let locks = ops
+        .locks_load(&sorted_unique(recs.values().map(|r| r.instance_id).collect()))
+        .await?;
+    let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
+    let mut requeued = vec![];
+    let mut jobs = vec![];
+    let mut ack = vec![];
+    let mut bumps = SessionBumps::default();
+    let mut sorted: Vec<(&i64, &RecState)> = recs.iter().collect();
+    sorted.sort_by_key(|(id, _)| **id);
+    for (i, (&rid, rec)) in sorted.into_iter().enumerate() {
+        // Re-checked under the row locks: the sweep's read may be out of date.
+        if rec.status != "running" || lease_alive(rec, &locks) {
+            continue;
+        }
+        ack.extend(rec.job_id.clone());
+        if rec.cancel_requested {
+            ended.push((rid, "cancelled", None));
+            bumps.add(rec.session_row, i, 0, 0, 1);
+            outcome.cancelled += 1;
+        } else if rec.attempts >= p.max_attempts {
+            ended.push((
+                rid,
+                "failed",
+                Some(format!(
+                    "sync abandoned: its worker stopped or lost the lease during each of {} attempts",
+                    rec.attempts
+                )),
+            ));
+            bumps.add(rec.session_row, i, 0, 1, 0);
+            outcome.failed += 1;
+        } else {
+            let payload = JobPayload {
+                session_id: rec.session_uuid.clone(),
+                record_id: rid,
+                instance_id: rec.instance_id,
+                attempt: rec.attempts + 1,
+                waiting_since_ms: None,
+            };
+            let id = queue::new_job_id();
+            jobs.push(NewJob {
+                id: id.clone(),
+                payload: payload.to_bytes(),
+                delay: Duration::ZERO,
+            });
+            requeued.push((
+                rid,
+                id,
+                Some(format!(
+                    "attempt {} lost its lease (worker stopped, frozen or cut off); handed to a new attempt",
+                    rec.attempts
+                )),
+            ));
+            outcome.requeued += 1;
+        }
+    }
+    ops.records_end(&ended).await?;
+    ops.records_requeue(&requeued, true).await?;
+    ops.jobs_push(&jobs).await?;
+    ops.jobs_ack(&ack).await?;
+    for (session, (s, f, c, _)) in bumps.into_iter() {
+        if let Some(fin) = session_bump(ops, session, s, f, c).await? {
+            outcome.sessions_finished.push(fin);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Cancels a session: its pending records, and running ones whose lease is gone, end now;
+/// running ones under a live lease see the flag at their next heartbeat. Rows are locked
+/// in the pipeline's one order (records, leases, then the session row last), so a cancel
+/// racing grants and finishes cannot deadlock with them on PostgreSQL.
+pub(crate) async fn cancel<O: BatchOps>(
+    ops: &mut O,
+    session_row: i64,
+) -> Result<Option<SessionFinished>> {
+    let ids = ops.session_open_records(session_row).await?;
+    let recs = ops.records_load(&ids).await?;
+    let locks = ops
+        .locks_load(&sorted_unique(
+            recs.values()
+                .filter(|r| r.status == "running")
+                .map(|r| r.instance_id)
+                .collect(),
+        ))
+        .await?;
+    let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
+    let mut ack = vec![];
+    for (&rid, rec) in &recs {
+        let open = rec.status == "pending" || (rec.status == "running" && !lease_alive(rec, &locks));
+        if open {
+            ended.push((rid, "cancelled", None));
+            // Its queued job would only find a terminal record: retire it now so the
+            // queue depth tells the truth.
+            ack.extend(rec.job_id.clone());
+        }
+    }
+    ended.sort_by_key(|e| e.0);
+    ops.records_end(&ended).await?;
+    ops.jobs_ack(&ack).await?;
+    ops.session_request_cancel(session_row).await?;
+    session_bump(ops, session_row, 0, 0, ended.len() as i64).await
 }

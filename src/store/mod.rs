@@ -59,6 +59,39 @@ impl StoreError {
             StoreError::Invalid { .. } | StoreError::NotFound(_) | StoreError::Conflict(_)
         )
     }
+
+    /// True when the same request may succeed if tried again: a lost or refused
+    /// connection, a busy SQLite file, a PostgreSQL deadlock, serialization failure, lock
+    /// or statement timeout, or a server shutting down. Everything else (bad input, a
+    /// constraint, a bug) fails the same way every time, so retrying it only delays.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED and their extended codes (x + 256 n).
+                if let Ok(n) = code.parse::<i64>() {
+                    return matches!(n & 0xff, 5 | 6);
+                }
+                // PostgreSQL SQLSTATEs: 40001 serialization, 40P01 deadlock, 55P03 lock
+                // timeout, 57014 statement timeout, 57P0x shutdown, 08xxx connection, 53xxx
+                // resources, 25P03 idle-in-transaction timeout.
+                matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57014" | "25P03")
+                    || code.starts_with("57P")
+                    || code.starts_with("08")
+                    || code.starts_with("53")
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,6 +117,9 @@ pub struct LeaseParams {
 /// Step 3: take the lease of `payload.instance_id` for the job `job_id`.
 #[derive(Debug, Clone)]
 pub struct GrantRequest {
+    /// Unique per request, kept across retries of it: a retry after a commit whose
+    /// outcome was unknown finds it on the record and replays the grant.
+    pub request_id: String,
     pub job_id: String,
     pub payload: JobPayload,
     /// The worker process's id, stored as the lease owner and the record's worker_id.
@@ -162,6 +198,8 @@ pub enum SyncResult {
 
 #[derive(Debug, Clone)]
 pub struct FinishRequest {
+    /// Unique per request, kept across retries of it (see [`GrantRequest::request_id`]).
+    pub request_id: String,
     pub job_id: String,
     pub record_id: i64,
     pub instance_id: i64,
@@ -203,6 +241,25 @@ pub struct FinishOutcome {
     pub session_finished: Option<SessionFinished>,
 }
 
+/// What the rescuer did with running records that had no live lease.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RescueOutcome {
+    /// Handed to a new job (the next attempt).
+    pub requeued: u64,
+    /// Failed: they had used every attempt.
+    pub failed: u64,
+    /// Cancelled: their session was cancelled.
+    pub cancelled: u64,
+    pub sessions_finished: Vec<SessionFinished>,
+}
+
+/// A cancelled session, and whether the cancel finished it.
+#[derive(Debug, Clone)]
+pub struct Cancelled {
+    pub session: Session,
+    pub finished: Option<SessionFinished>,
+}
+
 /// Filters for `session_list`.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
@@ -241,8 +298,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<SessionCreated>;
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>>;
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
-    /// Cancels pending records now; running ones stop at their next heartbeat.
-    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Session>>;
+    /// Cancels pending records, and running ones whose lease is gone, now; running ones
+    /// with a live lease stop at their next heartbeat.
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>>;
 
     async fn lease_grant_batch(
         &self,
@@ -277,6 +335,11 @@ pub trait Store: Send + Sync + 'static {
             "this store commits each kind of request on its own".into(),
         ))
     }
+    /// The rescuer's sweep: running records whose lease is gone (their worker died,
+    /// froze past the TTL, lost the lease to a takeover or panicked) are handed to a new
+    /// job, failed at the attempt limit, or cancelled with their session. Judged by the
+    /// database clock; at most `limit` records per call.
+    async fn records_rescue(&self, params: &LeaseParams, limit: i64) -> Result<RescueOutcome>;
     /// Retires a job that can never run (an undecodable payload).
     async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()>;
     /// Puts the apalis jobs still locked by these worker names back to pending.

@@ -188,8 +188,15 @@ pub async fn run(
             }
         })
     };
+    let rescuer = tokio::spawn(rescue_loop(
+        store.clone(),
+        pipeline.clone(),
+        settings.lease_params(),
+        settings.lease_renew,
+    ));
     let result = monitor.run_with_signal(signal).await;
     stats.abort();
+    rescuer.abort();
     // Handlers are spawned tasks: they outlive the monitor. Wait for them (the grace
     // timer makes running syncs hand back), then return whatever apalis still holds.
     pipeline.drained().await;
@@ -205,4 +212,49 @@ pub async fn run(
     let _ = writer_task.await;
     result.context("queue monitor")?;
     Ok(())
+}
+
+/// The rescuer: every worker sweeps for running records whose lease has lapsed, about
+/// once per renewal period (jittered, so that workers do not sweep in step). A record
+/// whose worker died, froze, panicked or lost its lease is handed on within about the
+/// lease TTL plus one period, judged by the database clock, without waiting for apalis'
+/// orphan timeout, which only notices dead workers, and only after several heartbeats.
+async fn rescue_loop(
+    store: Arc<dyn Store>,
+    pipeline: Arc<Pipeline>,
+    params: crate::store::LeaseParams,
+    every: std::time::Duration,
+) {
+    use rand::Rng;
+    loop {
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        tokio::time::sleep(every.mul_f64(jitter)).await;
+        if pipeline.is_stopping() {
+            return;
+        }
+        match store.records_rescue(&params, 256).await {
+            Ok(o) => {
+                if o.requeued + o.failed + o.cancelled > 0 {
+                    tracing::warn!(
+                        requeued = o.requeued,
+                        failed = o.failed,
+                        cancelled = o.cancelled,
+                        "rescued running records whose lease had lapsed"
+                    );
+                }
+                for (outcome, n) in [
+                    ("requeued", o.requeued),
+                    ("failed", o.failed),
+                    ("cancelled", o.cancelled),
+                ] {
+                    metrics::counter!(crate::metrics::RECORDS_RESCUED, "outcome" => outcome)
+                        .increment(n);
+                }
+                o.sessions_finished
+                    .iter()
+                    .for_each(crate::metrics::session_finished);
+            }
+            Err(e) => tracing::warn!(error = %e, "the rescuer's sweep failed; it runs again"),
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! One sync, step by step (DESIGN.md §3): the apalis handler for a job.
+//! One sync, step by step (docs/DESIGN.md): the apalis handler for a job.
 //!
 //! apalis delivers a job at least once, so nothing here trusts the job: the record and
 //! the lease, both judged inside the database, decide whether this delivery does work.
@@ -12,7 +12,10 @@ use chrono::Utc;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::writer::Writer;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
+
+use super::writer::{WriteError, Writer};
 use crate::metrics;
 use crate::model::Instance;
 use crate::queue::JobPayload;
@@ -44,8 +47,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Stop {
+    /// The database says the lease is no longer ours.
     Lost,
+    /// The local deadline passed before a renewal succeeded.
+    Expired,
     Cancelled,
 }
 
@@ -83,24 +90,31 @@ impl Pipeline {
     }
 
     /// Sends a request through the writer until it is written. The result of a sync must
-    /// not be lost to a passing database error; a stale lease is caught by the token.
+    /// not be lost to a passing database error, so transient errors are retried with the
+    /// same request (the same request id: a retry after a commit whose outcome was lost
+    /// replays it). Other errors fail the same way every time: the record is left to the
+    /// rescuer, which hands it on once its lease has lapsed.
     async fn until_written<T, F, Fut>(&self, what: &str, f: F) -> Option<T>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, WriteError>>,
     {
         let mut delay = Duration::from_millis(100);
         for _ in 0..20 {
             match f().await {
                 Ok(v) => return Some(v),
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
+                Err(e) => {
+                    tracing::error!(error = %e, "{what} failed; the record is left to the rescuer");
+                    return None;
+                }
             }
         }
-        tracing::error!("{what} kept failing; the job is left for recovery");
+        tracing::error!("{what} kept failing; the record is left to the rescuer");
         None
     }
 
@@ -128,11 +142,15 @@ impl Pipeline {
             .map(|w| (now_ms - w).max(0))
             .unwrap_or(0);
         let req = GrantRequest {
+            request_id: new_request_id(),
             job_id: job_id.clone(),
             payload: payload.clone(),
             owner: self.owner.clone(),
             lock_wait_ms,
         };
+        // The lease's expiry is set by the database when the grant commits, which is
+        // after this instant: a deadline counted from here is never later than the real one.
+        let asked = Instant::now();
         let Some(grant) = self
             .until_written("lease grant", || self.writer.grant(req.clone()))
             .await
@@ -172,111 +190,133 @@ impl Pipeline {
                 if takeover {
                     ::metrics::counter!(metrics::LOCK_TAKEOVERS).increment(1);
                 }
-                self.sync(job_id, payload, token, instance, attempt).await;
+                let lease = Lease {
+                    token,
+                    attempt,
+                    asked,
+                };
+                self.sync(job_id, payload, lease, instance).await;
                 Ok(())
             }
         }
     }
 
+    /// How long before the database's expiry a sync gives its lease up: the gap covers
+    /// the time between our clock's deadline and the moment the sync has really stopped.
+    fn deadline_margin(&self) -> Duration {
+        (self.settings.lease_ttl / 5).min(Duration::from_secs(5))
+    }
+
     /// Step 4 and 5: sync outside any transaction while a heartbeat renews the lease,
     /// then write the result conditionally on the token.
-    async fn sync(
-        &self,
-        job_id: String,
-        payload: JobPayload,
-        token: i64,
-        instance: Instance,
-        attempt: i64,
-    ) {
+    async fn sync(&self, job_id: String, payload: JobPayload, lease: Lease, instance: Instance) {
         let started = Instant::now();
+        let token = lease.token;
+        let attempt = lease.attempt;
         let (stop_tx, mut stop_rx) = watch::channel(None::<Stop>);
-        let heartbeat = {
-            let writer = self.writer.clone();
-            let req = RenewRequest {
+        // Owned by a guard: the heartbeat stops on every path out of this function,
+        // a panic or a cancelled future included, so no lease outlives its sync.
+        let _heartbeat = Heartbeat(tokio::spawn(heartbeat(
+            self.writer.clone(),
+            RenewRequest {
                 instance_id: instance.id,
                 token,
                 record_id: payload.record_id,
-            };
-            let every = self.settings.lease_renew;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tick.tick().await;
-                    match writer.renew(req.clone()).await {
-                        Ok(RenewOutcome { held: false, .. }) => {
-                            let _ = stop_tx.send(Some(Stop::Lost));
-                            return;
-                        }
-                        Ok(RenewOutcome {
-                            cancel_requested: true,
-                            ..
-                        }) => {
-                            let _ = stop_tx.send(Some(Stop::Cancelled));
-                            return;
-                        }
-                        Ok(_) => {}
-                        // A failed renewal is retried at the next tick; if the lease lapses
-                        // meanwhile and someone takes it over, the token refuses our result.
-                        Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
-                    }
-                }
-            })
-        };
+            },
+            self.settings.lease_renew,
+            self.settings.lease_ttl.saturating_sub(self.deadline_margin()),
+            lease.asked,
+            stop_tx,
+        )));
         let spec = instance.spec();
         let secret = spec
             .password_env
             .as_deref()
             .and_then(|v| std::env::var(v).ok())
             .unwrap_or_default();
-        let result = {
-            let fetch = async {
-                let Some(source) = syncpool_workers::source_for(&spec.kind) else {
-                    return Err(syncpool_workers::SourceError::Fatal(format!(
-                        "no source for kind '{}'",
-                        spec.kind
-                    )));
-                };
-                let settings = self.settings.source_settings();
-                match tokio::time::timeout(
-                    self.settings.sync_timeout,
-                    source.fetch_accounts(&spec, &settings),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(syncpool_workers::SourceError::Retryable(format!(
-                        "sync timed out after {} s",
-                        self.settings.sync_timeout.as_secs()
-                    ))),
-                }
+        let retry_after = |retryable: bool| {
+            (retryable && attempt < self.settings.max_attempts)
+                .then(|| self.settings.retry_delay(attempt))
+        };
+        let fetch = async {
+            let Some(source) = syncpool_workers::source_for(&spec.kind) else {
+                return Err(syncpool_workers::SourceError::Fatal(format!(
+                    "no source for kind '{}'",
+                    spec.kind
+                )));
             };
-            tokio::select! {
-                r = fetch => Some(match r {
-                    Ok(accounts) => SyncResult::Completed(accounts),
-                    Err(e) => {
-                        let retry_after = (e.is_retryable() && attempt < self.settings.max_attempts)
-                            .then(|| self.settings.retry_delay(attempt));
-                        SyncResult::Failed { error: crate::redact::text(&e.to_string(), &[&secret]), retry_after }
-                    }
-                }),
-                stop = stop_rx.wait_for(|s| s.is_some()) => match stop.map(|s| matches!(*s, Some(Stop::Cancelled))) {
-                    Ok(true) => Some(SyncResult::Cancelled),
-                    // Lost (or the heartbeat vanished): the lease can no longer be trusted.
-                    _ => None,
-                },
-                _ = self.grace_over.cancelled() => Some(SyncResult::HandedBack),
+            let settings = self.settings.source_settings();
+            // A panicking source is a bug in it, not in the instance: the record fails
+            // (fatal, no retry) and the lease is released like after any failure.
+            let guarded = AssertUnwindSafe(source.fetch_accounts(&spec, &settings)).catch_unwind();
+            match tokio::time::timeout(self.settings.sync_timeout, guarded).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(panic)) => Err(syncpool_workers::SourceError::Fatal(format!(
+                    "the {} source panicked: {}",
+                    spec.kind,
+                    panic_message(&panic)
+                ))),
+                Err(_) => Err(syncpool_workers::SourceError::Retryable(format!(
+                    "sync timed out after {} s",
+                    self.settings.sync_timeout.as_secs()
+                ))),
             }
         };
-        heartbeat.abort();
-        let Some(result) = result else {
+        let result = tokio::select! {
+            // Biased: when the process resumes from a pause, a passed deadline wins over
+            // a read that also became ready, so nothing goes on under an expired lease.
+            biased;
+            stop = stop_rx.wait_for(|s| s.is_some()) => match stop.map(|s| *s) {
+                Ok(Some(Stop::Cancelled)) => SyncResult::Cancelled,
+                Ok(Some(Stop::Expired)) => {
+                    tracing::warn!(
+                        instance = instance.name,
+                        attempt,
+                        "lease could not be renewed before its deadline; the sync is abandoned"
+                    );
+                    ::metrics::counter!(metrics::LOCK_LOST).increment(1);
+                    SyncResult::Failed {
+                        error: format!(
+                            "attempt {attempt} abandoned: its lease could not be renewed within {} s",
+                            self.settings.lease_ttl.as_secs_f64()
+                        ),
+                        retry_after: retry_after(true),
+                    }
+                }
+                // Lost (or the heartbeat vanished): the lease is someone else's or gone.
+                // Nothing may be written on it; the rescuer hands the record on.
+                _ => {
+                    tracing::warn!(
+                        instance = instance.name,
+                        attempt,
+                        "lease lost during sync; its result is dropped and the record left to the rescuer"
+                    );
+                    ::metrics::counter!(metrics::LOCK_LOST).increment(1);
+                    return;
+                }
+            },
+            _ = self.grace_over.cancelled() => SyncResult::HandedBack,
+            r = fetch => match r {
+                Ok(accounts) => SyncResult::Completed(accounts),
+                Err(e) => SyncResult::Failed {
+                    error: crate::redact::text(&e.to_string(), &[&secret]),
+                    retry_after: retry_after(e.is_retryable()),
+                },
+            },
+        };
+        drop(_heartbeat);
+        if let SyncResult::Failed { error, retry_after } = &result {
+            // One line per failed or retried instance at the default level.
             tracing::warn!(
                 instance = instance.name,
-                "lease lost during sync; its result is dropped"
+                attempt,
+                retry = retry_after.is_some(),
+                error = error.as_str(),
+                "instance sync failed"
             );
-            ::metrics::counter!(metrics::LOCK_LOST).increment(1);
-            return;
-        };
+        }
         let req = FinishRequest {
+            request_id: new_request_id(),
             job_id,
             record_id: payload.record_id,
             instance_id: instance.id,
@@ -300,7 +340,8 @@ impl Pipeline {
             RecordOutcome::Fenced => {
                 tracing::warn!(
                     instance = instance.name,
-                    "result refused: the lease was taken over"
+                    attempt,
+                    "result refused: the lease was taken over or the record handed on"
                 );
                 ::metrics::counter!(metrics::LOCK_LOST).increment(1);
             }
@@ -310,6 +351,85 @@ impl Pipeline {
             metrics::session_finished(fin);
         }
     }
+}
+
+/// A granted lease as the pipeline holds it.
+struct Lease {
+    token: i64,
+    attempt: i64,
+    /// When the grant was asked for: the local deadline counts from here.
+    asked: Instant,
+}
+
+/// Aborts the heartbeat task when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the lease every `every` and keeps a local deadline: the last successful
+/// renewal's send time plus `ttl_less_margin`, on the monotonic clock. When a renewal
+/// answers "not held" or "cancelled", or the deadline passes before a renewal succeeds
+/// (the database is unreachable or too slow), it tells the sync to stop.
+async fn heartbeat(
+    writer: Writer,
+    req: RenewRequest,
+    every: Duration,
+    ttl_less_margin: Duration,
+    granted: Instant,
+    stop: watch::Sender<Option<Stop>>,
+) {
+    let mut deadline = tokio::time::Instant::from_std(granted + ttl_less_margin);
+    let mut next = tokio::time::Instant::now() + every;
+    loop {
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline) => {
+                let _ = stop.send(Some(Stop::Expired));
+                return;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next += every;
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout_at(deadline, writer.renew(req.clone())).await {
+            Err(_) => {
+                let _ = stop.send(Some(Stop::Expired));
+                return;
+            }
+            Ok(Ok(RenewOutcome { held: false, .. })) => {
+                let _ = stop.send(Some(Stop::Lost));
+                return;
+            }
+            Ok(Ok(RenewOutcome {
+                cancel_requested: true,
+                ..
+            })) => {
+                let _ = stop.send(Some(Stop::Cancelled));
+                return;
+            }
+            Ok(Ok(_)) => deadline = sent + ttl_less_margin,
+            // Retried at the next tick, as long as the deadline allows.
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+        if next < tokio::time::Instant::now() {
+            next = tokio::time::Instant::now();
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// The apalis handler: payload bytes in, decoded by us (see `queue::RawBytes`).

@@ -1,11 +1,17 @@
-//! Group commit: one writer task per process funnels the lease grants, renewals and
-//! finishes of all its concurrent syncs into one short transaction per kind at a time.
+//! Group commit: one writer task per process funnels the lease grants and finishes of all
+//! its concurrent syncs into one short transaction at a time; a second task does the same
+//! for lease renewals.
 //!
-//! Why: on SQLite every write transaction waits for the one write lock, so one
+//! Why batch: on SQLite every write transaction waits for the one write lock, so one
 //! transaction per step per job from dozens of handlers in several processes spends its
 //! time queueing for the lock (~500 syncs/s in a prototype). Batching what is pending
 //! when the previous commit ends makes the batch grow exactly as fast as the lock is
 //! contended. Each request in a batch is still decided row by row on its own token.
+//!
+//! Why renewals have their own task: a renewal keeps a lease alive, and a lease that
+//! lapses makes its sync give up (the local deadline in `pipeline.rs`). A renewal queued
+//! behind a round of large finishes (an account diff of 100,000 rows) could miss its
+//! deadline although the database is healthy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,50 +23,59 @@ use crate::store::*;
 /// Upper bound on one batch: keeps each transaction short even under a burst.
 const MAX_BATCH: usize = 256;
 
-type Reply<T> = oneshot::Sender<Result<T, String>>;
+/// A failed write as the pipeline sees it: the store's error, shared by every request of
+/// the batch it failed.
+pub type WriteError = Arc<StoreError>;
+
+type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
 enum Op {
     Grant(GrantRequest, Reply<GrantOutcome>),
-    Renew(RenewRequest, Reply<RenewOutcome>),
     Finish(FinishRequest, Reply<FinishOutcome>),
 }
 
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Op>,
+    renew_tx: mpsc::UnboundedSender<(RenewRequest, Reply<RenewOutcome>)>,
+}
+
+fn stopped() -> WriteError {
+    Arc::new(StoreError::Other("the writer has stopped".into()))
 }
 
 impl Writer {
-    /// Starts the writer task. It ends when every `Writer` clone is dropped and the
+    /// Starts the writer tasks. They end when every `Writer` clone is dropped and the
     /// pending requests are written.
     pub fn spawn(
         store: Arc<dyn Store>,
         params: LeaseParams,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(run(store, params, rx));
-        (Self { tx }, handle)
+        let (renew_tx, renew_rx) = mpsc::unbounded_channel();
+        let main = tokio::spawn(run(store.clone(), params.clone(), rx));
+        let renewals = tokio::spawn(run_renewals(store, params, renew_rx));
+        let handle = tokio::spawn(async move {
+            let _ = main.await;
+            let _ = renewals.await;
+        });
+        (Self { tx, renew_tx }, handle)
     }
 
-    pub async fn grant(&self, req: GrantRequest) -> Result<GrantOutcome, String> {
+    pub async fn grant(&self, req: GrantRequest) -> Result<GrantOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Op::Grant(req, tx), rx).await
+        self.tx.send(Op::Grant(req, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
-    pub async fn renew(&self, req: RenewRequest) -> Result<RenewOutcome, String> {
+    pub async fn renew(&self, req: RenewRequest) -> Result<RenewOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Op::Renew(req, tx), rx).await
+        self.renew_tx.send((req, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
-    pub async fn finish(&self, req: FinishRequest) -> Result<FinishOutcome, String> {
+    pub async fn finish(&self, req: FinishRequest) -> Result<FinishOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Op::Finish(req, tx), rx).await
-    }
-
-    async fn send<T>(&self, op: Op, rx: oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
-        self.tx
-            .send(op)
-            .map_err(|_| "the writer has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the writer dropped the request".to_string())?
+        self.tx.send(Op::Finish(req, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 
@@ -68,12 +83,10 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
         let mut grants = (vec![], vec![]);
-        let mut renews = (vec![], vec![]);
         let mut finishes = (vec![], vec![]);
         for op in ops.drain(..) {
             match op {
                 Op::Grant(r, tx) => (grants.0.push(r), grants.1.push(tx)),
-                Op::Renew(r, tx) => (renews.0.push(r), renews.1.push(tx)),
                 Op::Finish(r, tx) => (finishes.0.push(r), finishes.1.push(tx)),
             };
         }
@@ -81,12 +94,11 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
         if store.combines_rounds() {
             // All or nothing: on failure nothing was written, so each kind is retried alone.
             match store
-                .pipeline_round(&params, &finishes.0, &renews.0, &grants.0)
+                .pipeline_round(&params, &finishes.0, &[], &grants.0)
                 .await
             {
-                Ok((f, r, g)) => {
+                Ok((f, _, g)) => {
                     reply(finishes.1, f);
-                    reply(renews.1, r);
                     reply(grants.1, g);
                     continue;
                 }
@@ -104,15 +116,6 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
             })
             .await;
         }
-        if !renews.0.is_empty() {
-            let reqs = renews.0;
-            commit(&reqs, renews.1, |batch| {
-                let store = store.clone();
-                let params = params.clone();
-                async move { store.lease_renew_batch(&params, &batch).await }
-            })
-            .await;
-        }
         if !grants.0.is_empty() {
             let reqs = grants.0;
             commit(&reqs, grants.1, |batch| {
@@ -125,6 +128,23 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
     }
 }
 
+async fn run_renewals(
+    store: Arc<dyn Store>,
+    params: LeaseParams,
+    mut rx: mpsc::UnboundedReceiver<(RenewRequest, Reply<RenewOutcome>)>,
+) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        let (reqs, replies): (Vec<_>, Vec<_>) = ops.drain(..).unzip();
+        commit(&reqs, replies, |batch| {
+            let store = store.clone();
+            let params = params.clone();
+            async move { store.lease_renew_batch(&params, &batch).await }
+        })
+        .await;
+    }
+}
+
 fn reply<T>(txs: Vec<Reply<T>>, outcomes: Vec<T>) {
     for (tx, o) in txs.into_iter().zip(outcomes) {
         let _ = tx.send(Ok(o));
@@ -133,29 +153,33 @@ fn reply<T>(txs: Vec<Reply<T>>, outcomes: Vec<T>) {
 
 /// Commits one batch. A transient failure (busy, deadlock, dropped connection) is retried
 /// a few times; if the batch still fails, each request is tried alone so that one bad
-/// request cannot fail its neighbours.
+/// request cannot fail its neighbours. Every step is idempotent under retry (request ids,
+/// tokens), so a retry after a commit whose outcome was lost does no harm.
 async fn commit<R, T, F, Fut>(reqs: &[R], replies: Vec<Reply<T>>, exec: F)
 where
     R: Clone,
     F: Fn(Vec<R>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>>>,
 {
-    let mut last_err = String::new();
+    let mut last_err: Option<WriteError> = None;
     for attempt in 0..3u32 {
         match exec(reqs.to_vec()).await {
             Ok(outcomes) => {
-                for (tx, o) in replies.into_iter().zip(outcomes) {
-                    let _ = tx.send(Ok(o));
-                }
+                reply(replies, outcomes);
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, batch = reqs.len(), attempt, "group commit failed; retrying");
-                last_err = e.to_string();
+                let transient = e.is_transient();
+                tracing::warn!(error = %e, batch = reqs.len(), attempt, transient, "group commit failed");
+                last_err = Some(Arc::new(e));
+                if !transient {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
         }
     }
+    let last_err = last_err.unwrap_or_else(stopped);
     if reqs.len() == 1 {
         for tx in replies {
             let _ = tx.send(Err(last_err.clone()));
@@ -165,8 +189,10 @@ where
     for (req, tx) in reqs.iter().zip(replies) {
         let result = match exec(vec![req.clone()]).await {
             Ok(mut o) if o.len() == 1 => Ok(o.remove(0)),
-            Ok(_) => Err("the store answered a different number of outcomes".to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(Arc::new(StoreError::Other(
+                "the store answered a different number of outcomes".into(),
+            ))),
+            Err(e) => Err(Arc::new(e)),
         };
         let _ = tx.send(result);
     }

@@ -184,20 +184,35 @@ fn split_privileges(s: &str) -> Vec<String> {
     out
 }
 
-/// Finds `needle` (case-insensitive) outside quotes.
+/// Finds the ASCII `needle` (ASCII case-insensitive) outside quotes, as a byte offset
+/// into `s` itself. Matching on the bytes of `s`, never on an upper-cased copy, matters:
+/// upper-casing changes the byte length of some characters (`ı` becomes `I`), and offsets
+/// from the copy would cut `s` inside a character or in the wrong place.
 fn find_keyword(s: &str, needle: &str) -> Option<usize> {
-    let upper = s.to_uppercase();
+    let (bytes, needle) = (s.as_bytes(), needle.as_bytes());
     let mut quote = None;
     for (i, c) in s.char_indices() {
         match quote {
             Some(q) if c == q => quote = None,
             Some(_) => {}
             None if c == '`' || c == '\'' => quote = Some(c),
-            None if upper[i..].starts_with(needle) => return Some(i),
+            None if bytes[i..]
+                .get(..needle.len())
+                .is_some_and(|b| b.eq_ignore_ascii_case(needle)) =>
+            {
+                return Some(i);
+            }
             None => {}
         }
     }
     None
+}
+
+/// True when `s` starts with the ASCII `prefix`, ignoring ASCII case.
+fn starts_with_keyword(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|b| b.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// Parses one line of `SHOW GRANTS` into a structured privilege, or `None` for a line it
@@ -222,7 +237,7 @@ pub fn parse_grant(line: &str) -> Option<Value> {
     let mut object = after[..to].trim();
     let mut kind = None;
     for k in ["FUNCTION ", "PROCEDURE ", "PACKAGE BODY ", "PACKAGE "] {
-        if object.to_uppercase().starts_with(k) {
+        if starts_with_keyword(object, k) {
             kind = Some(k.trim().to_lowercase());
             object = object[k.len()..].trim();
         }
@@ -310,5 +325,68 @@ mod tests {
             "proxy"
         );
         assert!(parse_grant("REVOKE SELECT ON *.* FROM x").is_none());
+    }
+
+    #[test]
+    fn names_whose_upper_case_changes_length_parse_right() {
+        assert_eq!(
+            parse_grant("GRANT SELECT ON `երևան_1`.* TO `u`@`%`").unwrap(),
+            json!({"level": "database", "database": "երևան_1", "privileges": ["SELECT"], "grant_option": false})
+        );
+        assert_eq!(
+            parse_grant("GRANT INSERT ON `kayıtlar_1`.* TO `u`@`%`").unwrap(),
+            json!({"level": "database", "database": "kayıtlar_1", "privileges": ["INSERT"], "grant_option": false})
+        );
+        assert_eq!(
+            parse_grant("GRANT SELECT ON `straße`.`ıi` TO 'ü'@'%'").unwrap(),
+            json!({"level": "table", "database": "straße", "table": "ıi", "privileges": ["SELECT"], "grant_option": false})
+        );
+        // `ı` upper-cases to the one-byte `I`: no keyword may be matched through it.
+        assert!(parse_grant("GRANT EXECUTE ON functıon `d`.`f` TO `u`@`h`").is_some());
+    }
+
+    /// A generator of strings from every Unicode plane, weighted towards the characters
+    /// the parser looks at, so that random lines often look like real grants.
+    fn arbitrary(rng: &mut impl rand::Rng, len: usize) -> String {
+        const PIECES: &[&str] = &[
+            "GRANT ", " ON ", " TO ", " WITH GRANT OPTION", ".", "*", "`", "'", "\"", ",", "(",
+            ")", "@", " ", "PROCEDURE ", "FUNCTION ", "PROXY", "ı", "ß", "İ", "ﬀ", "ǅ", "ΐ",
+        ];
+        (0..len)
+            .map(|_| {
+                if rng.random_bool(0.5) {
+                    PIECES[rng.random_range(0..PIECES.len())].to_string()
+                } else {
+                    let n = rng.random_range(1..4);
+                    std::iter::repeat_with(|| rng.random::<char>())
+                        .take(n)
+                        .collect()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_parser_never_panics_on_arbitrary_input() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("GRANT_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::rng().random());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let body = arbitrary(&mut rng, len);
+            let line = if rng.random_bool(0.7) {
+                format!("GRANT {body}")
+            } else {
+                body
+            };
+            let result = std::panic::catch_unwind(|| parse_grant(&line));
+            assert!(
+                result.is_ok(),
+                "parse_grant panicked on {line:?} (replay with GRANT_FUZZ_SEED={seed})"
+            );
+        }
     }
 }

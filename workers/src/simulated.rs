@@ -10,7 +10,14 @@ use serde_json::json;
 use crate::{Account, AccountSource, InstanceSpec, SourceError, SourceSettings};
 
 /// The `simulated` kind. Options: `latency_ms` (10), `jitter_ms` (0), `fail_rate` (0.0),
-/// `accounts` (20).
+/// `accounts` (20), `panic_rate` (0.0: the share of syncs in which the source panics, to
+/// prove a buggy source cannot pin a lease). Every option is bounded, so an instance
+/// cannot make a worker sleep for days or build millions of accounts in memory.
+///
+/// With `SYNCPOOL_SIMULATED_TRACE=FILE` in the worker's environment, every read appends
+/// its steps to FILE (`instance sync pid s|e unix_ns`, one line per step of at most 20 ms
+/// and one at the end): an observer outside syncpool's tables, with which the fault tests
+/// check that no two syncs of one instance ever overlapped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimulatedSource;
 
@@ -19,7 +26,12 @@ struct Options {
     jitter_ms: u64,
     fail_rate: f64,
     accounts: u64,
+    panic_rate: f64,
 }
+
+/// Upper bounds of the options.
+const MAX_LATENCY_MS: u64 = 3_600_000;
+pub const MAX_ACCOUNTS: u64 = 100_000;
 
 fn parse(options: &serde_json::Value) -> Result<Options, String> {
     let get_u64 = |key: &str, default: u64| -> Result<u64, String> {
@@ -31,19 +43,29 @@ fn parse(options: &serde_json::Value) -> Result<Options, String> {
                 .ok_or_else(|| format!("option '{key}' must be a non-negative integer")),
         }
     };
-    let fail_rate = match options.get("fail_rate") {
-        None | Some(serde_json::Value::Null) => 0.0,
-        Some(v) => v
-            .as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .filter(|f| (0.0..=1.0).contains(f))
-            .ok_or_else(|| "option 'fail_rate' must be a number between 0 and 1".to_string())?,
+    let get_rate = |key: &str| -> Result<f64, String> {
+        match options.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(0.0),
+            Some(v) => v
+                .as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .filter(|f| (0.0..=1.0).contains(f))
+                .ok_or_else(|| format!("option '{key}' must be a number between 0 and 1")),
+        }
+    };
+    let bounded = |key: &str, default: u64, max: u64| -> Result<u64, String> {
+        let v = get_u64(key, default)?;
+        if v > max {
+            return Err(format!("option '{key}' must be at most {max}"));
+        }
+        Ok(v)
     };
     Ok(Options {
-        latency_ms: get_u64("latency_ms", 10)?,
-        jitter_ms: get_u64("jitter_ms", 0)?,
-        fail_rate,
-        accounts: get_u64("accounts", 20)?,
+        latency_ms: bounded("latency_ms", 10, MAX_LATENCY_MS)?,
+        jitter_ms: bounded("jitter_ms", 0, MAX_LATENCY_MS)?,
+        fail_rate: get_rate("fail_rate")?,
+        accounts: bounded("accounts", 20, MAX_ACCOUNTS)?,
+        panic_rate: get_rate("panic_rate")?,
     })
 }
 
@@ -51,9 +73,9 @@ pub(crate) fn validate_options(
     options: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), String> {
     for key in options.keys() {
-        if !["latency_ms", "jitter_ms", "fail_rate", "accounts"].contains(&key.as_str()) {
+        if !["latency_ms", "jitter_ms", "fail_rate", "accounts", "panic_rate"].contains(&key.as_str()) {
             return Err(format!(
-                "unknown option '{key}' for kind simulated (expected latency_ms, jitter_ms, fail_rate, accounts)"
+                "unknown option '{key}' for kind simulated (expected latency_ms, jitter_ms, fail_rate, accounts, panic_rate)"
             ));
         }
     }
@@ -69,7 +91,7 @@ impl AccountSource for SimulatedSource {
         _settings: &SourceSettings,
     ) -> Result<Vec<Account>, SourceError> {
         let opts = parse(&instance.options).map_err(SourceError::Fatal)?;
-        let (delay, fail) = {
+        let (delay, fail, panic) = {
             let mut rng = rand::rng();
             let jitter = if opts.jitter_ms > 0 {
                 rng.random_range(0..=opts.jitter_ms)
@@ -79,10 +101,28 @@ impl AccountSource for SimulatedSource {
             (
                 opts.latency_ms + jitter,
                 opts.fail_rate > 0.0 && rng.random_bool(opts.fail_rate),
+                opts.panic_rate > 0.0 && rng.random_bool(opts.panic_rate),
             )
         };
-        if delay > 0 {
+        let trace = Trace::open(&instance.name);
+        if let Some(trace) = &trace {
+            // Steps, each logged as it starts: a paused process logs nothing while it is
+            // paused, so the observer sees when a read really made progress.
+            let mut left = delay;
+            loop {
+                trace.line("s");
+                let step = left.min(20);
+                tokio::time::sleep(Duration::from_millis(step)).await;
+                left -= step;
+                if left == 0 {
+                    break;
+                }
+            }
+        } else if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if panic {
+            panic!("simulated panic in the source of instance '{}'", instance.name);
         }
         if fail {
             return Err(SourceError::Retryable(format!(
@@ -98,5 +138,51 @@ impl AccountSource for SimulatedSource {
                 privileges: json!([{ "level": "database", "privileges": ["CONNECT"] }]),
             })
             .collect())
+    }
+}
+
+/// The observer of `SYNCPOOL_SIMULATED_TRACE`: appends one line per step of a read, and
+/// one when the read ends or is abandoned (dropped).
+struct Trace {
+    file: std::fs::File,
+    instance: String,
+    sync: u64,
+}
+
+impl Trace {
+    fn open(instance: &str) -> Option<Trace> {
+        let path = std::env::var_os("SYNCPOOL_SIMULATED_TRACE")?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(Trace {
+            file,
+            instance: instance.replace(' ', "_"),
+            sync: rand::rng().random(),
+        })
+    }
+
+    fn line(&self, what: &str) {
+        use std::io::Write;
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // One write per line: with O_APPEND, lines from several processes never interleave.
+        let line = format!(
+            "{} {:016x} {} {what} {ns}\n",
+            self.instance,
+            self.sync,
+            std::process::id()
+        );
+        let _ = (&self.file).write_all(line.as_bytes());
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        self.line("e");
     }
 }

@@ -34,7 +34,7 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = PgConnectOptions::from_str(url)?.application_name("syncpool");
+        let opts = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .min_connections(1)
@@ -46,6 +46,31 @@ impl PgStore {
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         Ok(self.pool.begin().await?)
     }
+}
+
+/// Server-side limits on syncpool's own sessions. A worker that freezes (SIGSTOP, a
+/// long GC-like pause, a dead network) in the middle of a transaction would otherwise
+/// keep its row locks, and every other worker would queue behind it for as long as the
+/// server's TCP keepalive takes to notice (two hours by default). Our transactions never
+/// wait on anything but the database, so a few seconds idle inside one means its process
+/// is gone or frozen: the server ends it and releases the locks, well within a lease TTL.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
+
+/// The connect options of every syncpool connection to PostgreSQL.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?
+        .application_name("syncpool")
+        .options([
+            ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT),
+            // A statement waiting on a row lock gives up (a transient error: retried)
+            // instead of waiting on a stalled holder indefinitely.
+            ("lock_timeout", "10s"),
+            ("statement_timeout", "120s"),
+            // The server probes a silent client after 10 s, 3 times 5 s apart.
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+        ]))
 }
 
 pub(super) fn instance_from_row(row: &PgRow) -> Result<Instance> {
@@ -211,15 +236,17 @@ impl Store for PgStore {
 
     async fn instance_delete(&self, id: i64) -> Result<bool> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM instance_accounts WHERE instance_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // The instance row first, then its accounts: the order a finish takes them in
+        // (it share-locks the instance), so a delete racing a finish cannot deadlock.
         let n = sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM instance_accounts WHERE instance_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -303,9 +330,14 @@ impl Store for PgStore {
 
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>> {
         let sql = format!("SELECT {SESSION_COLS} FROM sync_sessions WHERE session_id = $1");
+        // One snapshot for the session and its records, so totals match the records.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
         else {
             return Ok(None);
@@ -314,11 +346,12 @@ impl Store for PgStore {
         let records =
             sqlx::query("SELECT * FROM sync_instance_records WHERE session_id = $1 ORDER BY id")
                 .bind(session.id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(record_from_row)
                 .collect::<Result<_>>()?;
+        tx.commit().await?;
         Ok(Some(SessionDetail { session, records }))
     }
 
@@ -345,7 +378,7 @@ impl Store for PgStore {
         Ok((items, total))
     }
 
-    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Session>> {
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>> {
         let mut tx = self.begin().await?;
         let Some(row) = sqlx::query("SELECT id, status FROM sync_sessions WHERE session_id = $1")
             .bind(session_id)
@@ -355,39 +388,14 @@ impl Store for PgStore {
             return Ok(None);
         };
         let (session_row, status): (i64, String) = (row.get(0), row.get(1));
-        if !FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
-            sqlx::query("UPDATE sync_sessions SET cancel_requested = TRUE WHERE id = $1")
-                .bind(session_row)
-                .execute(&mut *tx)
-                .await?;
-            let jobs: Vec<String> = sqlx::query_scalar(concat!(
-                "UPDATE sync_instance_records SET status = 'cancelled', completed_at = ",
-                now!(),
-                ", updated_at = ",
-                now!(),
-                " WHERE session_id = $1 AND status = 'pending' RETURNING job_id"
-            ))
-            .bind(session_row)
-            .fetch_all(&mut *tx)
-            .await?;
-            // Their queued jobs would only find a terminal record: retire them now so the
-            // queue depth tells the truth.
-            sqlx::query(
-                "UPDATE apalis.jobs SET status = 'Done', done_at = now(), last_result = '{\"Ok\":null}' \
-                 WHERE id = ANY($1) AND status IN ('Pending', 'Failed')",
-            )
-            .bind(&jobs)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(fin) =
-                batch::session_bump(&mut PgOps(&mut tx), session_row, 0, 0, jobs.len() as i64)
-                    .await?
-            {
-                crate::metrics::session_finished(&fin);
-            }
-        }
+        let finished = if FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
+            None
+        } else {
+            batch::cancel(&mut PgOps(&mut tx), session_row).await?
+        };
         tx.commit().await?;
-        Ok(self.session_get(session_id).await?.map(|d| d.session))
+        let session = self.session_get(session_id).await?.map(|d| d.session);
+        Ok(session.map(|session| Cancelled { session, finished }))
     }
 
     async fn lease_grant_batch(
@@ -409,11 +417,13 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(reqs.len());
         for r in reqs {
-            // Renewal only needs the token to be current: if the lease lapsed but nobody
-            // took it over, nobody else can have started, so extending it is still safe.
+            // Only a live lease of a still-running record is extended (see the SQLite
+            // twin for why).
             let held = sqlx::query(
                 "UPDATE sync_locks SET expires_at = clock_timestamp() + make_interval(secs => $3) \
-                 WHERE instance_id = $1 AND token = $2",
+                 WHERE instance_id = $1 AND token = $2 AND expires_at > clock_timestamp() \
+                 AND EXISTS (SELECT 1 FROM sync_instance_records r WHERE r.id = sync_locks.record_id \
+                 AND r.status = 'running' AND r.lock_token = $2)",
             )
             .bind(r.instance_id)
             .bind(r.token)
@@ -445,6 +455,13 @@ impl Store for PgStore {
     ) -> Result<Vec<FinishOutcome>> {
         let mut tx = self.begin().await?;
         let out = batch::finish(&mut PgOps(&mut tx), reqs).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn records_rescue(&self, p: &LeaseParams, limit: i64) -> Result<RescueOutcome> {
+        let mut tx = self.begin().await?;
+        let out = batch::rescue(&mut PgOps(&mut tx), p, limit).await?;
         tx.commit().await?;
         Ok(out)
     }

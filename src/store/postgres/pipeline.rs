@@ -22,8 +22,9 @@ pub(crate) struct PgOps<'a>(pub &'a mut PgConnection);
 impl BatchOps for PgOps<'_> {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
-             s.session_id AS uuid FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
+            "SELECT r.id, r.instance_id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
+             s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed \
+             FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
              WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r",
         )
         .bind(ids)
@@ -35,6 +36,7 @@ impl BatchOps for PgOps<'_> {
                 Ok((
                     r.try_get("id")?,
                     RecState {
+                        instance_id: r.try_get("instance_id")?,
                         status: r.try_get("status")?,
                         attempts: r.try_get("attempts")?,
                         job_id: r.try_get("job_id")?,
@@ -42,6 +44,13 @@ impl BatchOps for PgOps<'_> {
                         session_row: r.try_get("session_id")?,
                         session_uuid: uuid.to_string(),
                         cancel_requested: r.try_get("cancel_requested")?,
+                        request_id: r.try_get("request_id")?,
+                        accounts: (
+                            r.try_get("accounts_total")?,
+                            r.try_get("accounts_added")?,
+                            r.try_get("accounts_removed")?,
+                            r.try_get("accounts_changed")?,
+                        ),
                     },
                 ))
             })
@@ -74,13 +83,64 @@ impl BatchOps for PgOps<'_> {
     }
 
     async fn instances_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, Instance>> {
-        let rows = sqlx::query("SELECT * FROM instances WHERE id = ANY($1)")
+        let rows = sqlx::query("SELECT * FROM instances WHERE id = ANY($1) ORDER BY id FOR SHARE")
             .bind(ids)
             .fetch_all(&mut *self.0)
             .await?;
         rows.iter()
             .map(|r| instance_from_row(r).map(|i| (i.id, i)))
             .collect()
+    }
+
+    async fn records_orphaned(&mut self, limit: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT r.id FROM sync_instance_records r WHERE r.status = 'running' AND NOT EXISTS ",
+            "(SELECT 1 FROM sync_locks l WHERE l.instance_id = r.instance_id AND l.token = r.lock_token ",
+            "AND l.expires_at > ",
+            now!(),
+            ") ORDER BY r.id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
+    async fn session_open_records(&mut self, session_row: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sync_instance_records WHERE session_id = $1 AND status IN ('pending', 'running') ORDER BY id",
+        )
+        .bind(session_row)
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
+    async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let reqs: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        sqlx::query(
+            "UPDATE sync_instance_records r SET request_id = v.q FROM UNNEST($1::bigint[], $2::text[]) AS v(id, q) \
+             WHERE r.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&reqs)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_request_cancel(&mut self, session_row: i64) -> Result<()> {
+        sqlx::query(concat!(
+            "UPDATE sync_sessions SET cancel_requested = TRUE, updated_at = ",
+            now!(),
+            " WHERE id = $1"
+        ))
+        .bind(session_row)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
     }
 
     async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>> {
@@ -443,36 +503,47 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn accounts_update(&mut self, instance_id: i64, a: &Account) -> Result<()> {
+    async fn accounts_update(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inst: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.1.username.as_str()).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.1.host.as_str()).collect();
+        let attrs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.attributes).collect();
+        let privs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.privileges).collect();
         sqlx::query(concat!(
-            "UPDATE instance_accounts SET attributes = $4, privileges = $5, deleted_at = NULL, last_seen_at = ",
+            "UPDATE instance_accounts t SET attributes = v.a, privileges = v.p, deleted_at = NULL, last_seen_at = ",
             now!(),
-            " WHERE instance_id = $1 AND username = $2 AND host = $3"
+            " FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[]) AS v(i, u, h, a, p) ",
+            "WHERE t.instance_id = v.i AND t.username = v.u AND t.host = v.h"
         ))
-        .bind(instance_id)
-        .bind(&a.username)
-        .bind(&a.host)
-        .bind(&a.attributes)
-        .bind(&a.privileges)
+        .bind(&inst)
+        .bind(&user)
+        .bind(&host)
+        .bind(&attrs)
+        .bind(&privs)
         .execute(&mut *self.0)
         .await?;
         Ok(())
     }
 
-    async fn accounts_mark_deleted(
-        &mut self,
-        instance_id: i64,
-        username: &str,
-        host: &str,
-    ) -> Result<()> {
+    async fn accounts_mark_deleted(&mut self, rows: &[(i64, &str, &str)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inst: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.2).collect();
         sqlx::query(concat!(
-            "UPDATE instance_accounts SET deleted_at = ",
+            "UPDATE instance_accounts t SET deleted_at = ",
             now!(),
-            " WHERE instance_id = $1 AND username = $2 AND host = $3"
+            " FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS v(i, u, h) ",
+            "WHERE t.instance_id = v.i AND t.username = v.u AND t.host = v.h"
         ))
-        .bind(instance_id)
-        .bind(username)
-        .bind(host)
+        .bind(&inst)
+        .bind(&user)
+        .bind(&host)
         .execute(&mut *self.0)
         .await?;
         Ok(())

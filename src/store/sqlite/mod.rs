@@ -249,15 +249,17 @@ impl Store for SqliteStore {
 
     async fn instance_delete(&self, id: i64) -> Result<bool> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM instance_accounts WHERE instance_id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // The instance row first, then its accounts: the order a finish takes them in
+        // (it share-locks the instance), so a delete racing a finish cannot deadlock.
         let n = sqlx::query("DELETE FROM instances WHERE id = ?1")
             .bind(id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM instance_accounts WHERE instance_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -345,9 +347,11 @@ impl Store for SqliteStore {
 
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>> {
         let sql = format!("SELECT {SESSION_COLS} FROM sync_sessions WHERE session_id = ?1");
+        // One snapshot for the session and its records, so totals match the records.
+        let mut tx = self.pool.begin().await?;
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session_id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
         else {
             return Ok(None);
@@ -356,11 +360,12 @@ impl Store for SqliteStore {
         let records =
             sqlx::query("SELECT * FROM sync_instance_records WHERE session_id = ?1 ORDER BY id")
                 .bind(session.id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(record_from_row)
                 .collect::<Result<_>>()?;
+        tx.commit().await?;
         Ok(Some(SessionDetail { session, records }))
     }
 
@@ -387,7 +392,7 @@ impl Store for SqliteStore {
         Ok((items, total))
     }
 
-    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Session>> {
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>> {
         let mut tx = self.begin().await?;
         let Some(row) = sqlx::query("SELECT id, status FROM sync_sessions WHERE session_id = ?1")
             .bind(session_id.to_string())
@@ -397,44 +402,14 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let (session_row, status): (i64, String) = (row.get(0), row.get(1));
-        if !FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
-            sqlx::query("UPDATE sync_sessions SET cancel_requested = 1 WHERE id = ?1")
-                .bind(session_row)
-                .execute(&mut *tx)
-                .await?;
-            let jobs: Vec<String> = sqlx::query_scalar(concat!(
-                "UPDATE sync_instance_records SET status = 'cancelled', completed_at = ",
-                now!(),
-                ", updated_at = ",
-                now!(),
-                " WHERE session_id = ?1 AND status = 'pending' RETURNING job_id"
-            ))
-            .bind(session_row)
-            .fetch_all(&mut *tx)
-            .await?;
-            // Their queued jobs would only find a terminal record: retire them now so the
-            // queue depth tells the truth.
-            sqlx::query(
-                "UPDATE Jobs SET status = 'Done', done_at = unixepoch(), last_result = '{\"Ok\":null}' \
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN ('Pending', 'Failed')",
-            )
-            .bind(serde_json::to_string(&jobs).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
-            if let Some(fin) = batch::session_bump(
-                &mut SqliteOps(&mut tx),
-                session_row,
-                0,
-                0,
-                jobs.len() as i64,
-            )
-            .await?
-            {
-                crate::metrics::session_finished(&fin);
-            }
-        }
+        let finished = if FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
+            None
+        } else {
+            batch::cancel(&mut SqliteOps(&mut tx), session_row).await?
+        };
         tx.commit().await?;
-        Ok(self.session_get(session_id).await?.map(|d| d.session))
+        let session = self.session_get(session_id).await?.map(|d| d.session);
+        Ok(session.map(|session| Cancelled { session, finished }))
     }
 
     async fn lease_grant_batch(
@@ -486,6 +461,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<FinishOutcome>> {
         let mut tx = self.begin().await?;
         let out = batch::finish(&mut SqliteOps(&mut tx), reqs).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn records_rescue(&self, p: &LeaseParams, limit: i64) -> Result<RescueOutcome> {
+        let mut tx = self.begin().await?;
+        let out = batch::rescue(&mut SqliteOps(&mut tx), p, limit).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -739,12 +721,17 @@ async fn renew(
 ) -> Result<Vec<RenewOutcome>> {
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
-        // Renewal only needs the token to be current: if the lease lapsed but nobody
-        // took it over, nobody else can have started, so extending it is still safe.
-        let held = sqlx::query(
-                "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') \
-                 WHERE instance_id = ?1 AND token = ?2",
-            )
+        // Only a live lease of a still-running record is extended. A renewal that was
+        // queued when its sync ended must not revive the released lease for a whole TTL,
+        // and an expired lease stays expired: its holder's local deadline has passed
+        // too, and the rescuer may already be handing the record on.
+        let held = sqlx::query(concat!(
+                "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') ",
+                "WHERE instance_id = ?1 AND token = ?2 AND expires_at > ",
+                now!(),
+                " AND EXISTS (SELECT 1 FROM sync_instance_records r WHERE r.id = sync_locks.record_id ",
+                "AND r.status = 'running' AND r.lock_token = ?2)"
+            ))
             .bind(r.instance_id)
             .bind(r.token)
             .bind(p.ttl.as_secs_f64())

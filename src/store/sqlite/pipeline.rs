@@ -26,8 +26,9 @@ fn arr<T: serde::Serialize>(rows: &[T]) -> String {
 impl BatchOps for SqliteOps<'_> {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
-             s.session_id AS uuid FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
+            "SELECT r.id, r.instance_id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
+             s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed \
+             FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
              WHERE r.id IN (SELECT value FROM json_each(?1))",
         )
         .bind(arr(ids))
@@ -38,6 +39,7 @@ impl BatchOps for SqliteOps<'_> {
                 Ok((
                     r.try_get("id")?,
                     RecState {
+                        instance_id: r.try_get("instance_id")?,
                         status: r.try_get("status")?,
                         attempts: r.try_get("attempts")?,
                         job_id: r.try_get("job_id")?,
@@ -45,6 +47,13 @@ impl BatchOps for SqliteOps<'_> {
                         session_row: r.try_get("session_id")?,
                         session_uuid: r.try_get("uuid")?,
                         cancel_requested: r.try_get("cancel_requested")?,
+                        request_id: r.try_get("request_id")?,
+                        accounts: (
+                            r.try_get("accounts_total")?,
+                            r.try_get("accounts_added")?,
+                            r.try_get("accounts_removed")?,
+                            r.try_get("accounts_changed")?,
+                        ),
                     },
                 ))
             })
@@ -85,6 +94,54 @@ impl BatchOps for SqliteOps<'_> {
         rows.iter()
             .map(|r| instance_from_row(r).map(|i| (i.id, i)))
             .collect()
+    }
+
+    async fn records_orphaned(&mut self, limit: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT r.id FROM sync_instance_records r WHERE r.status = 'running' AND NOT EXISTS ",
+            "(SELECT 1 FROM sync_locks l WHERE l.instance_id = r.instance_id AND l.token = r.lock_token ",
+            "AND l.expires_at > ",
+            now!(),
+            ") ORDER BY r.id LIMIT ?1"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
+    async fn session_open_records(&mut self, session_row: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sync_instance_records WHERE session_id = ?1 AND status IN ('pending', 'running') ORDER BY id",
+        )
+        .bind(session_row)
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
+    async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE sync_instance_records SET request_id = v.value->>1 FROM json_each(?1) AS v \
+             WHERE sync_instance_records.id = v.value->>0",
+        )
+        .bind(arr(rows))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_request_cancel(&mut self, session_row: i64) -> Result<()> {
+        sqlx::query(concat!(
+            "UPDATE sync_sessions SET cancel_requested = 1, updated_at = ",
+            now!(),
+            " WHERE id = ?1"
+        ))
+        .bind(session_row)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
     }
 
     async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>> {
@@ -413,36 +470,38 @@ impl BatchOps for SqliteOps<'_> {
         Ok(())
     }
 
-    async fn accounts_update(&mut self, instance_id: i64, a: &Account) -> Result<()> {
+    async fn accounts_update(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|(i, a)| json!([i, a.username, a.host, a.attributes, a.privileges]))
+            .collect();
         sqlx::query(concat!(
-            "UPDATE instance_accounts SET attributes = ?4, privileges = ?5, deleted_at = NULL, last_seen_at = ",
+            "UPDATE instance_accounts SET attributes = v.value->3, privileges = v.value->4, deleted_at = NULL, ",
+            "last_seen_at = ",
             now!(),
-            " WHERE instance_id = ?1 AND username = ?2 AND host = ?3"
+            " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
+            "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
         ))
-        .bind(instance_id)
-        .bind(&a.username)
-        .bind(&a.host)
-        .bind(a.attributes.to_string())
-        .bind(a.privileges.to_string())
+        .bind(arr(&rows))
         .execute(&mut *self.0)
         .await?;
         Ok(())
     }
 
-    async fn accounts_mark_deleted(
-        &mut self,
-        instance_id: i64,
-        username: &str,
-        host: &str,
-    ) -> Result<()> {
+    async fn accounts_mark_deleted(&mut self, rows: &[(i64, &str, &str)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         sqlx::query(concat!(
             "UPDATE instance_accounts SET deleted_at = ",
             now!(),
-            " WHERE instance_id = ?1 AND username = ?2 AND host = ?3"
+            " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
+            "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
         ))
-        .bind(instance_id)
-        .bind(username)
-        .bind(host)
+        .bind(arr(rows))
         .execute(&mut *self.0)
         .await?;
         Ok(())
