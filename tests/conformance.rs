@@ -29,7 +29,7 @@ conformance!(
     cleanup_deletes_old_finished_sessions_but_not_running_ones,
 );
 
-fn params(ttl: Duration) -> LeaseParams {
+pub(crate) fn params(ttl: Duration) -> LeaseParams {
     LeaseParams {
         ttl,
         busy_retry: Duration::from_secs(1),
@@ -39,7 +39,7 @@ fn params(ttl: Duration) -> LeaseParams {
 }
 
 /// Reads the job ids of a session's records, as a worker would receive them.
-async fn jobs_of(store: &dyn Store, session: uuid::Uuid) -> Vec<(String, JobPayload)> {
+pub(crate) async fn jobs_of(store: &dyn Store, session: uuid::Uuid) -> Vec<(String, JobPayload)> {
     let d = store.session_get(session).await.unwrap().unwrap();
     let mut out = vec![];
     for r in d.records {
@@ -58,7 +58,7 @@ async fn jobs_of(store: &dyn Store, session: uuid::Uuid) -> Vec<(String, JobPayl
     out
 }
 
-async fn job_id_of(store: &dyn Store, record_id: i64) -> String {
+pub(crate) async fn job_id_of(store: &dyn Store, record_id: i64) -> String {
     match store.pool() {
         DbPool::Sqlite(p) => {
             sqlx::query_scalar("SELECT job_id FROM sync_instance_records WHERE id = ?1")
@@ -77,7 +77,7 @@ async fn job_id_of(store: &dyn Store, record_id: i64) -> String {
     }
 }
 
-async fn count(store: &dyn Store, sql: &'static str) -> i64 {
+pub(crate) async fn count(store: &dyn Store, sql: &'static str) -> i64 {
     match store.pool() {
         DbPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(&p).await.unwrap(),
         DbPool::Postgres(p) => {
@@ -89,7 +89,7 @@ async fn count(store: &dyn Store, sql: &'static str) -> i64 {
     }
 }
 
-fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
+pub(crate) fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
     GrantRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         job_id: job.0.clone(),
@@ -99,7 +99,7 @@ fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
     }
 }
 
-fn finish(job: &(String, JobPayload), token: i64, result: SyncResult) -> FinishRequest {
+pub(crate) fn finish(job: &(String, JobPayload), token: i64, result: SyncResult) -> FinishRequest {
     FinishRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         job_id: job.0.clone(),
@@ -111,14 +111,14 @@ fn finish(job: &(String, JobPayload), token: i64, result: SyncResult) -> FinishR
     }
 }
 
-fn token_of(o: &GrantOutcome) -> i64 {
+pub(crate) fn token_of(o: &GrantOutcome) -> i64 {
     match o {
         GrantOutcome::Granted { token, .. } => *token,
         other => panic!("expected a grant, got {other:?}"),
     }
 }
 
-fn accounts(names: &[&str]) -> Vec<Account> {
+pub(crate) fn accounts(names: &[&str]) -> Vec<Account> {
     names
         .iter()
         .map(|n| Account {
@@ -130,7 +130,10 @@ fn accounts(names: &[&str]) -> Vec<Account> {
         .collect()
 }
 
-async fn setup(backend: Backend, n: usize) -> (TestDb, std::sync::Arc<dyn Store>, Vec<i64>) {
+pub(crate) async fn setup(
+    backend: Backend,
+    n: usize,
+) -> (TestDb, std::sync::Arc<dyn Store>, Vec<i64>) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let mut ids = vec![];

@@ -3,6 +3,7 @@ mod api;
 mod cli;
 mod common;
 mod conformance;
+mod lease_faults;
 mod processes;
 mod prometheus;
 mod sources;

@@ -472,7 +472,11 @@ pub(crate) async fn finish<O: BatchOps>(
         let diff = AccountDiff::compute(found, stored.remove(&iid).as_deref().unwrap_or(&[]));
         inserts.extend(diff.added.iter().map(|a| (iid, *a)));
         updates.extend(diff.changed.iter().chain(&diff.revived).map(|a| (iid, *a)));
-        deletes.extend(diff.removed.iter().map(|(u, h)| (iid, u.clone(), h.clone())));
+        deletes.extend(
+            diff.removed
+                .iter()
+                .map(|(u, h)| (iid, u.clone(), h.clone())),
+        );
         let (total, added, removed, changed) = (
             found.len() as i64,
             (diff.added.len() + diff.revived.len()) as i64,
@@ -633,7 +637,9 @@ pub(crate) async fn rescue<O: BatchOps>(
     }
     let recs = ops.records_load(&ids).await?;
     let locks = ops
-        .locks_load(&sorted_unique(recs.values().map(|r| r.instance_id).collect()))
+        .locks_load(&sorted_unique(
+            recs.values().map(|r| r.instance_id).collect(),
+        ))
         .await?;
     let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
     let mut requeued = vec![];
@@ -721,7 +727,8 @@ pub(crate) async fn cancel<O: BatchOps>(
     let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
     let mut ack = vec![];
     for (&rid, rec) in &recs {
-        let open = rec.status == "pending" || (rec.status == "running" && !lease_alive(rec, &locks));
+        let open =
+            rec.status == "pending" || (rec.status == "running" && !lease_alive(rec, &locks));
         if open {
             ended.push((rid, "cancelled", None));
             // Its queued job would only find a terminal record: retire it now so the

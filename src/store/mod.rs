@@ -84,8 +84,10 @@ impl StoreError {
                 // PostgreSQL SQLSTATEs: 40001 serialization, 40P01 deadlock, 55P03 lock
                 // timeout, 57014 statement timeout, 57P0x shutdown, 08xxx connection, 53xxx
                 // resources, 25P03 idle-in-transaction timeout.
-                matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57014" | "25P03")
-                    || code.starts_with("57P")
+                matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "55P03" | "57014" | "25P03"
+                ) || code.starts_with("57P")
                     || code.starts_with("08")
                     || code.starts_with("53")
             }

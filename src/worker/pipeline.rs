@@ -224,7 +224,9 @@ impl Pipeline {
                 record_id: payload.record_id,
             },
             self.settings.lease_renew,
-            self.settings.lease_ttl.saturating_sub(self.deadline_margin()),
+            self.settings
+                .lease_ttl
+                .saturating_sub(self.deadline_margin()),
             lease.asked,
             stop_tx,
         )));

@@ -349,8 +349,29 @@ mod tests {
     /// the parser looks at, so that random lines often look like real grants.
     fn arbitrary(rng: &mut impl rand::Rng, len: usize) -> String {
         const PIECES: &[&str] = &[
-            "GRANT ", " ON ", " TO ", " WITH GRANT OPTION", ".", "*", "`", "'", "\"", ",", "(",
-            ")", "@", " ", "PROCEDURE ", "FUNCTION ", "PROXY", "ı", "ß", "İ", "ﬀ", "ǅ", "ΐ",
+            "GRANT ",
+            " ON ",
+            " TO ",
+            " WITH GRANT OPTION",
+            ".",
+            "*",
+            "`",
+            "'",
+            "\"",
+            ",",
+            "(",
+            ")",
+            "@",
+            " ",
+            "PROCEDURE ",
+            "FUNCTION ",
+            "PROXY",
+            "ı",
+            "ß",
+            "İ",
+            "ﬀ",
+            "ǅ",
+            "ΐ",
         ];
         (0..len)
             .map(|_| {

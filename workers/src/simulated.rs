@@ -73,7 +73,15 @@ pub(crate) fn validate_options(
     options: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), String> {
     for key in options.keys() {
-        if !["latency_ms", "jitter_ms", "fail_rate", "accounts", "panic_rate"].contains(&key.as_str()) {
+        if ![
+            "latency_ms",
+            "jitter_ms",
+            "fail_rate",
+            "accounts",
+            "panic_rate",
+        ]
+        .contains(&key.as_str())
+        {
             return Err(format!(
                 "unknown option '{key}' for kind simulated (expected latency_ms, jitter_ms, fail_rate, accounts, panic_rate)"
             ));
@@ -122,7 +130,10 @@ impl AccountSource for SimulatedSource {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if panic {
-            panic!("simulated panic in the source of instance '{}'", instance.name);
+            panic!(
+                "simulated panic in the source of instance '{}'",
+                instance.name
+            );
         }
         if fail {
             return Err(SourceError::Retryable(format!(

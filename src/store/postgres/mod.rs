@@ -61,7 +61,10 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)?
         .application_name("syncpool")
         .options([
-            ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT),
+            (
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            ),
             // A statement waiting on a row lock gives up (a transient error: retried)
             // instead of waiting on a stalled holder indefinitely.
             ("lock_timeout", "10s"),
