@@ -131,11 +131,23 @@ pub fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
 
 /// Starts `syncpool worker` with test-friendly timings; its stderr goes to a file.
 pub fn worker(db: &TestDb, tag: &str, extra: &[&str]) -> (Child, PathBuf) {
+    worker_at(db, &db.url, tag, extra, &[])
+}
+
+/// Like [`worker`], with another database URL (a proxy's) and extra environment.
+pub fn worker_at(
+    db: &TestDb,
+    url: &str,
+    tag: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
     let log = db.dir.path().join(format!("worker-{tag}.log"));
     let child = Command::new(bin())
         .args(["worker", "--poll-interval", "100ms"])
         .args(extra)
-        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .env("SYNCPOOL_DATABASE_URL", url)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn,syncpool=info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -176,4 +188,66 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// One read of an instance as the simulated source's trace saw it (see
+/// `SYNCPOOL_SIMULATED_TRACE`): the start times of its steps, and its end.
+#[derive(Debug, Clone)]
+pub struct TracedRead {
+    pub instance: String,
+    #[allow(dead_code)] // shown in failure messages
+    pub pid: u32,
+    pub steps: Vec<u128>,
+    pub end: Option<u128>,
+}
+
+pub fn read_trace(path: &std::path::Path) -> Vec<TracedRead> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut reads: std::collections::HashMap<String, TracedRead> = Default::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [instance, sync, pid, what, ns] = f[..] else {
+            continue;
+        };
+        let ns: u128 = ns.parse().unwrap_or(0);
+        let r = reads.entry(sync.to_string()).or_insert_with(|| TracedRead {
+            instance: instance.to_string(),
+            pid: pid.parse().unwrap_or(0),
+            steps: vec![],
+            end: None,
+        });
+        match what {
+            "s" => r.steps.push(ns),
+            _ => r.end = Some(ns),
+        }
+    }
+    reads.into_values().collect()
+}
+
+/// The observer's verdict: two reads of one instance overlap when a step of one started
+/// between the first and the last step start of the other. Step starts, not the end, are
+/// the evidence of progress: a paused process starts no step while it is paused, so a
+/// read frozen by SIGSTOP and abandoned on resume does not count as reading meanwhile;
+/// a read that went on after another began does.
+pub fn overlapping_reads(reads: &[TracedRead]) -> Vec<(TracedRead, TracedRead)> {
+    let mut by_instance: std::collections::HashMap<&str, Vec<&TracedRead>> = Default::default();
+    for r in reads.iter().filter(|r| !r.steps.is_empty()) {
+        by_instance.entry(&r.instance).or_default().push(r);
+    }
+    let mut out = vec![];
+    for list in by_instance.values() {
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                let span = |r: &TracedRead| (r.steps[0], *r.steps.last().unwrap());
+                let inside = |x: &TracedRead, y: &TracedRead| {
+                    let (lo, hi) = span(y);
+                    x.steps.iter().any(|&t| t >= lo && t <= hi)
+                };
+                if inside(a, b) || inside(b, a) {
+                    out.push(((*a).clone(), (*b).clone()));
+                }
+            }
+        }
+    }
+    out
 }

@@ -28,7 +28,11 @@ both!(
     two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs,
 );
 
-async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<SessionDetail> {
+pub(crate) async fn wait_finished(
+    db: &TestDb,
+    ids: &[uuid::Uuid],
+    limit: Duration,
+) -> Vec<SessionDetail> {
     let store = db.store().await;
     let start = Instant::now();
     loop {
@@ -53,7 +57,7 @@ async fn wait_finished(db: &TestDb, ids: &[uuid::Uuid], limit: Duration) -> Vec<
 /// Invariants 2 and 3, and one live sync per instance: every record is terminal, the
 /// totals are the counts, and per instance the [started_at, completed_at] intervals
 /// of its records never overlap.
-fn assert_invariants(sessions: &[SessionDetail]) {
+pub(crate) fn assert_invariants(sessions: &[SessionDetail]) {
     let mut by_instance: HashMap<
         i64,
         Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
@@ -89,7 +93,7 @@ fn assert_invariants(sessions: &[SessionDetail]) {
     }
 }
 
-fn assert_no_lock_errors(logs: &[std::path::PathBuf]) {
+pub(crate) fn assert_no_lock_errors(logs: &[std::path::PathBuf]) {
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         assert!(
@@ -322,7 +326,7 @@ async fn a_paused_workers_late_result_is_refused_by_the_fencing_token(b: Backend
     assert_no_lock_errors(&[plog, olog]);
 }
 
-async fn wait_running(db: &TestDb, id: uuid::Uuid, n: usize) {
+pub(crate) async fn wait_running(db: &TestDb, id: uuid::Uuid, n: usize) {
     let store = db.store().await;
     let start = Instant::now();
     while store
