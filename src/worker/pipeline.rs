@@ -214,6 +214,11 @@ impl Pipeline {
         let token = lease.token;
         let attempt = lease.attempt;
         let (stop_tx, mut stop_rx) = watch::channel(None::<Stop>);
+        let ttl_less_margin = self
+            .settings
+            .lease_ttl
+            .saturating_sub(self.deadline_margin());
+        let deadline = Arc::new(Deadline::new(lease.asked + ttl_less_margin));
         // Owned by a guard: the heartbeat stops on every path out of this function,
         // a panic or a cancelled future included, so no lease outlives its sync.
         let _heartbeat = Heartbeat(tokio::spawn(heartbeat(
@@ -224,10 +229,8 @@ impl Pipeline {
                 record_id: payload.record_id,
             },
             self.settings.lease_renew,
-            self.settings
-                .lease_ttl
-                .saturating_sub(self.deadline_margin()),
-            lease.asked,
+            ttl_less_margin,
+            deadline.clone(),
             stop_tx,
         )));
         let spec = instance.spec();
@@ -249,11 +252,20 @@ impl Pipeline {
             };
             let settings = self.settings.source_settings();
             // A panicking source is a bug in it, not in the instance: the record fails
-            // (fatal, no retry) and the lease is released like after any failure.
-            let guarded = AssertUnwindSafe(source.fetch_accounts(&spec, &settings)).catch_unwind();
+            // (fatal, no retry) and the lease is released like after any failure. And a
+            // source is never polled past the lease deadline, whichever task the runtime
+            // happens to run first after a pause.
+            let guarded = UntilDeadline {
+                inner: AssertUnwindSafe(source.fetch_accounts(&spec, &settings)).catch_unwind(),
+                deadline: deadline.clone(),
+            };
             match tokio::time::timeout(self.settings.sync_timeout, guarded).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(panic)) => Err(syncpool_workers::SourceError::Fatal(format!(
+                // The heartbeat's Expired stop wins the select below; this never shows.
+                Ok(None) => Err(syncpool_workers::SourceError::Retryable(
+                    "the lease deadline passed".into(),
+                )),
+                Ok(Some(Ok(r))) => r,
+                Ok(Some(Err(panic))) => Err(syncpool_workers::SourceError::Fatal(format!(
                     "the {} source panicked: {}",
                     spec.kind,
                     panic_message(&panic)
@@ -268,9 +280,9 @@ impl Pipeline {
             // Biased: when the process resumes from a pause, a passed deadline wins over
             // a read that also became ready, so nothing goes on under an expired lease.
             biased;
-            stop = stop_rx.wait_for(|s| s.is_some()) => match stop.map(|s| *s) {
-                Ok(Some(Stop::Cancelled)) => SyncResult::Cancelled,
-                Ok(Some(Stop::Expired)) => {
+            stop = deadline.passed_or_wait(&mut stop_rx) => match stop {
+                Stop::Cancelled => SyncResult::Cancelled,
+                Stop::Expired => {
                     tracing::warn!(
                         instance = instance.name,
                         attempt,
@@ -285,9 +297,9 @@ impl Pipeline {
                         retry_after: retry_after(true),
                     }
                 }
-                // Lost (or the heartbeat vanished): the lease is someone else's or gone.
-                // Nothing may be written on it; the rescuer hands the record on.
-                _ => {
+                // The lease is someone else's or gone. Nothing may be written on it;
+                // the rescuer hands the record on.
+                Stop::Lost => {
                     tracing::warn!(
                         instance = instance.name,
                         attempt,
@@ -363,6 +375,66 @@ struct Lease {
     asked: Instant,
 }
 
+/// The local lease deadline, on the monotonic clock, shared by the heartbeat (which
+/// moves it on each renewal) and the sync (which stops reading once it has passed).
+struct Deadline {
+    base: Instant,
+    at_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Deadline {
+    fn new(at: Instant) -> Self {
+        let base = Instant::now();
+        let d = Deadline {
+            base,
+            at_ms: Default::default(),
+        };
+        d.set(at);
+        d
+    }
+    fn set(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.base).as_millis() as u64;
+        self.at_ms.store(ms, Ordering::SeqCst);
+    }
+    fn at(&self) -> Instant {
+        self.base + Duration::from_millis(self.at_ms.load(Ordering::SeqCst))
+    }
+    fn passed(&self) -> bool {
+        Instant::now() >= self.at()
+    }
+    /// Resolves when the heartbeat says stop (with its reason), or at once with
+    /// `Expired` if the deadline has passed.
+    async fn passed_or_wait(&self, stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+        if self.passed() {
+            return Stop::Expired;
+        }
+        match stop.wait_for(|s| s.is_some()).await {
+            Ok(s) => s.unwrap_or(Stop::Lost),
+            // The heartbeat vanished: the lease can no longer be trusted.
+            Err(_) => Stop::Lost,
+        }
+    }
+}
+
+/// Polls `inner` only while the lease deadline has not passed; `None` once it has.
+struct UntilDeadline<F> {
+    inner: F,
+    deadline: Arc<Deadline>,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for UntilDeadline<F> {
+    type Output = Option<F::Output>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if self.deadline.passed() {
+            return std::task::Poll::Ready(None);
+        }
+        std::pin::Pin::new(&mut self.inner).poll(cx).map(Some)
+    }
+}
+
 /// Aborts the heartbeat task when dropped.
 struct Heartbeat(tokio::task::JoinHandle<()>);
 impl Drop for Heartbeat {
@@ -380,10 +452,10 @@ async fn heartbeat(
     req: RenewRequest,
     every: Duration,
     ttl_less_margin: Duration,
-    granted: Instant,
+    shared: Arc<Deadline>,
     stop: watch::Sender<Option<Stop>>,
 ) {
-    let mut deadline = tokio::time::Instant::from_std(granted + ttl_less_margin);
+    let mut deadline = tokio::time::Instant::from_std(shared.at());
     let mut next = tokio::time::Instant::now() + every;
     loop {
         tokio::select! {
@@ -412,7 +484,10 @@ async fn heartbeat(
                 let _ = stop.send(Some(Stop::Cancelled));
                 return;
             }
-            Ok(Ok(_)) => deadline = sent + ttl_less_margin,
+            Ok(Ok(_)) => {
+                deadline = sent + ttl_less_margin;
+                shared.set(deadline.into_std());
+            }
             // Retried at the next tick, as long as the deadline allows.
             Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
         }
