@@ -10,8 +10,7 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::SyncType;
-use crate::store::Store;
+use crate::store::{SlotFired, Store};
 
 pub const SKIPPED: &str = "syncpool_schedule_skipped_total";
 pub const FIRED: &str = "syncpool_schedule_fired_total";
@@ -53,28 +52,26 @@ pub async fn fire(
     schedule: &Schedule,
     slot: DateTime<Utc>,
 ) -> anyhow::Result<Fired> {
-    if !store.schedule_slot_claim(schedule.name, slot).await? {
-        return Ok(Fired::Taken);
-    }
-    metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
     match schedule.job {
-        Job::Sync => {
-            if store.schedule_sync_running().await? {
+        Job::Sync => match store.schedule_sync_fire(schedule.name, slot).await? {
+            SlotFired::Taken => Ok(Fired::Taken),
+            SlotFired::Skipped => {
+                metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
                 metrics::counter!(SKIPPED, "schedule" => schedule.name).increment(1);
-                store
-                    .schedule_slot_record(schedule.name, slot, None, true)
-                    .await?;
                 tracing::warn!(%slot, "scheduled sync skipped: the previous scheduled session is still running");
-                return Ok(Fired::Skipped);
+                Ok(Fired::Skipped)
             }
-            let created = store.session_create(SyncType::Scheduled, None).await?;
-            store
-                .schedule_slot_record(schedule.name, slot, Some(created.session_id), false)
-                .await?;
-            tracing::info!(%slot, session_id = %created.session_id, "scheduled sync started");
-            Ok(Fired::Started(created.session_id))
-        }
+            SlotFired::Started(created) => {
+                metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
+                tracing::info!(%slot, session_id = %created.session_id, "scheduled sync started");
+                Ok(Fired::Started(created.session_id))
+            }
+        },
         Job::Cleanup { days } => {
+            if !store.schedule_slot_claim(schedule.name, slot).await? {
+                return Ok(Fired::Taken);
+            }
+            metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
             let c = store.cleanup(days).await?;
             tracing::info!(%slot, sessions = c.sessions_deleted, "scheduled cleanup done");
             Ok(Fired::CleanedUp)

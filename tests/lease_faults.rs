@@ -34,6 +34,8 @@ conformance!(
     a_hundred_thousand_accounts_going_to_zero_are_all_marked_deleted,
     cancel_racing_grants_and_finishes_at_64_way_concurrency_never_fails_or_deadlocks,
     pipeline_round_commits_finishes_renewals_and_grants_in_one_transaction,
+    a_cron_slot_is_claimed_and_its_session_started_in_one_transaction_and_fires_once,
+    cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots,
 );
 
 /// How long a test lease lives, and how long to wait for it to lapse. The expiry is
@@ -665,4 +667,50 @@ async fn pipeline_round_commits_finishes_renewals_and_grants_in_one_transaction(
     );
     token_of(&g[0]);
     assert_eq!(store.fleet_gauges().await.unwrap().locks_held, 1);
+}
+
+async fn a_cron_slot_is_claimed_and_its_session_started_in_one_transaction_and_fires_once(
+    b: Backend,
+) {
+    let (_db, store, _) = setup(b, 2).await;
+    let slot = chrono::Utc::now();
+    let SlotFired::Started(created) = store.schedule_sync_fire("sync", slot).await.unwrap() else {
+        panic!("the first replica starts the session")
+    };
+    assert_eq!(created.total_instances, 2);
+    assert!(matches!(
+        store.schedule_sync_fire("sync", slot).await.unwrap(),
+        SlotFired::Taken
+    ));
+    let later = slot + chrono::Duration::minutes(1);
+    assert!(
+        matches!(
+            store.schedule_sync_fire("sync", later).await.unwrap(),
+            SlotFired::Skipped
+        ),
+        "skipped while the scheduled session runs"
+    );
+    let row = count(
+        store.as_ref(),
+        "SELECT COUNT(*) FROM schedule_slots WHERE session_id IS NOT NULL",
+    )
+    .await;
+    assert_eq!(row, 1, "the slot names the session it started");
+    let d = store
+        .session_get(created.session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.session.sync_type, "scheduled");
+}
+
+async fn cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots(b: Backend) {
+    let (_db, store, _) = setup(b, 1).await;
+    let slot = chrono::Utc::now();
+    assert!(store.schedule_slot_claim("cleanup", slot).await.unwrap());
+    store.cleanup(0).await.unwrap();
+    assert!(
+        !store.schedule_slot_claim("cleanup", slot).await.unwrap(),
+        "the slot survived cleanup, so no replica fires it again"
+    );
 }

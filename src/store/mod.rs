@@ -255,6 +255,14 @@ pub struct RescueOutcome {
     pub sessions_finished: Vec<SessionFinished>,
 }
 
+/// What firing a scheduled sync's cron slot did.
+#[derive(Debug, Clone)]
+pub enum SlotFired {
+    Taken,
+    Skipped,
+    Started(SessionCreated),
+}
+
 /// A cancelled session, and whether the cancel finished it.
 #[derive(Debug, Clone)]
 pub struct Cancelled {
@@ -361,15 +369,14 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         slot: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool>;
-    async fn schedule_slot_record(
+    /// Fires a `scheduled` sync for a cron slot in one transaction: claims the slot
+    /// (`Taken` if another replica did), skips it while a scheduled session still runs,
+    /// or starts the session and records it on the slot.
+    async fn schedule_sync_fire(
         &self,
         name: &str,
         slot: chrono::DateTime<chrono::Utc>,
-        session_id: Option<Uuid>,
-        skipped: bool,
-    ) -> Result<()>;
-    /// True while a `scheduled` session is unfinished.
-    async fn schedule_sync_running(&self) -> Result<bool>;
+    ) -> Result<SlotFired>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.

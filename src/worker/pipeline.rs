@@ -1,4 +1,4 @@
-//! One sync, step by step (docs/DESIGN.md): the apalis handler for a job.
+//! One sync, step by step (docs/ARCHITECTURE.md): the apalis handler for a job.
 //!
 //! apalis delivers a job at least once, so nothing here trusts the job: the record and
 //! the lease, both judged inside the database, decide whether this delivery does work.

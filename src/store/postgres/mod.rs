@@ -260,75 +260,9 @@ impl Store for PgStore {
         instance_ids: Option<&[i64]>,
     ) -> Result<SessionCreated> {
         let mut tx = self.begin().await?;
-        let rows = match instance_ids {
-            None => {
-                sqlx::query("SELECT id, name FROM instances WHERE active ORDER BY id")
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            Some(ids) => {
-                let rows =
-                    sqlx::query("SELECT id, name FROM instances WHERE id = ANY($1) ORDER BY id")
-                        .bind(ids)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                check_all_found(ids, rows.iter().map(|r| r.get::<i64, _>(0)))?;
-                rows
-            }
-        };
-        let session_id = Uuid::new_v4();
-        let total = rows.len() as i64;
-        let session_row: i64 = sqlx::query_scalar(concat!(
-            "INSERT INTO sync_sessions (session_id, sync_type, status, total_instances, started_at, completed_at) ",
-            "VALUES ($1, $2, CASE WHEN $3 = 0 THEN 'completed' ELSE 'pending' END, $3, ",
-            "CASE WHEN $3 = 0 THEN ",
-            now!(),
-            " END, CASE WHEN $3 = 0 THEN ",
-            now!(),
-            " END) RETURNING id"
-        ))
-        .bind(session_id)
-        .bind(sync_type.as_str())
-        .bind(total)
-        .fetch_one(&mut *tx)
-        .await?;
-        // Three statements whatever the size: rows travel as arrays.
-        let (ids, names): (Vec<i64>, Vec<String>) = rows
-            .iter()
-            .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
-            .unzip();
-        let job_ids: Vec<String> = ids.iter().map(|_| queue::new_job_id()).collect();
-        sqlx::query(
-            "INSERT INTO sync_instance_records (session_id, instance_id, instance_name, job_id) \
-             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[])",
-        )
-        .bind(session_row)
-        .bind(&ids)
-        .bind(&names)
-        .bind(&job_ids)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
-             SELECT convert_to(json_build_object('session_id', $1::text, 'record_id', id, 'instance_id', instance_id, 'attempt', 1)::text, 'UTF8'), \
-             job_id, $2, 'Pending', 0, $3, now(), 0 FROM sync_instance_records WHERE session_id = $4",
-        )
-        .bind(session_id)
-        .bind(queue::QUEUE)
-        .bind(queue::APALIS_MAX_ATTEMPTS as i32)
-        .bind(session_row)
-        .execute(&mut *tx)
-        .await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM sync_sessions WHERE id = $1")
-            .bind(session_row)
-            .fetch_one(&mut *tx)
-            .await?;
+        let created = session_insert(&mut tx, sync_type, instance_ids).await?;
         tx.commit().await?;
-        Ok(SessionCreated {
-            session_id,
-            total_instances: total,
-            status,
-        })
+        Ok(created)
     }
 
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>> {
@@ -587,8 +521,11 @@ impl Store for PgStore {
         }
         // Fired cron slots older than the retention only prove a slot fired once.
         let mut tx = self.begin().await?;
+        // Slots are kept a day at least, whatever the retention: a replica whose clock
+        // lags could otherwise claim a just-deleted slot again and fire it twice.
+        let slot_cutoff = Utc::now() - chrono::Duration::days(days.max(1));
         sqlx::query("DELETE FROM schedule_slots WHERE created_at < $1")
-            .bind(cutoff)
+            .bind(slot_cutoff)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -643,34 +580,48 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    async fn schedule_slot_record(
+    async fn schedule_sync_fire(
         &self,
         name: &str,
         slot: chrono::DateTime<chrono::Utc>,
-        session_id: Option<Uuid>,
-        skipped: bool,
-    ) -> Result<()> {
+    ) -> Result<SlotFired> {
+        // Claim, check and start in one transaction: a crash between them can neither
+        // lose the slot (claimed, no session) nor start a session no slot accounts for.
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE schedule_slots SET session_id = $3, skipped = $4 WHERE name = $1 AND slot = $2",
-        )
-        .bind(name)
-        .bind(slot)
-        .bind(session_id)
-        .bind(skipped)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn schedule_sync_running(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar(
+        let claimed = sqlx::query("INSERT INTO schedule_slots (name, slot) VALUES ($1, $2) ON CONFLICT (name, slot) DO NOTHING")
+            .bind(name)
+            .bind(slot)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !claimed {
+            return Ok(SlotFired::Taken);
+        }
+        let running: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM sync_sessions WHERE sync_type = 'scheduled' AND status IN ('pending', 'running')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(n > 0)
+        let fired = if running > 0 {
+            sqlx::query("UPDATE schedule_slots SET skipped = TRUE WHERE name = $1 AND slot = $2")
+                .bind(name)
+                .bind(slot)
+                .execute(&mut *tx)
+                .await?;
+            SlotFired::Skipped
+        } else {
+            let created = session_insert(&mut tx, SyncType::Scheduled, None).await?;
+            sqlx::query("UPDATE schedule_slots SET session_id = $3 WHERE name = $1 AND slot = $2")
+                .bind(name)
+                .bind(slot)
+                .bind(created.session_id)
+                .execute(&mut *tx)
+                .await?;
+            SlotFired::Started(created)
+        };
+        tx.commit().await?;
+        Ok(fired)
     }
 
     async fn fleet_gauges(&self) -> Result<FleetGauges> {
@@ -699,6 +650,81 @@ impl Store for PgStore {
             sessions_running: sessions,
         })
     }
+}
+
+/// A session, its records and its jobs, in the caller's transaction.
+async fn session_insert(
+    tx: &mut PgConnection,
+    sync_type: SyncType,
+    instance_ids: Option<&[i64]>,
+) -> Result<SessionCreated> {
+    let rows = match instance_ids {
+        None => {
+            sqlx::query("SELECT id, name FROM instances WHERE active ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await?
+        }
+        Some(ids) => {
+            let rows = sqlx::query("SELECT id, name FROM instances WHERE id = ANY($1) ORDER BY id")
+                .bind(ids)
+                .fetch_all(&mut *tx)
+                .await?;
+            check_all_found(ids, rows.iter().map(|r| r.get::<i64, _>(0)))?;
+            rows
+        }
+    };
+    let session_id = Uuid::new_v4();
+    let total = rows.len() as i64;
+    let session_row: i64 = sqlx::query_scalar(concat!(
+        "INSERT INTO sync_sessions (session_id, sync_type, status, total_instances, started_at, completed_at) ",
+        "VALUES ($1, $2, CASE WHEN $3 = 0 THEN 'completed' ELSE 'pending' END, $3, ",
+        "CASE WHEN $3 = 0 THEN ",
+        now!(),
+        " END, CASE WHEN $3 = 0 THEN ",
+        now!(),
+        " END) RETURNING id"
+    ))
+    .bind(session_id)
+    .bind(sync_type.as_str())
+    .bind(total)
+    .fetch_one(&mut *tx)
+    .await?;
+    // Three statements whatever the size: rows travel as arrays.
+    let (ids, names): (Vec<i64>, Vec<String>) = rows
+        .iter()
+        .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
+        .unzip();
+    let job_ids: Vec<String> = ids.iter().map(|_| queue::new_job_id()).collect();
+    sqlx::query(
+        "INSERT INTO sync_instance_records (session_id, instance_id, instance_name, job_id) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[])",
+    )
+    .bind(session_row)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&job_ids)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
+         SELECT convert_to(json_build_object('session_id', $1::text, 'record_id', id, 'instance_id', instance_id, 'attempt', 1)::text, 'UTF8'), \
+         job_id, $2, 'Pending', 0, $3, now(), 0 FROM sync_instance_records WHERE session_id = $4",
+    )
+    .bind(session_id)
+    .bind(queue::QUEUE)
+    .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+    .bind(session_row)
+    .execute(&mut *tx)
+    .await?;
+    let status: String = sqlx::query_scalar("SELECT status FROM sync_sessions WHERE id = $1")
+        .bind(session_row)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(SessionCreated {
+        session_id,
+        total_instances: total,
+        status,
+    })
 }
 
 async fn insert_instance(tx: &mut PgConnection, n: &NewInstance) -> Result<i64> {
