@@ -258,6 +258,53 @@ async fn a_mysql_instance_is_synced_with_parsed_grants_and_its_changes_are_count
     ));
 }
 
+/// Grants on objects whose names upper-case to another byte length (Armenian, Turkish
+/// dotless i, German sharp s) come back from a real `SHOW GRANTS` parsed right: the parser
+/// once panicked on them (and pinned the lease) or cut the names in the wrong place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_on_non_ascii_names_round_trip_through_a_real_mariadb() {
+    let t = tag();
+    let secret = format!("pw-{t}-secret");
+    maria(&format!(
+        "CREATE DATABASE `{t}_երևան`; CREATE DATABASE `{t}_kayıtlar`; CREATE DATABASE `{t}_straße`;\
+         CREATE TABLE `{t}_straße`.`ıi` (id INT);\
+         CREATE USER '{t}_admin'@'%' IDENTIFIED BY '{secret}'; GRANT SELECT ON mysql.* TO '{t}_admin'@'%';\
+         CREATE USER '{t}_uni'@'%'; GRANT SELECT ON `{t}_երևան`.* TO '{t}_uni'@'%';\
+         GRANT INSERT ON `{t}_kayıtlar`.* TO '{t}_uni'@'%'; GRANT SELECT ON `{t}_straße`.`ıi` TO '{t}_uni'@'%';"
+    ));
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    store
+        .instance_insert(&instance(
+            "maria",
+            "mysql",
+            3306,
+            &format!("{t}_admin"),
+            None,
+            Some(&var),
+            json!({"user_like": format!("{t}_uni")}),
+        ))
+        .await
+        .unwrap();
+    let (record, accounts) = sync_one(&db, "maria", &[(&var, &secret)]);
+    maria(&format!(
+        "DROP USER '{t}_uni'@'%'; DROP USER '{t}_admin'@'%'; DROP DATABASE `{t}_երևան`; \
+         DROP DATABASE `{t}_kayıtlar`; DROP DATABASE `{t}_straße`;"
+    ));
+    assert_eq!(record["status"], "completed", "{record}");
+    let privs = find(&accounts, &format!("{t}_uni"))["privileges"].clone();
+    let has = |want: Value| {
+        assert!(
+            privs.as_array().unwrap().contains(&want),
+            "{want} not in {privs}"
+        )
+    };
+    has(json!({"level": "database", "database": format!("{t}_երևան"), "privileges": ["SELECT"], "grant_option": false}));
+    has(json!({"level": "database", "database": format!("{t}_kayıtlar"), "privileges": ["INSERT"], "grant_option": false}));
+    has(json!({"level": "table", "database": format!("{t}_straße"), "table": "ıi", "privileges": ["SELECT"], "grant_option": false}));
+}
+
 /// Each failure is classified: fatal ones are not retried, network ones are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_classified_and_never_show_the_password() {
