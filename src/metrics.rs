@@ -96,7 +96,7 @@ fn register() {
 }
 
 pub fn session_finished(f: &SessionFinished) {
-    histogram!(SESSION_DURATION, "sync_type" => f.sync_type.clone(), "status" => f.status.clone())
+    histogram!(SESSION_DURATION, "sync_type" => f.sync_type.clone(), "status" => f.status.as_str())
         .record(f.duration_seconds);
     gauge!(SESSION_SUCCESS, "sync_type" => f.sync_type.clone()).set(f.success_rate);
 }

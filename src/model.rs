@@ -126,6 +126,87 @@ impl SyncType {
     }
 }
 
+/// Defines a status enum stored and serialised as its snake_case name, comparable with
+/// the plain name (`status == "running"`) for tests and callers that hold text.
+macro_rules! status_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::parse(s).ok_or_else(|| format!("unknown {} '{s}'", stringify!($name)))
+            }
+        }
+    };
+}
+
+status_enum!(
+    /// Where one instance's record is. `running` only ever under a lease (or until the
+    /// rescuer notices the lease is gone); the last three are terminal.
+    RecordStatus {
+        Pending => "pending",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+status_enum!(
+    /// Where a session is; it finishes in the transaction that ends its last record.
+    SessionStatus {
+        Pending => "pending",
+        Running => "running",
+        Completed => "completed",
+        CompletedWithErrors => "completed_with_errors",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl RecordStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RecordStatus::Completed | RecordStatus::Failed | RecordStatus::Cancelled
+        )
+    }
+}
+
+impl SessionStatus {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, SessionStatus::Pending | SessionStatus::Running)
+    }
+}
+
 pub const SESSION_STATUSES: &[&str] = &[
     "pending",
     "running",
@@ -143,7 +224,7 @@ pub struct Session {
     pub id: i64,
     pub session_id: Uuid,
     pub sync_type: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub total_instances: i64,
     pub successful_instances: i64,
     pub failed_instances: i64,
@@ -165,7 +246,7 @@ pub struct Session {
 
 impl Session {
     pub fn is_finished(&self) -> bool {
-        FINISHED_SESSION_STATUSES.contains(&self.status.as_str())
+        self.status.is_finished()
     }
     /// Derives the fields that are not stored.
     pub fn with_derived(mut self, now: DateTime<Utc>) -> Self {
@@ -187,7 +268,7 @@ pub struct Record {
     pub id: i64,
     pub instance_id: i64,
     pub instance_name: String,
-    pub status: String,
+    pub status: RecordStatus,
     pub attempts: i64,
     pub worker_id: Option<String>,
     pub lock_wait_ms: Option<i64>,

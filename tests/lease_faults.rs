@@ -386,7 +386,10 @@ async fn a_grant_retried_after_its_commit_replays_the_same_lease_without_a_new_a
         .unwrap();
     let job = jobs_of(store.as_ref(), s.session_id).await.remove(0);
     let req = grant(&job, "w");
-    let first = store.lease_grant_batch(&p, &[req.clone()]).await.unwrap();
+    let first = store
+        .lease_grant_batch(&p, std::slice::from_ref(&req))
+        .await
+        .unwrap();
     // The same request again, as the writer sends it when a commit's reply was lost.
     let again = store.lease_grant_batch(&p, &[req]).await.unwrap();
     let (

@@ -47,7 +47,9 @@ async fn a_grant_and_a_finish_whose_commit_answer_is_lost_are_replayed_by_their_
 
     let req = grant(&job, "w");
     proxy.cut_after_next_commit();
-    let lost = store.lease_grant_batch(&p, &[req.clone()]).await;
+    let lost = store
+        .lease_grant_batch(&p, std::slice::from_ref(&req))
+        .await;
     assert_eq!(
         proxy.commits_cut.load(std::sync::atomic::Ordering::SeqCst),
         1
@@ -66,7 +68,12 @@ async fn a_grant_and_a_finish_whose_commit_answer_is_lost_are_replayed_by_their_
 
     let fin = finish(&job, token, SyncResult::Completed(accounts(&["a"])));
     proxy.cut_after_next_commit();
-    assert!(store.record_finish_batch(&p, &[fin.clone()]).await.is_err());
+    assert!(
+        store
+            .record_finish_batch(&p, std::slice::from_ref(&fin))
+            .await
+            .is_err()
+    );
     let fins = [fin.clone()];
     let replay = until_ok(|| store.record_finish_batch(&p, &fins)).await;
     assert!(

@@ -300,9 +300,15 @@ async fn grants_on_non_ascii_names_round_trip_through_a_real_mariadb() {
             "{want} not in {privs}"
         )
     };
-    has(json!({"level": "database", "database": format!("{t}_երևան"), "privileges": ["SELECT"], "grant_option": false}));
-    has(json!({"level": "database", "database": format!("{t}_kayıtlar"), "privileges": ["INSERT"], "grant_option": false}));
-    has(json!({"level": "table", "database": format!("{t}_straße"), "table": "ıi", "privileges": ["SELECT"], "grant_option": false}));
+    has(
+        json!({"level": "database", "database": format!("{t}_երևան"), "privileges": ["SELECT"], "grant_option": false}),
+    );
+    has(
+        json!({"level": "database", "database": format!("{t}_kayıtlar"), "privileges": ["INSERT"], "grant_option": false}),
+    );
+    has(
+        json!({"level": "table", "database": format!("{t}_straße"), "table": "ıi", "privileges": ["SELECT"], "grant_option": false}),
+    );
 }
 
 /// Each failure is classified: fatal ones are not retried, network ones are.

@@ -19,7 +19,7 @@ use crate::queue::{self, JobPayload};
 /// A record as a batch step sees it.
 pub(crate) struct RecState {
     pub instance_id: i64,
-    pub status: String,
+    pub status: RecordStatus,
     pub attempts: i64,
     pub job_id: Option<String>,
     pub lock_token: Option<i64>,
@@ -50,7 +50,7 @@ pub(crate) struct SessionTotals {
     pub failed: i64,
     pub cancelled: i64,
     pub cancel_requested: bool,
-    pub status: String,
+    pub status: SessionStatus,
     pub sync_type: String,
 }
 
@@ -64,16 +64,14 @@ pub(crate) async fn session_bump<O: BatchOps>(
     cancelled: i64,
 ) -> Result<Option<SessionFinished>> {
     let t = ops.session_add(session_row, ok, failed, cancelled).await?;
-    if t.successful + t.failed + t.cancelled < t.total
-        || FINISHED_SESSION_STATUSES.contains(&t.status.as_str())
-    {
+    if t.successful + t.failed + t.cancelled < t.total || t.status.is_finished() {
         return Ok(None);
     }
     let status = final_status(t.cancel_requested, t.successful, t.failed, t.cancelled);
     let (start, end) = ops.session_close(session_row, status).await?;
     Ok(Some(SessionFinished {
         sync_type: t.sync_type,
-        status: status.to_string(),
+        status,
         duration_seconds: (end - start).num_microseconds().unwrap_or(0) as f64 / 1e6,
         success_rate: if t.total > 0 {
             t.successful as f64 / t.total as f64
@@ -128,7 +126,7 @@ pub(crate) trait BatchOps: Send {
         rows: &[(i64, i64, i64)],
     ) -> Result<HashMap<i64, i64>>;
     /// Makes records terminal: `(record_id, status, error)`.
-    async fn records_end(&mut self, rows: &[(i64, &'static str, Option<String>)]) -> Result<()>;
+    async fn records_end(&mut self, rows: &[(i64, RecordStatus, Option<String>)]) -> Result<()>;
     /// `(record_id, total, added, removed, changed)`.
     async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64)]) -> Result<()>;
     /// Points records at a new job: `(record_id, job_id, error)`; with `to_pending` the
@@ -157,7 +155,7 @@ pub(crate) trait BatchOps: Send {
     async fn session_close(
         &mut self,
         session_row: i64,
-        status: &str,
+        status: SessionStatus,
     ) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>)>;
     async fn accounts_load(
         &mut self,
@@ -194,7 +192,7 @@ pub(crate) async fn grant<O: BatchOps>(
 
     let mut out: Vec<Option<GrantOutcome>> = vec![None; reqs.len()];
     let mut ack = vec![];
-    let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
+    let mut ended: Vec<(i64, RecordStatus, Option<String>)> = vec![];
     let mut bumps = SessionBumps::default();
     let mut busy_jobs = vec![];
     let mut busy_records = vec![];
@@ -210,7 +208,7 @@ pub(crate) async fn grant<O: BatchOps>(
         {
             // A retry of this very grant after a commit whose outcome the caller never
             // learned: answer what was decided then, while the lease is still ours.
-            let ours = rec.status == "running"
+            let ours = rec.status == RecordStatus::Running
                 && locks
                     .get(&iid)
                     .is_some_and(|l| l.live && Some(l.token) == rec.lock_token);
@@ -228,7 +226,7 @@ pub(crate) async fn grant<O: BatchOps>(
             continue;
         }
         let Some(rec) = recs.get(&rid).filter(|r| {
-            (r.status == "pending" || r.status == "running")
+            (r.status == RecordStatus::Pending || r.status == RecordStatus::Running)
                 && r.job_id.as_deref() == Some(req.job_id.as_str())
         }) else {
             ack.push(req.job_id.clone());
@@ -248,10 +246,10 @@ pub(crate) async fn grant<O: BatchOps>(
                 end!($status, $error, false)
             };
             ($status:expr, $error:expr, $lock_timeout:expr) => {{
-                let (status, error): (&'static str, Option<String>) = ($status, $error);
+                let (status, error): (RecordStatus, Option<String>) = ($status, $error);
                 ack.push(req.job_id.clone());
                 ended.push((rid, status, error.clone()));
-                let (failed, cancelled) = if status == "cancelled" {
+                let (failed, cancelled) = if status == RecordStatus::Cancelled {
                     (0, 1)
                 } else {
                     (1, 0)
@@ -270,23 +268,24 @@ pub(crate) async fn grant<O: BatchOps>(
             }};
         }
         if rec.cancel_requested {
-            if rec.status == "running" && live {
+            if rec.status == RecordStatus::Running && live {
                 // Its holder is still syncing and sees the cancel at its next heartbeat.
                 ack.push(req.job_id.clone());
                 out[i] = Some(GrantOutcome::Stale);
             } else {
-                end!("cancelled", None);
+                end!(RecordStatus::Cancelled, None);
             }
             continue;
         }
         if live {
-            if rec.status == "pending" && req.lock_wait_ms >= p.lock_wait_timeout.as_millis() as i64
+            if rec.status == RecordStatus::Pending
+                && req.lock_wait_ms >= p.lock_wait_timeout.as_millis() as i64
             {
                 let error = format!(
                     "gave up waiting for the lease of instance {iid}: another sync held it for more than {} s",
                     p.lock_wait_timeout.as_secs()
                 );
-                end!("failed", Some(error), true);
+                end!(RecordStatus::Failed, Some(error), true);
             } else {
                 // Wait without holding a worker slot: a delayed copy of this job takes over.
                 let mut payload = req.payload.clone();
@@ -311,12 +310,12 @@ pub(crate) async fn grant<O: BatchOps>(
                 "sync abandoned: its worker stopped during each of {} attempts",
                 rec.attempts
             );
-            end!("failed", Some(error));
+            end!(RecordStatus::Failed, Some(error));
             continue;
         }
         if !instances.contains_key(&iid) {
             end!(
-                "failed",
+                RecordStatus::Failed,
                 Some(format!(
                     "instance {iid} was removed before it could be synced"
                 ))
@@ -424,7 +423,7 @@ pub(crate) async fn finish<O: BatchOps>(
         let current = locks
             .get(&r.instance_id)
             .is_some_and(|l| l.token == r.token)
-            && rec.status == "running"
+            && rec.status == RecordStatus::Running
             && rec.lock_token == Some(r.token);
         if current && seen_records.insert(r.record_id) {
             valid.push(i);
@@ -513,7 +512,7 @@ pub(crate) async fn finish<O: BatchOps>(
             SyncResult::Completed(_) if gone.contains(&i) => {
                 ended.push((
                     r.record_id,
-                    "failed",
+                    RecordStatus::Failed,
                     Some("the instance was deleted during its sync; nothing was stored".into()),
                 ));
                 ack.push(r.job_id.clone());
@@ -528,13 +527,13 @@ pub(crate) async fn finish<O: BatchOps>(
                 error,
                 retry_after: None,
             } => {
-                ended.push((r.record_id, "failed", Some(error.clone())));
+                ended.push((r.record_id, RecordStatus::Failed, Some(error.clone())));
                 ack.push(r.job_id.clone());
                 bumps.add(rec.session_row, i, 0, 1, 0);
                 out[i].record = RecordOutcome::Failed;
             }
             SyncResult::Cancelled => {
-                ended.push((r.record_id, "cancelled", None));
+                ended.push((r.record_id, RecordStatus::Cancelled, None));
                 ack.push(r.job_id.clone());
                 bumps.add(rec.session_row, i, 0, 0, 1);
                 out[i].record = RecordOutcome::Cancelled;
@@ -594,8 +593,8 @@ pub(crate) async fn finish<O: BatchOps>(
 
 /// The outcome a committed finish had, read back from the record it wrote.
 fn replayed(rec: &RecState, result: &SyncResult) -> RecordOutcome {
-    match (rec.status.as_str(), result) {
-        ("completed", _) => {
+    match (rec.status, result) {
+        (RecordStatus::Completed, _) => {
             let (t, a, r, c) = rec.accounts;
             RecordOutcome::Completed {
                 total: t.unwrap_or(0),
@@ -604,8 +603,8 @@ fn replayed(rec: &RecState, result: &SyncResult) -> RecordOutcome {
                 changed: c.unwrap_or(0),
             }
         }
-        ("failed", _) => RecordOutcome::Failed,
-        ("cancelled", _) => RecordOutcome::Cancelled,
+        (RecordStatus::Failed, _) => RecordOutcome::Failed,
+        (RecordStatus::Cancelled, _) => RecordOutcome::Cancelled,
         (_, SyncResult::HandedBack) => RecordOutcome::HandedBack,
         (_, SyncResult::Failed { .. }) => RecordOutcome::Retrying {
             next_attempt: rec.attempts + 1,
@@ -617,7 +616,7 @@ fn replayed(rec: &RecState, result: &SyncResult) -> RecordOutcome {
 
 /// True when `rec` is running under a live lease that carries its own token.
 fn lease_alive(rec: &RecState, locks: &HashMap<i64, LockState>) -> bool {
-    rec.status == "running"
+    rec.status == RecordStatus::Running
         && locks
             .get(&rec.instance_id)
             .is_some_and(|l| l.live && Some(l.token) == rec.lock_token)
@@ -641,7 +640,7 @@ pub(crate) async fn rescue<O: BatchOps>(
             recs.values().map(|r| r.instance_id).collect(),
         ))
         .await?;
-    let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
+    let mut ended: Vec<(i64, RecordStatus, Option<String>)> = vec![];
     let mut requeued = vec![];
     let mut jobs = vec![];
     let mut ack = vec![];
@@ -650,18 +649,18 @@ pub(crate) async fn rescue<O: BatchOps>(
     sorted.sort_by_key(|(id, _)| **id);
     for (i, (&rid, rec)) in sorted.into_iter().enumerate() {
         // Re-checked under the row locks: the sweep's read may be out of date.
-        if rec.status != "running" || lease_alive(rec, &locks) {
+        if rec.status != RecordStatus::Running || lease_alive(rec, &locks) {
             continue;
         }
         ack.extend(rec.job_id.clone());
         if rec.cancel_requested {
-            ended.push((rid, "cancelled", None));
+            ended.push((rid, RecordStatus::Cancelled, None));
             bumps.add(rec.session_row, i, 0, 0, 1);
             outcome.cancelled += 1;
         } else if rec.attempts >= p.max_attempts {
             ended.push((
                 rid,
-                "failed",
+                RecordStatus::Failed,
                 Some(format!(
                     "sync abandoned: its worker stopped or lost the lease during each of {} attempts",
                     rec.attempts
@@ -719,18 +718,18 @@ pub(crate) async fn cancel<O: BatchOps>(
     let locks = ops
         .locks_load(&sorted_unique(
             recs.values()
-                .filter(|r| r.status == "running")
+                .filter(|r| r.status == RecordStatus::Running)
                 .map(|r| r.instance_id)
                 .collect(),
         ))
         .await?;
-    let mut ended: Vec<(i64, &'static str, Option<String>)> = vec![];
+    let mut ended: Vec<(i64, RecordStatus, Option<String>)> = vec![];
     let mut ack = vec![];
     for (&rid, rec) in &recs {
-        let open =
-            rec.status == "pending" || (rec.status == "running" && !lease_alive(rec, &locks));
+        let open = rec.status == RecordStatus::Pending
+            || (rec.status == RecordStatus::Running && !lease_alive(rec, &locks));
         if open {
-            ended.push((rid, "cancelled", None));
+            ended.push((rid, RecordStatus::Cancelled, None));
             // Its queued job would only find a terminal record: retire it now so the
             // queue depth tells the truth.
             ack.extend(rec.job_id.clone());

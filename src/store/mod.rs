@@ -232,7 +232,7 @@ pub enum RecordOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionFinished {
     pub sync_type: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub duration_seconds: f64,
     pub success_rate: f64,
 }
@@ -423,6 +423,11 @@ impl SessionBumps {
     }
 }
 
+/// Reads a status column; the schema's CHECK constraints make a failure a bug.
+pub(crate) fn parse_status<T: std::str::FromStr<Err = String>>(text: String) -> Result<T> {
+    text.parse().map_err(StoreError::Other)
+}
+
 /// Rejects a list of instance ids of which some do not exist, naming them.
 pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
     let found: std::collections::HashSet<i64> = found.collect();
@@ -447,15 +452,15 @@ pub fn final_status(
     successful: i64,
     failed: i64,
     cancelled: i64,
-) -> &'static str {
+) -> SessionStatus {
     if cancel_requested || cancelled > 0 {
-        "cancelled"
+        SessionStatus::Cancelled
     } else if failed == 0 {
-        "completed"
+        SessionStatus::Completed
     } else if successful == 0 {
-        "failed"
+        SessionStatus::Failed
     } else {
-        "completed_with_errors"
+        SessionStatus::CompletedWithErrors
     }
 }
 

@@ -40,7 +40,7 @@ impl BatchOps for SqliteOps<'_> {
                     r.try_get("id")?,
                     RecState {
                         instance_id: r.try_get("instance_id")?,
-                        status: r.try_get("status")?,
+                        status: parse_status(r.try_get("status")?)?,
                         attempts: r.try_get("attempts")?,
                         job_id: r.try_get("job_id")?,
                         lock_token: r.try_get("lock_token")?,
@@ -223,7 +223,7 @@ impl BatchOps for SqliteOps<'_> {
             .collect()
     }
 
-    async fn records_end(&mut self, rows: &[(i64, &'static str, Option<String>)]) -> Result<()> {
+    async fn records_end(&mut self, rows: &[(i64, RecordStatus, Option<String>)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -393,7 +393,7 @@ impl BatchOps for SqliteOps<'_> {
             failed: row.try_get(2)?,
             cancelled: row.try_get(3)?,
             cancel_requested: row.try_get(4)?,
-            status: row.try_get(5)?,
+            status: parse_status(row.try_get(5)?)?,
             sync_type: row.try_get(6)?,
         })
     }
@@ -401,7 +401,7 @@ impl BatchOps for SqliteOps<'_> {
     async fn session_close(
         &mut self,
         session_row: i64,
-        status: &str,
+        status: SessionStatus,
     ) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
         let done = sqlx::query(concat!(
             "UPDATE sync_sessions SET status = ?2, completed_at = ",
@@ -413,7 +413,7 @@ impl BatchOps for SqliteOps<'_> {
             " WHERE id = ?1 RETURNING started_at, completed_at"
         ))
         .bind(session_row)
-        .bind(status)
+        .bind(status.as_str())
         .fetch_one(&mut *self.0)
         .await?;
         Ok((done.try_get(0)?, done.try_get(1)?))
