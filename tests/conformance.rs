@@ -27,6 +27,10 @@ conformance!(
     a_retryable_failure_schedules_the_next_attempt_then_fails,
     the_inventory_diff_counts_added_removed_and_changed_accounts,
     cleanup_deletes_old_finished_sessions_but_not_running_ones,
+    instances_are_inserted_all_or_nothing_listed_found_updated_and_deleted,
+    migrate_is_repeatable_ready_says_so_and_analyze_runs,
+    session_list_filters_by_status_newest_first_with_a_total,
+    a_killed_job_and_handed_back_jobs_change_only_their_own_rows,
 );
 
 pub(crate) fn params(ttl: Duration) -> LeaseParams {
@@ -643,5 +647,228 @@ async fn cleanup_deletes_old_finished_sessions_but_not_running_ones(b: Backend) 
             .await
             .unwrap()
             .is_some()
+    );
+}
+
+async fn instances_are_inserted_all_or_nothing_listed_found_updated_and_deleted(b: Backend) {
+    let (_db, store, ids) = setup(b, 2).await;
+    let dup = store
+        .instance_insert_many(&[simulated("new", json!({})), simulated("i0", json!({}))])
+        .await
+        .unwrap_err();
+    assert!(dup.is_bad_input(), "{dup}");
+    assert_eq!(
+        store.instance_list().await.unwrap().len(),
+        2,
+        "nothing of the rejected list"
+    );
+    assert_eq!(
+        store
+            .instance_insert_many(&[simulated("new", json!({}))])
+            .await
+            .unwrap(),
+        1
+    );
+    let names: Vec<String> = store
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["i0", "i1", "new"]);
+    assert_eq!(
+        store.instance_get(ids[1]).await.unwrap().unwrap().name,
+        "i1"
+    );
+    assert!(store.instance_get(999_999).await.unwrap().is_none());
+    let mut changed = simulated("renamed", json!({"latency_ms": 5}));
+    changed.active = false;
+    let i = store.instance_update(ids[0], &changed).await.unwrap();
+    assert_eq!(
+        (i.name.as_str(), i.active, &i.options),
+        ("renamed", false, &json!({"latency_ms": 5}))
+    );
+    assert!(store.instance_get_by_name("i0").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .instance_get_by_name("renamed")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        ids[0]
+    );
+    assert!(
+        store
+            .instance_update(ids[0], &simulated("i1", json!({})))
+            .await
+            .unwrap_err()
+            .is_bad_input()
+    );
+    assert!(
+        store
+            .instance_update(999_999, &changed)
+            .await
+            .unwrap_err()
+            .is_bad_input()
+    );
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.total_instances, 2,
+        "an inactive instance is left out of a fleet-wide sync"
+    );
+    assert!(store.instance_delete(ids[1]).await.unwrap());
+    assert!(!store.instance_delete(ids[1]).await.unwrap());
+}
+
+async fn migrate_is_repeatable_ready_says_so_and_analyze_runs(b: Backend) {
+    let kind = match b {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let db = TestDb::new(b).await;
+    let store = syncpool::store::connect(&db.url).await.unwrap();
+    assert!(!store.ready().await.unwrap(), "not ready before migrating");
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(store.ready().await.unwrap());
+    store.analyze().await.unwrap();
+    assert_eq!(store.kind(), kind);
+}
+
+async fn session_list_filters_by_status_newest_first_with_a_total(b: Backend) {
+    let (_db, store, _) = setup(b, 1).await;
+    let p = params(Duration::from_secs(30));
+    let first = store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
+    let job = jobs_of(store.as_ref(), first.session_id).await.remove(0);
+    let t = token_of(
+        &store
+            .lease_grant_batch(&p, &[grant(&job, "w")])
+            .await
+            .unwrap()[0],
+    );
+    store
+        .record_finish_batch(
+            &p,
+            &[finish(&job, t, SyncResult::Completed(accounts(&["a"])))],
+        )
+        .await
+        .unwrap();
+    let second = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let all = SessionFilter {
+        status: None,
+        limit: 10,
+        offset: 0,
+    };
+    let (items, total) = store.session_list(&all).await.unwrap();
+    assert_eq!(total, 2);
+    assert_eq!(
+        items.iter().map(|s| s.session_id).collect::<Vec<_>>(),
+        [second.session_id, first.session_id],
+        "newest first"
+    );
+    let done = SessionFilter {
+        status: Some("completed".into()),
+        limit: 10,
+        offset: 0,
+    };
+    let (items, total) = store.session_list(&done).await.unwrap();
+    assert_eq!((items.len(), total), (1, 1));
+    assert_eq!(items[0].session_id, first.session_id);
+    let page = SessionFilter {
+        status: None,
+        limit: 1,
+        offset: 1,
+    };
+    let (items, total) = store.session_list(&page).await.unwrap();
+    assert_eq!((items.len(), total), (1, 2));
+    assert_eq!(items[0].session_id, first.session_id);
+}
+
+async fn a_killed_job_and_handed_back_jobs_change_only_their_own_rows(b: Backend) {
+    let (_db, store, _) = setup(b, 3).await;
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let jobs = jobs_of(store.as_ref(), s.session_id).await;
+    store
+        .job_kill(&jobs[0].0, "undecodable payload")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            store.as_ref(),
+            "SELECT COUNT(*) FROM Jobs WHERE status = 'Killed'"
+        )
+        .await,
+        1
+    );
+    // Two jobs fetched by a worker that is stopping: apalis marks them with its name.
+    let (table, workers, ph) = match store.pool() {
+        DbPool::Sqlite(_) => ("Jobs", "Workers", ["?1", "?2"]),
+        DbPool::Postgres(_) => ("apalis.jobs", "apalis.workers", ["$1", "$2"]),
+    };
+    let register = format!(
+        "INSERT INTO {workers} (id, worker_type, storage_name, layers) VALUES ('w-gone', 'syncpool', 'x', '')"
+    );
+    match store.pool() {
+        DbPool::Sqlite(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(register))
+                .execute(&p)
+                .await
+                .unwrap();
+        }
+        DbPool::Postgres(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(register))
+                .execute(&p)
+                .await
+                .unwrap();
+        }
+    }
+    let sql = format!(
+        "UPDATE {table} SET status = 'Running', lock_by = 'w-gone' WHERE id IN ({}, {})",
+        ph[0], ph[1]
+    );
+    match store.pool() {
+        DbPool::Sqlite(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&jobs[1].0)
+                .bind(&jobs[2].0)
+                .execute(&p)
+                .await
+                .unwrap();
+        }
+        DbPool::Postgres(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&jobs[1].0)
+                .bind(&jobs[2].0)
+                .execute(&p)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        store.jobs_handback(&["someone-else".into()]).await.unwrap(),
+        0
+    );
+    assert_eq!(store.jobs_handback(&["w-gone".into()]).await.unwrap(), 2);
+    assert_eq!(
+        count(
+            store.as_ref(),
+            "SELECT COUNT(*) FROM Jobs WHERE status = 'Pending' AND lock_by IS NULL"
+        )
+        .await,
+        2
     );
 }
