@@ -111,6 +111,30 @@ async fn bad_cli_input_exits_2_with_a_clear_message_and_changes_nothing() {
         ),
         "password_env",
     );
+    // Bounded options: an instance cannot make a worker build millions of accounts or
+    // sleep for days.
+    for (option, field) in [
+        ("accounts=100001", "accounts"),
+        ("latency_ms=3600001", "latency_ms"),
+        ("panic_rate=1.5", "panic_rate"),
+    ] {
+        assert_rejected(
+            cli(
+                &url,
+                &[
+                    "instances",
+                    "add",
+                    "--name",
+                    "big",
+                    "--kind",
+                    "simulated",
+                    "--option",
+                    option,
+                ],
+            ),
+            field,
+        );
+    }
     assert_rejected(
         cli(&url, &["sync", "ok", "nope"]),
         "unknown instance 'nope'",
