@@ -86,6 +86,7 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
             username: None,
             database: None,
             password_env: None,
+            password_file: None,
             options: serde_json::json!({"latency_ms": 0, "accounts": 0}),
             active: true,
         })

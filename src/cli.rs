@@ -26,6 +26,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "SYNCPOOL_DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://syncpool.db",
         global = true
     )]
@@ -40,37 +41,37 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct TimingArgs {
     /// Lease time-to-live
-    #[arg(long, env = "SYNCPOOL_LEASE_TTL", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_LEASE_TTL", hide_env_values = true, default_value = "30s", value_parser = parse_duration, global = true)]
     pub lease_ttl: Duration,
     /// Lease renewal interval
-    #[arg(long, env = "SYNCPOOL_LEASE_RENEW", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_LEASE_RENEW", hide_env_values = true, default_value = "10s", value_parser = parse_duration, global = true)]
     pub lease_renew: Duration,
     /// Longest one instance sync may take
-    #[arg(long, env = "SYNCPOOL_SYNC_TIMEOUT", default_value = "300s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_SYNC_TIMEOUT", hide_env_values = true, default_value = "300s", value_parser = parse_duration, global = true)]
     pub sync_timeout: Duration,
     /// Attempts per instance, the first included
-    #[arg(long, env = "SYNCPOOL_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=100), global = true)]
+    #[arg(long, env = "SYNCPOOL_MAX_ATTEMPTS", hide_env_values = true, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=100), global = true)]
     pub max_attempts: i64,
     /// First retry delay (doubles per attempt, with jitter)
-    #[arg(long, env = "SYNCPOOL_RETRY_BACKOFF", default_value = "2s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_RETRY_BACKOFF", hide_env_values = true, default_value = "2s", value_parser = parse_duration, global = true)]
     pub retry_backoff: Duration,
     /// How long a job may wait for an instance leased elsewhere
-    #[arg(long, env = "SYNCPOOL_LOCK_WAIT_TIMEOUT", default_value = "600s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_LOCK_WAIT_TIMEOUT", hide_env_values = true, default_value = "600s", value_parser = parse_duration, global = true)]
     pub lock_wait_timeout: Duration,
     /// Grace period for running syncs at shutdown
-    #[arg(long, env = "SYNCPOOL_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_SHUTDOWN_GRACE", hide_env_values = true, default_value = "30s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
     /// Queue heartbeat; a worker silent for 3 heartbeats has its jobs taken over
-    #[arg(long, env = "SYNCPOOL_QUEUE_HEARTBEAT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_QUEUE_HEARTBEAT", hide_env_values = true, default_value = "10s", value_parser = parse_duration, global = true)]
     pub queue_heartbeat: Duration,
     /// Time allowed to connect to an instance
-    #[arg(long, env = "SYNCPOOL_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_CONNECT_TIMEOUT", hide_env_values = true, default_value = "10s", value_parser = parse_duration, global = true)]
     pub connect_timeout: Duration,
     /// Time allowed for one catalog query on an instance
-    #[arg(long, env = "SYNCPOOL_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_STATEMENT_TIMEOUT", hide_env_values = true, default_value = "60s", value_parser = parse_duration, global = true)]
     pub statement_timeout: Duration,
     /// How often an idle worker polls for jobs
-    #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", default_value = "200ms", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", hide_env_values = true, default_value = "200ms", value_parser = parse_duration, global = true)]
     pub poll_interval: Duration,
 }
 
@@ -148,20 +149,39 @@ pub enum Command {
     /// HTTP API and /metrics; optionally in-process workers and the scheduler
     Serve {
         /// Address to listen on; port 0 picks a free one (the bound address is logged)
-        #[arg(long, env = "SYNCPOOL_BIND", default_value = "127.0.0.1:8080")]
+        #[arg(
+            long,
+            env = "SYNCPOOL_BIND",
+            hide_env_values = true,
+            default_value = "127.0.0.1:8080"
+        )]
         bind: String,
         /// Concurrency of an in-process worker (0: none)
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
         workers: u16,
         /// Cron expression for scheduled sessions over all active instances (e.g. "0 */6 * * *")
-        #[arg(long, env = "SYNCPOOL_SCHEDULE")]
+        #[arg(long, env = "SYNCPOOL_SCHEDULE", hide_env_values = true)]
         schedule: Option<String>,
         /// Cron expression for the daily cleanup
-        #[arg(long, env = "SYNCPOOL_CLEANUP_SCHEDULE", default_value = "0 3 * * *")]
+        #[arg(
+            long,
+            env = "SYNCPOOL_CLEANUP_SCHEDULE",
+            hide_env_values = true,
+            default_value = "0 3 * * *"
+        )]
         cleanup_schedule: String,
         /// Days of finished sessions the scheduled cleanup keeps
-        #[arg(long, env = "SYNCPOOL_RETENTION_DAYS", default_value_t = 7)]
+        #[arg(
+            long,
+            env = "SYNCPOOL_RETENTION_DAYS",
+            hide_env_values = true,
+            default_value_t = 7
+        )]
         retention_days: i64,
+        /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
+        /// comma-separated for rotation); refused otherwise
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// List sessions
     Sessions {
@@ -229,9 +249,14 @@ pub enum InstancesCmd {
         username: Option<String>,
         #[arg(long)]
         database: Option<String>,
-        /// Name of the environment variable that holds the password
+        /// Environment variable of the worker that holds the password; must start with
+        /// SYNCPOOL_SECRET_
         #[arg(long)]
         password_env: Option<String>,
+        /// File in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default
+        /// /run/secrets) that holds the password
+        #[arg(long)]
+        password_file: Option<String>,
         /// KEY=VALUE, repeatable
         #[arg(long = "option")]
         options: Vec<String>,
@@ -356,6 +381,7 @@ pub async fn run(cli: Cli) -> Out {
             schedule,
             cleanup_schedule,
             retention_days,
+            insecure_no_auth,
         } => {
             serve(
                 store,
@@ -365,6 +391,7 @@ pub async fn run(cli: Cli) -> Out {
                 schedule,
                 &cleanup_schedule,
                 retention_days,
+                insecure_no_auth,
             )
             .await
         }
@@ -487,6 +514,7 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
             username,
             database,
             password_env,
+            password_file,
             options,
         } => {
             let new = validate::new_instance(NewInstance {
@@ -497,6 +525,7 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
                 username,
                 database,
                 password_env,
+                password_file,
                 options: validate::option_pairs(&options)?,
                 active: true,
             })?;
@@ -693,6 +722,7 @@ async fn serve(
     schedule: Option<String>,
     cleanup_schedule: &str,
     retention_days: i64,
+    insecure_no_auth: bool,
 ) -> Out {
     use crate::scheduler::{self, Job, Schedule};
     let mut schedules = vec![Schedule {
@@ -709,14 +739,18 @@ async fn serve(
             job: Job::Sync,
         });
     }
-    let token = std::env::var("SYNCPOOL_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(Arc::<str>::from);
+    let tokens = api_tokens()?;
+    if tokens.is_empty() && !insecure_no_auth && !is_loopback(bind) {
+        return Err(CliError::Usage(format!(
+            "refusing to serve on {bind} without SYNCPOOL_API_TOKEN: anyone who can reach it could \
+             register instances and start syncs with the workers' credentials; set a token, bind a \
+             loopback address, or pass --insecure-no-auth"
+        )));
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let state = crate::http::AppState {
         store: store.clone(),
-        token,
+        tokens,
     };
     let (_, server) = crate::http::serve(state, bind, stop.clone().cancelled_owned())
         .await
@@ -745,4 +779,34 @@ async fn serve(
         .map_err(|e| CliError::Runtime(e.into()))?
         .map_err(|e| CliError::Runtime(e.into()))?;
     Ok(())
+}
+
+/// The bearer tokens of `SYNCPOOL_API_TOKEN`: comma-separated, so that a new token can be
+/// added before the old one is removed.
+fn api_tokens() -> Result<Vec<Arc<str>>, CliError> {
+    let raw = std::env::var("SYNCPOOL_API_TOKEN").unwrap_or_default();
+    let tokens: Vec<Arc<str>> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Arc::from)
+        .collect();
+    if tokens.iter().any(|t| t.len() > crate::http::MAX_TOKEN_LEN) {
+        return Err(CliError::Usage(format!(
+            "SYNCPOOL_API_TOKEN: each token must be at most {} bytes",
+            crate::http::MAX_TOKEN_LEN
+        )));
+    }
+    Ok(tokens)
+}
+
+/// True when every address `bind` resolves to is a loopback one.
+fn is_loopback(bind: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    bind.to_socket_addrs()
+        .map(|addrs| {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        })
+        .unwrap_or(false)
 }

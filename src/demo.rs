@@ -36,6 +36,7 @@ pub async fn run(
             username: None,
             database: None,
             password_env: None,
+            password_file: None,
             options: serde_json::json!({
                 "latency_ms": 20, "jitter_ms": 30, "accounts": 20,
                 "fail_rate": if i % FAIL_EVERY == 0 { 1.0 } else { 0.0 },
@@ -189,6 +190,7 @@ async fn local_servers(existing: &std::collections::HashSet<String>) -> Vec<NewI
                 username: Some(user.into()),
                 database: database.map(Into::into),
                 password_env: None,
+                password_file: None,
                 options: serde_json::json!({}),
                 active: true,
             });

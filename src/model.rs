@@ -45,6 +45,8 @@ pub struct Instance {
     pub username: Option<String>,
     pub database: Option<String>,
     pub password_env: Option<String>,
+    /// A file name in the worker's secrets folder that holds the password.
+    pub password_file: Option<String>,
     #[schema(value_type = Object)]
     pub options: serde_json::Value,
     pub active: bool,
@@ -65,6 +67,7 @@ impl Instance {
             username: self.username.clone(),
             database: self.database.clone(),
             password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
             options: self.options.clone(),
         }
     }
@@ -86,6 +89,10 @@ pub struct NewInstance {
     pub database: Option<String>,
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A file name in the worker's secrets folder (`SYNCPOOL_SECRETS_DIR`, default
+    /// `/run/secrets`) that holds the password; read at sync time, never stored.
+    #[serde(default)]
+    pub password_file: Option<String>,
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub options: serde_json::Value,

@@ -38,18 +38,18 @@ pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
         ));
     }
     if let Some(v) = &n.password_env {
-        let ok = !v.is_empty()
-            && v.len() <= 128
-            && v.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(StoreError::invalid(
-                "password_env",
-                "password_env must name an environment variable (letters, digits, underscores), not hold a password",
-            ));
-        }
+        syncpool_workers::check_secret_env(v)
+            .map_err(|m| StoreError::invalid("password_env", m))?;
+    }
+    if let Some(v) = &n.password_file {
+        syncpool_workers::check_secret_file(v)
+            .map_err(|m| StoreError::invalid("password_file", m))?;
+    }
+    if n.password_env.is_some() && n.password_file.is_some() {
+        return Err(StoreError::invalid(
+            "password_file",
+            "set password_env or password_file, not both",
+        ));
     }
     let serde_json::Value::Object(options) = &n.options else {
         return Err(StoreError::invalid(

@@ -31,7 +31,7 @@ async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
     let stop = CancellationToken::new();
     let state = AppState {
         store: store.clone(),
-        token: token.map(Arc::from),
+        tokens: token.map(Arc::from).into_iter().collect(),
     };
     let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())
         .await
@@ -826,7 +826,7 @@ async fn readyz_is_503_until_the_database_is_migrated() {
     let (addr, _) = syncpool::http::serve(
         AppState {
             store: store.clone(),
-            token: None,
+            tokens: vec![],
         },
         "127.0.0.1:0",
         stop.clone().cancelled_owned(),

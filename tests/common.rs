@@ -105,6 +105,7 @@ pub fn simulated(name: &str, options: serde_json::Value) -> NewInstance {
         username: None,
         database: None,
         password_env: None,
+        password_file: None,
         options,
         active: true,
     }

@@ -196,13 +196,14 @@ async fn soak(postgres: bool, seed: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
+        // Resumes and restores happen in tasks of their own (below): this loop may wait
+        // on the database (a paused SQLite worker holds the write lock) and must not be
+        // what keeps the pause going.
         for s in slots.iter_mut() {
             if s.paused_until.is_some_and(|t| t <= Instant::now()) {
-                signal(&s.child, "CONT");
                 s.paused_until = None;
             }
             if s.cut_until.is_some_and(|t| t <= Instant::now()) {
-                s.proxy.as_ref().unwrap().restore();
                 s.cut_until = None;
             }
         }
@@ -253,14 +254,24 @@ async fn soak(postgres: bool, seed: u64) {
                 (s.child, s.log, s.paused_until, s.cut_until) = (child, log, None, None);
             }
             "pause" if slots[w].paused_until.is_none() => {
+                let pause = Duration::from_millis(rng.random_range(500..4000));
                 signal(&slots[w].child, "STOP");
-                slots[w].paused_until =
-                    Some(Instant::now() + Duration::from_millis(rng.random_range(500..4000)));
+                slots[w].paused_until = Some(Instant::now() + pause);
+                let pid = slots[w].child.id().to_string();
+                tokio::spawn(async move {
+                    tokio::time::sleep(pause).await;
+                    // The process may have been killed meanwhile: no assertion here.
+                    let _ = std::process::Command::new("kill")
+                        .args(["-CONT", &pid])
+                        .status();
+                });
             }
             "cut" if slots[w].cut_until.is_none() => {
-                slots[w].proxy.as_ref().unwrap().cut();
-                slots[w].cut_until =
-                    Some(Instant::now() + Duration::from_millis(rng.random_range(500..4000)));
+                let cut = Duration::from_millis(rng.random_range(500..4000));
+                let proxy = slots[w].proxy.as_ref().unwrap();
+                proxy.cut();
+                proxy.restore_later(cut);
+                slots[w].cut_until = Some(Instant::now() + cut);
             }
             "restart" => {
                 pg.as_ref().unwrap().crash_restart();

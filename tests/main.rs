@@ -11,4 +11,5 @@ mod process_faults;
 mod processes;
 mod prometheus;
 mod proxy;
+mod security;
 mod sources;

@@ -103,6 +103,18 @@ impl PrivatePg {
         );
     }
 
+    /// From now on, every role but `postgres` must log in over TCP with its password
+    /// (SCRAM), as on a production server.
+    pub fn require_passwords(&self) {
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "reload"]);
+    }
+
     /// Stops the server the hard way (as a crash would) and starts it again.
     pub fn crash_restart(&self) {
         self.run(

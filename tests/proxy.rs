@@ -79,6 +79,15 @@ impl Proxy {
         self.refusing.store(false, Ordering::SeqCst);
     }
 
+    /// Restores the proxy after `after`, from a task of its own.
+    pub fn restore_later(&self, after: Duration) {
+        let refusing = self.refusing.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            refusing.store(false, Ordering::SeqCst);
+        });
+    }
+
     /// The next COMMIT sent through the proxy reaches the server; then that connection
     /// is closed before the server's answer gets back.
     pub fn cut_after_next_commit(&self) {

@@ -59,6 +59,7 @@ fn instance(
         username: Some(user.into()),
         database: database.map(Into::into),
         password_env: password_env.map(Into::into),
+        password_file: None,
         options,
         active: true,
     }
@@ -134,7 +135,7 @@ async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
     .await;
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.store().await;
-    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    let var = format!("SYNCPOOL_SECRET_PW_{}", t.to_uppercase());
     store
         .instance_insert(&instance(
             "pg",
@@ -206,7 +207,7 @@ async fn a_mysql_instance_is_synced_with_parsed_grants_and_its_changes_are_count
     ));
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.store().await;
-    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    let var = format!("SYNCPOOL_SECRET_PW_{}", t.to_uppercase());
     store
         .instance_insert(&instance(
             "maria",
@@ -274,7 +275,7 @@ async fn grants_on_non_ascii_names_round_trip_through_a_real_mariadb() {
     ));
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.store().await;
-    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    let var = format!("SYNCPOOL_SECRET_PW_{}", t.to_uppercase());
     store
         .instance_insert(&instance(
             "maria",
@@ -329,7 +330,7 @@ async fn failures_are_classified_and_never_show_the_password() {
     ));
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.store().await;
-    let var = format!("SYNCPOOL_PW_{}", t.to_uppercase());
+    let var = format!("SYNCPOOL_SECRET_PW_{}", t.to_uppercase());
     let cases = [
         (
             "wrong-password",
@@ -381,7 +382,7 @@ async fn failures_are_classified_and_never_show_the_password() {
                 3306,
                 "root",
                 None,
-                Some("SYNCPOOL_TEST_UNSET_VARIABLE"),
+                Some("SYNCPOOL_SECRET_TEST_UNSET_VARIABLE"),
                 json!({}),
             ),
             "is not set",
@@ -423,7 +424,7 @@ async fn failures_are_classified_and_never_show_the_password() {
                 3306,
                 &format!("{t}_noprivs"),
                 None,
-                Some("SYNCPOOL_TEST_OTHER_PW"),
+                Some("SYNCPOOL_SECRET_TEST_OTHER_PW"),
                 json!({}),
             ),
             "authentication failed",
@@ -435,7 +436,7 @@ async fn failures_are_classified_and_never_show_the_password() {
     }
     let env = [
         (var.as_str(), secret.as_str()),
-        ("SYNCPOOL_TEST_OTHER_PW", "not-the-password"),
+        ("SYNCPOOL_SECRET_TEST_OTHER_PW", "not-the-password"),
     ];
     let log = db.dir.path().join("worker.log");
     let mut worker = Command::new(bin())

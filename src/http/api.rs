@@ -284,6 +284,7 @@ pub(super) async fn instance_patch(
         username: current.username,
         database: current.database,
         password_env: current.password_env,
+        password_file: current.password_file,
         options: current.options,
         active: current.active,
     };
@@ -311,6 +312,7 @@ pub(super) async fn instance_patch(
             "username" => new.username = text(&value)?,
             "database" => new.database = text(&value)?,
             "password_env" => new.password_env = text(&value)?,
+            "password_file" => new.password_file = text(&value)?,
             "port" => {
                 new.port = match value {
                     Value::Null => None,

@@ -27,9 +27,14 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    /// `SYNCPOOL_API_TOKEN`, when set.
-    pub token: Option<Arc<str>>,
+    /// The accepted bearer tokens (`SYNCPOOL_API_TOKEN`, comma-separated so that a new
+    /// token can be rolled out before the old one is retired); empty: no auth.
+    pub tokens: Vec<Arc<str>>,
 }
+
+/// Longest accepted token. Comparisons always cover this many bytes, so their time
+/// tells nothing about a token's content or its length.
+pub const MAX_TOKEN_LEN: usize = 256;
 
 /// The whole application: API, legacy routes, health, metrics and the OpenAPI document.
 pub fn app(state: AppState) -> Router {
@@ -44,13 +49,27 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// Compares in time that does not depend on where the strings differ, so the token
-/// cannot be guessed byte by byte from response times.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares `given` with `token` in a time that depends on neither their content nor
+/// their lengths: both are read over [`MAX_TOKEN_LEN`] bytes, padded with zeros.
+fn constant_time_eq(given: &[u8], token: &[u8]) -> bool {
+    let mut diff = (given.len() != token.len()) as u8 | (given.len() > MAX_TOKEN_LEN) as u8;
+    for i in 0..MAX_TOKEN_LEN {
+        let a = given.get(i).copied().unwrap_or(0);
+        let b = token.get(i).copied().unwrap_or(0);
+        diff |= a ^ b;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    std::hint::black_box(diff) == 0
+}
+
+/// The credentials of an `Authorization` header: the scheme is case-insensitive (RFC 9110).
+fn bearer(req: &Request) -> &str {
+    req.headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .unwrap_or("")
 }
 
 async fn require_token(
@@ -58,18 +77,38 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if !state.tokens.is_empty() {
+        let given = bearer(&req).as_bytes();
+        // Every token is compared, whichever matches: no early exit to time.
+        let ok = state
+            .tokens
+            .iter()
+            .fold(false, |ok, t| ok | constant_time_eq(given, t.as_bytes()));
+        if !ok {
             return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(
+            !constant_time_eq(b"abc", b"abc\0"),
+            "zero padding is not equality"
+        );
+        assert!(!constant_time_eq(b"", b"abc"));
+        assert!(
+            !constant_time_eq(&[b'a'; 300], &[b'a'; 300]),
+            "over-long tokens never match"
+        );
+    }
 }
 
 /// Binds `bind` (port 0 picks a free port), logs the address, serves until `shutdown`.

@@ -234,10 +234,10 @@ impl Pipeline {
             stop_tx,
         )));
         let spec = instance.spec();
-        let secret = spec
-            .password_env
-            .as_deref()
-            .and_then(|v| std::env::var(v).ok())
+        // Only to scrub it from error texts; the source reads it itself, by the same rules.
+        let secret = syncpool_workers::password(&spec)
+            .ok()
+            .flatten()
             .unwrap_or_default();
         let retry_after = |retryable: bool| {
             (retryable && attempt < self.settings.max_attempts)

@@ -4,17 +4,85 @@ use std::time::Duration;
 
 use crate::{InstanceSpec, SourceError};
 
-/// Reads the instance's password from the environment variable it names. A named but
-/// missing variable is fatal: no retry will make it appear.
-pub(crate) fn password(instance: &InstanceSpec) -> Result<Option<String>, SourceError> {
-    match &instance.password_env {
-        None => Ok(None),
-        Some(var) => std::env::var(var).map(Some).map_err(|_| {
+/// Reads the instance's password: from the environment variable it names, which must
+/// start with [`SECRET_ENV_PREFIX`], or from the file it names under [`secrets_dir`].
+/// The rules are checked when an instance is added and again here, so a row written
+/// around the API (or by an older version) still cannot make a worker read
+/// `SYNCPOOL_DATABASE_URL`, `SYNCPOOL_API_TOKEN` or a file outside the secrets folder
+/// and send it to whatever host the instance names. A named but missing secret is fatal:
+/// no retry will make it appear.
+pub fn password(instance: &InstanceSpec) -> Result<Option<String>, SourceError> {
+    if let Some(var) = &instance.password_env {
+        check_secret_env(var).map_err(SourceError::Fatal)?;
+        return std::env::var(var).map(Some).map_err(|_| {
             SourceError::Fatal(format!(
                 "the password variable {var} of instance '{}' is not set in the worker's environment",
                 instance.name
             ))
-        }),
+        });
+    }
+    if let Some(file) = &instance.password_file {
+        check_secret_file(file).map_err(SourceError::Fatal)?;
+        let path = secrets_dir().join(file);
+        return std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| {
+                SourceError::Fatal(format!(
+                    "the password file {} of instance '{}' cannot be read: {}",
+                    path.display(),
+                    instance.name,
+                    e.kind()
+                ))
+            });
+    }
+    Ok(None)
+}
+
+/// The only environment variables an instance may name for its password start with this.
+pub const SECRET_ENV_PREFIX: &str = "SYNCPOOL_SECRET_";
+
+/// Where `password_file` names are looked up: `SYNCPOOL_SECRETS_DIR`, by default
+/// `/run/secrets` (where container platforms mount secrets).
+pub fn secrets_dir() -> std::path::PathBuf {
+    std::env::var_os("SYNCPOOL_SECRETS_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| "/run/secrets".into())
+}
+
+/// The rule for `password_env`, in words a user can act on.
+pub fn check_secret_env(var: &str) -> Result<(), String> {
+    let rest = var.strip_prefix(SECRET_ENV_PREFIX).unwrap_or("");
+    let ok = !rest.is_empty()
+        && var.len() <= 128
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "password_env must name a variable {SECRET_ENV_PREFIX}NAME (upper-case letters, digits, underscores), \
+             not hold a password; a worker reads no other variable for an instance"
+        ))
+    }
+}
+
+/// The rule for `password_file`: a plain file name inside the secrets folder.
+pub fn check_secret_file(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "password_file must be a plain file name (letters, digits, '.', '_', '-'; no path) \
+             in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default /run/secrets)"
+                .into(),
+        )
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use common::{SECRET_ENV_PREFIX, check_secret_env, check_secret_file, password, secrets_dir};
 pub use mysql::{MysqlSource, parse_grant};
 pub use postgres::PostgresSource;
 pub use simulated::SimulatedSource;
@@ -44,6 +45,9 @@ pub struct InstanceSpec {
     pub database: Option<String>,
     /// Name of the environment variable that holds the password.
     pub password_env: Option<String>,
+    /// The file under the worker's secrets folder that holds the password.
+    #[serde(default)]
+    pub password_file: Option<String>,
     /// Kind-specific options (JSON object).
     pub options: serde_json::Value,
 }

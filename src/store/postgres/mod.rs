@@ -35,6 +35,11 @@ pub struct PgStore {
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = connect_options(url)?;
+        // A pool retries a refused connection until its acquire timeout (30 s) and then
+        // says only "pool timed out"; one plain connection first fails at once, with the
+        // real cause (refused, unknown host, bad password, no such database).
+        let probe: PgConnection = sqlx::ConnectOptions::connect(&opts).await?;
+        sqlx::Connection::close(probe).await?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .min_connections(1)
@@ -86,6 +91,7 @@ pub(super) fn instance_from_row(row: &PgRow) -> Result<Instance> {
         username: row.try_get("username")?,
         database: row.try_get("database")?,
         password_env: row.try_get("password_env")?,
+        password_file: row.try_get("password_file")?,
         options: row.try_get("options")?,
         active: row.try_get("active")?,
         created_at: row.try_get("created_at")?,
@@ -536,7 +542,7 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         let row = sqlx::query(concat!(
             "UPDATE instances SET name = $2, kind = $3, host = $4, port = $5, username = $6, database = $7, ",
-            "password_env = $8, options = $9, active = $10, updated_at = ",
+            "password_env = $8, options = $9, active = $10, password_file = $11, updated_at = ",
             now!(),
             " WHERE id = $1 RETURNING *"
         ))
@@ -550,6 +556,7 @@ impl Store for PgStore {
         .bind(&new.password_env)
         .bind(&new.options)
         .bind(new.active)
+        .bind(&new.password_file)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
@@ -729,8 +736,8 @@ async fn session_insert(
 
 async fn insert_instance(tx: &mut PgConnection, n: &NewInstance) -> Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO instances (name, kind, host, port, username, database, password_env, options, active) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO instances (name, kind, host, port, username, database, password_env, options, active, password_file) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(&n.name)
     .bind(&n.kind)
@@ -741,6 +748,7 @@ async fn insert_instance(tx: &mut PgConnection, n: &NewInstance) -> Result<i64> 
     .bind(&n.password_env)
     .bind(&n.options)
     .bind(n.active)
+    .bind(&n.password_file)
     .fetch_one(tx)
     .await
     .map_err(|e| {

@@ -75,6 +75,7 @@ pub(super) fn instance_from_row(row: &SqliteRow) -> Result<Instance> {
         username: row.try_get("username")?,
         database: row.try_get("database")?,
         password_env: row.try_get("password_env")?,
+        password_file: row.try_get("password_file")?,
         options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
         active: row.try_get("active")?,
         created_at: row.try_get("created_at")?,
@@ -546,7 +547,7 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let row = sqlx::query(concat!(
             "UPDATE instances SET name = ?2, kind = ?3, host = ?4, port = ?5, username = ?6, database = ?7, ",
-            "password_env = ?8, options = ?9, active = ?10, updated_at = ",
+            "password_env = ?8, options = ?9, active = ?10, password_file = ?11, updated_at = ",
             now!(),
             " WHERE id = ?1 RETURNING *"
         ))
@@ -560,6 +561,7 @@ impl Store for SqliteStore {
         .bind(&new.password_env)
         .bind(new.options.to_string())
         .bind(new.active)
+        .bind(&new.password_file)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
@@ -785,8 +787,8 @@ async fn session_insert(
 
 async fn insert_instance(tx: &mut SqliteConnection, n: &NewInstance) -> Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO instances (name, kind, host, port, username, database, password_env, options, active) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        "INSERT INTO instances (name, kind, host, port, username, database, password_env, options, active, password_file) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
     )
     .bind(&n.name)
     .bind(&n.kind)
@@ -797,6 +799,7 @@ async fn insert_instance(tx: &mut SqliteConnection, n: &NewInstance) -> Result<i
     .bind(&n.password_env)
     .bind(n.options.to_string())
     .bind(n.active)
+    .bind(&n.password_file)
     .fetch_one(tx)
     .await
     .map_err(|e| {
