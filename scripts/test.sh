@@ -31,14 +31,10 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 fi
 
-# The source tests need PostgreSQL to check passwords for some roles (this server trusts
-# loopback otherwise): members of one group must authenticate over TCP. Idempotent.
-hba=$(psql -h 127.0.0.1 -U postgres -d test -Atc "SHOW hba_file" 2>/dev/null || true)
-if [ -n "$hba" ] && ! grep -q syncpool_password_required "$hba"; then
-  psql -h 127.0.0.1 -U postgres -d test -qc "DO \$\$ BEGIN CREATE ROLE syncpool_password_required NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$"
-  sed -i '1i host all +syncpool_password_required 127.0.0.1/32 scram-sha-256' "$hba"
-  psql -h 127.0.0.1 -U postgres -d test -qAtc "SELECT pg_reload_conf()" >/dev/null
-fi
+# Tests that need other server settings (password authentication, crashes and restarts)
+# start private PostgreSQL clusters in temporary directories; the machine's servers are
+# never reconfigured. Stop clusters an interrupted run left behind.
+pkill -f 'postgres -D /tmp/\.tmp[^ ]*/data' 2>/dev/null || true
 
 # Test databases from an interrupted earlier run would only waste disk: drop them.
 psql -h 127.0.0.1 -U postgres -d test -Atc \

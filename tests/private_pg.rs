@@ -103,13 +103,30 @@ impl PrivatePg {
         );
     }
 
-    /// From now on, every role but `postgres` must log in over TCP with its password
-    /// (SCRAM), as on a production server.
-    pub fn require_passwords(&self) {
+    /// From now on, members of `group` (created here) must log in over TCP with their
+    /// password (SCRAM), as on a production server; everyone else is trusted.
+    pub fn require_passwords(&self, group: &str) {
+        let port = self.port.to_string();
+        let sock = self.dir.path().display().to_string();
+        self.run(
+            "createuser",
+            &[
+                "-h",
+                &sock,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "--no-login",
+                group,
+            ],
+        );
         let hba = self.dir.path().join("data").join("pg_hba.conf");
         std::fs::write(
             &hba,
-            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            format!(
+                "local all all trust\nhost all +{group} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
+            ),
         )
         .expect("write pg_hba.conf");
         self.run("pg_ctl", &["-D", &self.data(), "-w", "reload"]);

@@ -139,13 +139,13 @@ async fn a_worker_refuses_a_forbidden_variable_even_in_a_row_written_around_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_file_in_the_secrets_folder_logs_in_and_a_wrong_one_is_a_fatal_auth_failure() {
     let pg = PrivatePg::start();
-    pg.require_passwords();
+    pg.require_passwords("pw_required");
     let t = format!("sp{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
         .await
         .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE {t}_reader LOGIN PASSWORD 'right-{t}'"
+        "CREATE ROLE {t}_reader LOGIN PASSWORD 'right-{t}' IN ROLE pw_required"
     )))
     .execute(&mut c)
     .await

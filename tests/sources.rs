@@ -1,6 +1,8 @@
-//! Real account sources against the PostgreSQL and MariaDB on this machine. Each test
-//! creates its own uniquely named roles/users, syncs through a real worker process, checks
-//! the inventory against the server, changes the server and syncs again.
+//! Real account sources: PostgreSQL (a private cluster per test, whose pg_hba.conf makes
+//! some roles log in with a password; the machine's server is never reconfigured) and
+//! the MariaDB on this machine. Each test creates its own uniquely named roles/users,
+//! syncs through a real worker process, checks the inventory against the server, changes
+//! the server and syncs again.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,16 +12,23 @@ use syncpool::model::NewInstance;
 
 use crate::common::*;
 
-/// The group whose members must log in with a password over TCP (scripts/test.sh puts it
-/// in pg_hba.conf; the rest of this server trusts loopback).
+/// The group whose members must log in with a password over TCP (the private cluster's
+/// pg_hba.conf; the rest of it trusts loopback).
 const PW_GROUP: &str = "syncpool_password_required";
+
+/// A private cluster that requires passwords of [`PW_GROUP`].
+fn private_pg() -> crate::private_pg::PrivatePg {
+    let pg = crate::private_pg::PrivatePg::start();
+    pg.require_passwords(PW_GROUP);
+    pg
+}
 
 fn tag() -> String {
     format!("sp{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
-async fn pg(sql: &str) {
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url())
+async fn pg(server: &crate::private_pg::PrivatePg, sql: &str) {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&server.url("postgres"))
         .await
         .expect("PostgreSQL is required");
     for stmt in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
@@ -123,9 +132,10 @@ fn counts(record: &Value) -> (i64, i64, i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
+    let server = private_pg();
     let t = tag();
     let secret = format!("pw-{t}-secret");
-    pg(&format!(
+    pg(&server, &format!(
         "CREATE ROLE {t}_reader NOLOGIN;\n\
          CREATE ROLE {t}_app LOGIN CREATEDB PASSWORD '{secret}' CONNECTION LIMIT 5 IN ROLE {PW_GROUP};\n\
          CREATE ROLE {t}_old LOGIN;\n\
@@ -140,9 +150,9 @@ async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
         .instance_insert(&instance(
             "pg",
             "postgres",
-            5432,
+            server.port as i64,
             &format!("{t}_app"),
-            Some("test"),
+            Some("postgres"),
             Some(&var),
             json!({"role_like": format!("{t}_%")}),
         ))
@@ -164,7 +174,7 @@ async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
     let privs = app["privileges"].as_array().unwrap();
     assert!(privs.iter().any(|p| {
         p["level"] == "database"
-            && p["database"] == "test"
+            && p["database"] == "postgres"
             && p["privileges"]
                 .as_array()
                 .unwrap()
@@ -178,9 +188,10 @@ async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
         false
     );
 
-    pg(&format!(
-        "DROP ROLE {t}_old;\nALTER ROLE {t}_reader LOGIN;\nCREATE ROLE {t}_new NOLOGIN"
-    ))
+    pg(
+        &server,
+        &format!("DROP ROLE {t}_old;\nALTER ROLE {t}_reader LOGIN;\nCREATE ROLE {t}_new NOLOGIN"),
+    )
     .await;
     let (record, accounts) = sync_one(&db, "pg", &[(&var, &secret)]);
     assert_eq!(counts(&record), (3, 1, 1, 1), "{record}");
@@ -191,7 +202,7 @@ async fn a_postgres_instance_is_synced_and_its_changes_are_counted() {
         (3, 0, 0, 0),
         "a sync that finds no change writes no account rows"
     );
-    pg(&format!("DROP ROLE {t}_new;\nREVOKE CREATE ON SCHEMA public FROM {t}_app;\nDROP ROLE {t}_app;\nDROP ROLE {t}_reader")).await;
+    pg(&server, &format!("DROP ROLE {t}_new;\nREVOKE CREATE ON SCHEMA public FROM {t}_app;\nDROP ROLE {t}_app;\nDROP ROLE {t}_reader")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,15 +326,19 @@ async fn grants_on_non_ascii_names_round_trip_through_a_real_mariadb() {
 /// Each failure is classified: fatal ones are not retried, network ones are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_classified_and_never_show_the_password() {
+    let server = private_pg();
     let t = tag();
     let secret = format!("pw-{t}-secret");
-    pg(&format!(
-        "CREATE ROLE {t}_pw LOGIN PASSWORD 'right-{secret}' IN ROLE {PW_GROUP};\n\
+    pg(
+        &server,
+        &format!(
+            "CREATE ROLE {t}_pw LOGIN PASSWORD 'right-{secret}' IN ROLE {PW_GROUP};\n\
          CREATE ROLE {t}_nologin NOLOGIN;\n\
          CREATE DATABASE {t}_locked;\n\
          REVOKE CONNECT ON DATABASE {t}_locked FROM PUBLIC;\n\
          CREATE ROLE {t}_plain LOGIN"
-    ))
+        ),
+    )
     .await;
     maria(&format!(
         "CREATE USER '{t}_noprivs'@'%' IDENTIFIED BY '{secret}';"
@@ -337,9 +352,9 @@ async fn failures_are_classified_and_never_show_the_password() {
             instance(
                 "wrong-password",
                 "postgres",
-                5432,
+                server.port as i64,
                 &format!("{t}_pw"),
-                Some("test"),
+                Some("postgres"),
                 Some(&var),
                 json!({}),
             ),
@@ -351,9 +366,9 @@ async fn failures_are_classified_and_never_show_the_password() {
             instance(
                 "no-login",
                 "postgres",
-                5432,
+                server.port as i64,
                 &format!("{t}_nologin"),
-                Some("test"),
+                Some("postgres"),
                 None,
                 json!({}),
             ),
@@ -393,7 +408,7 @@ async fn failures_are_classified_and_never_show_the_password() {
             instance(
                 "no-connect",
                 "postgres",
-                5432,
+                server.port as i64,
                 &format!("{t}_plain"),
                 Some(&format!("{t}_locked")),
                 None,
@@ -478,7 +493,7 @@ async fn failures_are_classified_and_never_show_the_password() {
         assert_eq!(r["attempts"], *attempts, "{name}: {r}");
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    pg(&format!(
+    pg(&server, &format!(
         "DROP ROLE {t}_pw;\nDROP ROLE {t}_nologin;\nDROP DATABASE {t}_locked;\nDROP ROLE {t}_plain"
     ))
     .await;
