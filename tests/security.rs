@@ -341,12 +341,25 @@ async fn several_tokens_are_accepted_for_rotation_and_the_scheme_is_case_insensi
             "no token is echoed"
         );
     }
-    for open in ["/metrics", "/healthz", "/readyz"] {
+    for open in ["/metrics", "/healthz", "/readyz", "/api/v1/openapi.json"] {
         assert_eq!(
             http(addr, "GET", open, "", "").await.0,
             200,
             "{open} stays open"
         );
     }
+    let (_, text) = http(addr, "GET", "/api/v1/openapi.json", "", "").await;
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let doc: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}"));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "{doc}"
+    );
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        doc["paths"]["/healthz"]["get"]["security"],
+        json!([{}]),
+        "health needs no token"
+    );
     stop.cancel();
 }

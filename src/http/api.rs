@@ -63,7 +63,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/instances/{id}/sync", post(instance_sync))
         .route("/api/v1/instances/{id}/accounts", get(instance_accounts))
         .route("/api/v1/maintenance/cleanup", post(cleanup))
-        .route("/api/v1/openapi.json", get(openapi))
 }
 
 /// Routes that never need the token.
@@ -71,6 +70,8 @@ pub fn open_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Tools need the document to talk to the API; it holds no secret.
+        .route("/api/v1/openapi.json", get(openapi))
 }
 
 #[derive(utoipa::OpenApi)]
@@ -98,16 +99,42 @@ pub fn open_routes() -> Router<AppState> {
         super::legacy::details,
         super::legacy::cleanup
     ),
-    components(schemas(super::error::ErrorBody, SyncType))
+    components(schemas(super::error::ErrorBody, SyncType)),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer scheme (`SYNCPOOL_API_TOKEN`) and requires it everywhere but on
+/// the routes that opt out (`security(())`: health, readiness, this document).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+        };
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.description = Some(
+            "One of the tokens in SYNCPOOL_API_TOKEN (comma-separated); needed only when it is set"
+                .into(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(http));
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
 
 /// The OpenAPI document, generated from the handlers' annotations and the types they return.
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
 pub(super) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -115,7 +142,7 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)))]
 pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Health>> {
     match s.store.ready().await {
         Ok(true) => Ok(Json(Health {
