@@ -328,6 +328,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, CliError> {
 
 pub async fn run(cli: Cli) -> Out {
     let settings = cli.timing.settings()?;
+    // Long-running commands catch SIGTERM from the start (see `shutdown_signal`); the
+    // others keep the default action, so that a signal still ends them.
+    let shutdown =
+        matches!(cli.command, Command::Worker { .. } | Command::Serve { .. }).then(shutdown_signal);
     let store = open(&cli.database_url).await?;
     match cli.command {
         Command::Migrate => {
@@ -370,7 +374,7 @@ pub async fn run(cli: Cli) -> Out {
                 settings,
                 concurrency as usize,
                 worker_id,
-                shutdown_signal(),
+                shutdown.expect("installed for worker"),
             )
             .await
             .map_err(CliError::Runtime)
@@ -392,6 +396,7 @@ pub async fn run(cli: Cli) -> Out {
                 &cleanup_schedule,
                 retention_days,
                 insecure_no_auth,
+                shutdown.expect("installed for serve"),
             )
             .await
         }
@@ -705,12 +710,18 @@ fn print_session(d: &SessionDetail, json: bool) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives while a worker is still
+/// connecting and migrating must end it cleanly (exit 0), not by the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -723,6 +734,7 @@ async fn serve(
     cleanup_schedule: &str,
     retention_days: i64,
     insecure_no_auth: bool,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Out {
     use crate::scheduler::{self, Job, Schedule};
     let mut schedules = vec![Schedule {
@@ -766,7 +778,7 @@ async fn serve(
             stop.clone().cancelled_owned(),
         ))
     });
-    shutdown_signal().await;
+    shutdown.await;
     stop.cancel();
     let _ = sched.await;
     if let Some(w) = worker {

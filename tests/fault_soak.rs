@@ -358,6 +358,16 @@ async fn soak(postgres: bool, seed: u64) {
         reads.len()
     );
     for s in slots.iter_mut() {
+        // A worker restarted just now may still be starting; its signal handler is in
+        // place once it has said so (a signal before that point takes the default action).
+        let started = Instant::now();
+        while !std::fs::read_to_string(&s.log)
+            .unwrap_or_default()
+            .contains("worker started")
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(
             s.child.try_wait().unwrap().is_none(),
             "fault seed {seed} on {what}: a worker died: {}",

@@ -245,9 +245,8 @@ impl Pipeline {
         };
         let fetch = async {
             let Some(source) = syncpool_workers::source_for(&spec.kind) else {
-                return Err(syncpool_workers::SourceError::Fatal(format!(
-                    "no source for kind '{}'",
-                    spec.kind
+                return Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
+                    format!("no source for kind '{}'", spec.kind),
                 )));
             };
             let settings = self.settings.source_settings();
@@ -260,20 +259,38 @@ impl Pipeline {
                 deadline: deadline.clone(),
             };
             match tokio::time::timeout(self.settings.sync_timeout, guarded).await {
-                // The heartbeat's Expired stop wins the select below; this never shows.
-                Ok(None) => Err(syncpool_workers::SourceError::Retryable(
-                    "the lease deadline passed".into(),
-                )),
-                Ok(Some(Ok(r))) => r,
-                Ok(Some(Err(panic))) => Err(syncpool_workers::SourceError::Fatal(format!(
-                    "the {} source panicked: {}",
-                    spec.kind,
-                    panic_message(&panic)
+                Ok(None) => Err(Fetch::Expired),
+                Ok(Some(Ok(r))) => r.map_err(Fetch::Source),
+                Ok(Some(Err(panic))) => Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
+                    format!(
+                        "the {} source panicked: {}",
+                        spec.kind,
+                        panic_message(&panic)
+                    ),
                 ))),
-                Err(_) => Err(syncpool_workers::SourceError::Retryable(format!(
-                    "sync timed out after {} s",
-                    self.settings.sync_timeout.as_secs()
+                Err(_) => Err(Fetch::Source(syncpool_workers::SourceError::Retryable(
+                    format!(
+                        "sync timed out after {} s",
+                        self.settings.sync_timeout.as_secs()
+                    ),
                 ))),
+            }
+        };
+        // Both ways of noticing a passed deadline (the heartbeat's stop, or the source's
+        // guard when it is polled first) end the same way.
+        let expired = || {
+            tracing::warn!(
+                instance = instance.name,
+                attempt,
+                "lease could not be renewed before its deadline; the sync is abandoned"
+            );
+            ::metrics::counter!(metrics::LOCK_LOST).increment(1);
+            SyncResult::Failed {
+                error: format!(
+                    "attempt {attempt} abandoned: its lease could not be renewed within {} s",
+                    self.settings.lease_ttl.as_secs_f64()
+                ),
+                retry_after: retry_after(true),
             }
         };
         let result = tokio::select! {
@@ -282,21 +299,7 @@ impl Pipeline {
             biased;
             stop = deadline.passed_or_wait(&mut stop_rx) => match stop {
                 Stop::Cancelled => SyncResult::Cancelled,
-                Stop::Expired => {
-                    tracing::warn!(
-                        instance = instance.name,
-                        attempt,
-                        "lease could not be renewed before its deadline; the sync is abandoned"
-                    );
-                    ::metrics::counter!(metrics::LOCK_LOST).increment(1);
-                    SyncResult::Failed {
-                        error: format!(
-                            "attempt {attempt} abandoned: its lease could not be renewed within {} s",
-                            self.settings.lease_ttl.as_secs_f64()
-                        ),
-                        retry_after: retry_after(true),
-                    }
-                }
+                Stop::Expired => expired(),
                 // The lease is someone else's or gone. Nothing may be written on it;
                 // the rescuer hands the record on.
                 Stop::Lost => {
@@ -312,7 +315,8 @@ impl Pipeline {
             _ = self.grace_over.cancelled() => SyncResult::HandedBack,
             r = fetch => match r {
                 Ok(accounts) => SyncResult::Completed(accounts),
-                Err(e) => SyncResult::Failed {
+                Err(Fetch::Expired) => expired(),
+                Err(Fetch::Source(e)) => SyncResult::Failed {
                     error: crate::redact::text(&e.to_string(), &[&secret]),
                     retry_after: retry_after(e.is_retryable()),
                 },
@@ -365,6 +369,13 @@ impl Pipeline {
             metrics::session_finished(fin);
         }
     }
+}
+
+/// Why a read ended without accounts.
+enum Fetch {
+    Source(syncpool_workers::SourceError),
+    /// The lease deadline passed; the source was not polled again.
+    Expired,
 }
 
 /// A granted lease as the pipeline holds it.
