@@ -122,7 +122,7 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
     let t = Instant::now();
     let created = store.session_create(SyncType::ManualBatch, None).await?;
     let enqueue = t.elapsed();
-    // Statistics that see the queued jobs, for both contenders alike (APALIS-NOTES 2, 18).
+    // Statistics that see the queued jobs, for both contenders alike (docs/APALIS.md, "Planner statistics").
     store.analyze().await?;
     let t = Instant::now();
     loop {
@@ -166,7 +166,7 @@ async fn run_backend(backend: &str, n: usize, procs: usize, conc: usize) -> anyh
     stop(raw_workers);
     if let DbPool::Sqlite(pool) = store.pool() {
         // apalis' ack can pick a plan that scans every job its worker ever locked
-        // (APALIS-NOTES 18); show which plan raw apalis ran with.
+        // (docs/APALIS.md, "Planner statistics"); show which plan raw apalis ran with.
         let plan: Vec<String> = sqlx::query_scalar(
             "SELECT detail FROM (EXPLAIN QUERY PLAN WITH j AS (SELECT value ->> 'task_id' AS task_id FROM json_each('[]')) \
              UPDATE Jobs SET status = 'Done' FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = 'x')",
@@ -275,8 +275,9 @@ async fn noop(_job: u64) -> Result<(), BoxDynError> {
 async fn raw_worker(url: &str, conc: usize) -> anyhow::Result<()> {
     let store = syncpool::store::connect(url).await?;
     let name = format!("raw-{}", std::process::id());
+    let stop = syncpool::cli::shutdown_signal()?;
     let signal = async {
-        syncpool::cli::shutdown_signal().await;
+        stop.await;
         Ok(())
     };
     let batch = conc.min(32);

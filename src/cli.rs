@@ -1,4 +1,4 @@
-//! The `syncpool` command line (DESIGN.md §6). Parsing is clap's; this module turns
+//! The `syncpool` command line (README.md, "Using it"). Parsing is clap's; this module turns
 //! parsed flags into calls on the [`Store`] and the worker, and errors into exit codes:
 //! 2 for bad usage or bad input (one line on stderr), 1 for a runtime failure.
 
@@ -147,42 +147,7 @@ pub enum Command {
         metrics_bind: Option<String>,
     },
     /// HTTP API and /metrics; optionally in-process workers and the scheduler
-    Serve {
-        /// Address to listen on; port 0 picks a free one (the bound address is logged)
-        #[arg(
-            long,
-            env = "SYNCPOOL_BIND",
-            hide_env_values = true,
-            default_value = "127.0.0.1:8080"
-        )]
-        bind: String,
-        /// Concurrency of an in-process worker (0: none)
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
-        workers: u16,
-        /// Cron expression for scheduled sessions over all active instances (e.g. "0 */6 * * *")
-        #[arg(long, env = "SYNCPOOL_SCHEDULE", hide_env_values = true)]
-        schedule: Option<String>,
-        /// Cron expression for the daily cleanup
-        #[arg(
-            long,
-            env = "SYNCPOOL_CLEANUP_SCHEDULE",
-            hide_env_values = true,
-            default_value = "0 3 * * *"
-        )]
-        cleanup_schedule: String,
-        /// Days of finished sessions the scheduled cleanup keeps
-        #[arg(
-            long,
-            env = "SYNCPOOL_RETENTION_DAYS",
-            hide_env_values = true,
-            default_value_t = 7
-        )]
-        retention_days: i64,
-        /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
-        /// comma-separated for rotation); refused otherwise
-        #[arg(long)]
-        insecure_no_auth: bool,
-    },
+    Serve(ServeOpts),
     /// List sessions
     Sessions {
         #[arg(long)]
@@ -231,6 +196,44 @@ pub struct SyncOpts {
     pub wait: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeOpts {
+    /// Address to listen on; port 0 picks a free one (the bound address is logged)
+    #[arg(
+        long,
+        env = "SYNCPOOL_BIND",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8080"
+    )]
+    pub bind: String,
+    /// Concurrency of an in-process worker (0: none)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers: u16,
+    /// Cron expression for scheduled sessions over all active instances (e.g. "0 */6 * * *")
+    #[arg(long, env = "SYNCPOOL_SCHEDULE", hide_env_values = true)]
+    pub schedule: Option<String>,
+    /// Cron expression for the daily cleanup
+    #[arg(
+        long,
+        env = "SYNCPOOL_CLEANUP_SCHEDULE",
+        hide_env_values = true,
+        default_value = "0 3 * * *"
+    )]
+    pub cleanup_schedule: String,
+    /// Days of finished sessions the scheduled cleanup keeps
+    #[arg(
+        long,
+        env = "SYNCPOOL_RETENTION_DAYS",
+        hide_env_values = true,
+        default_value_t = 7
+    )]
+    pub retention_days: i64,
+    /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
+    /// comma-separated for rotation); refused otherwise
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,8 +333,17 @@ pub async fn run(cli: Cli) -> Out {
     let settings = cli.timing.settings()?;
     // Long-running commands catch SIGTERM from the start (see `shutdown_signal`); the
     // others keep the default action, so that a signal still ends them.
-    let shutdown =
-        matches!(cli.command, Command::Worker { .. } | Command::Serve { .. }).then(shutdown_signal);
+    let shutdown = match cli.command {
+        Command::Worker { .. } | Command::Serve(_) => Some(shutdown_signal()?),
+        _ => None,
+    };
+    // Only the long-running arms below wait on it; for any other command it never fires.
+    let shutdown = async move {
+        match shutdown {
+            Some(signal) => signal.await,
+            None => std::future::pending().await,
+        }
+    };
     let store = open(&cli.database_url).await?;
     match cli.command {
         Command::Migrate => {
@@ -369,37 +381,11 @@ pub async fn run(cli: Cli) -> Out {
             }
             let worker_id = crate::worker::new_worker_id();
             tracing::info!(worker_id, concurrency, "worker started");
-            crate::worker::run(
-                store,
-                settings,
-                concurrency as usize,
-                worker_id,
-                shutdown.expect("installed for worker"),
-            )
-            .await
-            .map_err(CliError::Runtime)
+            crate::worker::run(store, settings, concurrency as usize, worker_id, shutdown)
+                .await
+                .map_err(CliError::Runtime)
         }
-        Command::Serve {
-            bind,
-            workers,
-            schedule,
-            cleanup_schedule,
-            retention_days,
-            insecure_no_auth,
-        } => {
-            serve(
-                store,
-                settings,
-                &bind,
-                workers,
-                schedule,
-                &cleanup_schedule,
-                retention_days,
-                insecure_no_auth,
-                shutdown.expect("installed for serve"),
-            )
-            .await
-        }
+        Command::Serve(opts) => serve(store, settings, opts, shutdown).await,
         Command::Sessions {
             status,
             limit,
@@ -713,33 +699,43 @@ fn print_session(d: &SessionDetail, json: bool) {
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
 /// when the future is first polled: a signal that arrives while a worker is still
 /// connecting and migrating must end it cleanly (exit 0), not by the default action.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, CliError>
+{
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    async move {
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| {
+            CliError::Runtime(anyhow::anyhow!(e).context(format!("installing a {name} handler")))
+        })
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-    }
+    })
 }
 
 async fn serve(
     store: Arc<dyn Store>,
     settings: Settings,
-    bind: &str,
-    workers: u16,
-    schedule: Option<String>,
-    cleanup_schedule: &str,
-    retention_days: i64,
-    insecure_no_auth: bool,
+    opts: ServeOpts,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Out {
     use crate::scheduler::{self, Job, Schedule};
+    let ServeOpts {
+        bind,
+        workers,
+        schedule,
+        cleanup_schedule,
+        retention_days,
+        insecure_no_auth,
+    } = opts;
+    let bind = bind.as_str();
     let mut schedules = vec![Schedule {
         name: "cleanup",
-        cron: scheduler::parse(cleanup_schedule).map_err(CliError::Usage)?,
+        cron: scheduler::parse(&cleanup_schedule).map_err(CliError::Usage)?,
         job: Job::Cleanup {
             days: validate::days(retention_days)?,
         },

@@ -48,7 +48,7 @@ pub async fn run(
     let mut new = new;
     new.extend(local_servers(&existing).await);
     store.instance_insert_many(&new).await?;
-    // A fresh database has no planner statistics yet (APALIS-NOTES pitfall 2).
+    // A fresh database has no planner statistics yet (docs/APALIS.md, "Planner statistics").
     store.analyze().await?;
     eprintln!(
         "registered {} simulated instances ({} new); starting {workers} in-process workers",

@@ -1,5 +1,6 @@
-//! Prometheus metrics: the names of DESIGN.md §6, registered at start so that dashboards
-//! never show "no data", with buckets suited to each quantity. Labels only ever come from
+//! Prometheus metrics: the names `grafana/` (dashboard and alert rules) depends on,
+//! registered at start so that dashboards never show "no data", with buckets suited to
+//! each quantity. Labels only ever come from
 //! small fixed sets: never ids, names, error texts or secrets.
 
 use std::sync::OnceLock;

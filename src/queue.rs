@@ -1,14 +1,14 @@
 //! The job queue's wire format. apalis carries one job per (record, attempt); the record
-//! in `sync_instance_records`, not the job, is the source of truth (see DESIGN.md §3).
+//! in `sync_instance_records`, not the job, is the source of truth (see docs/ARCHITECTURE.md).
 
 use serde::{Deserialize, Serialize};
 
 /// The one queue name every producer and worker uses: a mismatch would silently create
-/// jobs nobody consumes (APALIS-NOTES pitfall 15), so it lives in exactly one place.
+/// jobs nobody consumes (docs/APALIS.md, "Queue names must match exactly"), so it lives in exactly one place.
 pub const QUEUE: &str = "syncpool::sync_instance";
 
 /// apalis' own retry counter is not used: syncpool schedules every next attempt itself
-/// (with backoff) because apalis retries have no delay (pitfall 5).
+/// (with backoff) because apalis retries have no delay (docs/APALIS.md, "Backend retries have no delay").
 pub const APALIS_MAX_ATTEMPTS: i64 = 1;
 
 /// What a job carries. `waiting_since_ms` is set once the job found its instance leased
@@ -37,7 +37,7 @@ pub fn new_job_id() -> String {
 
 /// Passes the stored bytes through untouched. apalis would otherwise decode the payload
 /// before our handler runs, and a payload that fails to decode ends the whole worker
-/// (pitfall 4); decoding in the handler turns that into one failed job.
+/// (docs/APALIS.md, "One undecodable payload"); decoding in the handler turns that into one failed job.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawBytes;
 

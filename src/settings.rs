@@ -1,4 +1,4 @@
-//! Timings and limits of the worker pipeline, with DESIGN.md's defaults. Every one can be
+//! Timings and limits of the worker pipeline, with their defaults. Every one can be
 //! set by a `SYNCPOOL_*` environment variable or the matching CLI flag (see `cli.rs`).
 
 use std::time::Duration;

@@ -252,3 +252,13 @@ pub fn overlapping_reads(reads: &[TracedRead]) -> Vec<(TracedRead, TracedRead)> 
     }
     out
 }
+
+/// Instantiates each named `async fn name(b: Backend)` once per database, as the tests
+/// `sqlite::name` and `postgres::name` of the calling module.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Postgres).await } )* }
+    };
+}
+pub(crate) use on_both_databases;

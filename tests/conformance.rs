@@ -10,14 +10,7 @@ use syncpool_workers::Account;
 
 use crate::common::*;
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Postgres).await } )* }
-    };
-}
-
-conformance!(
+on_both_databases!(
     a_session_enqueues_one_record_and_one_job_per_instance,
     an_unknown_instance_rejects_the_session_and_writes_nothing,
     a_granted_and_finished_sync_completes_the_session_with_true_totals,
@@ -81,14 +74,57 @@ pub(crate) async fn job_id_of(store: &dyn Store, record_id: i64) -> String {
     }
 }
 
-pub(crate) async fn count(store: &dyn Store, sql: &'static str) -> i64 {
+/// A test query written for SQLite (apalis' `Jobs` and `Workers`, `?N` placeholders) in
+/// the form the store's database wants.
+pub(crate) fn sql_for(store: &dyn Store, sql: &str) -> String {
+    match store.pool() {
+        DbPool::Sqlite(_) => sql.to_string(),
+        DbPool::Postgres(_) => (1..=9).fold(
+            sql.replace("Jobs", "apalis.jobs")
+                .replace("Workers", "apalis.workers"),
+            |q, n| q.replace(&format!("?{n}"), &format!("${n}")),
+        ),
+    }
+}
+
+pub(crate) async fn count(store: &dyn Store, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql_for(store, sql));
     match store.pool() {
         DbPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(&p).await.unwrap(),
+        DbPool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(&p).await.unwrap(),
+    }
+}
+
+/// One text value of a query with text binds.
+pub(crate) async fn text_of(store: &dyn Store, sql: &str, binds: &[&str]) -> String {
+    let sql = sqlx::AssertSqlSafe(sql_for(store, sql));
+    match store.pool() {
+        DbPool::Sqlite(p) => {
+            let q = binds
+                .iter()
+                .fold(sqlx::query_scalar(sql), |q, b| q.bind(*b));
+            q.fetch_one(&p).await.unwrap()
+        }
         DbPool::Postgres(p) => {
-            sqlx::query_scalar(sql.replace("Jobs", "apalis.jobs").leak() as &'static str)
-                .fetch_one(&p)
-                .await
-                .unwrap()
+            let q = binds
+                .iter()
+                .fold(sqlx::query_scalar(sql), |q, b| q.bind(*b));
+            q.fetch_one(&p).await.unwrap()
+        }
+    }
+}
+
+/// Runs a statement with text binds.
+pub(crate) async fn exec(store: &dyn Store, sql: &str, binds: &[&str]) {
+    let sql = sqlx::AssertSqlSafe(sql_for(store, sql));
+    match store.pool() {
+        DbPool::Sqlite(p) => {
+            let q = binds.iter().fold(sqlx::query(sql), |q, b| q.bind(*b));
+            q.execute(&p).await.unwrap();
+        }
+        DbPool::Postgres(p) => {
+            let q = binds.iter().fold(sqlx::query(sql), |q, b| q.bind(*b));
+            q.execute(&p).await.unwrap();
         }
     }
 }
@@ -815,49 +851,18 @@ async fn a_killed_job_and_handed_back_jobs_change_only_their_own_rows(b: Backend
         1
     );
     // Two jobs fetched by a worker that is stopping: apalis marks them with its name.
-    let (table, workers, ph) = match store.pool() {
-        DbPool::Sqlite(_) => ("Jobs", "Workers", ["?1", "?2"]),
-        DbPool::Postgres(_) => ("apalis.jobs", "apalis.workers", ["$1", "$2"]),
-    };
-    let register = format!(
-        "INSERT INTO {workers} (id, worker_type, storage_name, layers) VALUES ('w-gone', 'syncpool', 'x', '')"
-    );
-    match store.pool() {
-        DbPool::Sqlite(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(register))
-                .execute(&p)
-                .await
-                .unwrap();
-        }
-        DbPool::Postgres(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(register))
-                .execute(&p)
-                .await
-                .unwrap();
-        }
-    }
-    let sql = format!(
-        "UPDATE {table} SET status = 'Running', lock_by = 'w-gone' WHERE id IN ({}, {})",
-        ph[0], ph[1]
-    );
-    match store.pool() {
-        DbPool::Sqlite(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&jobs[1].0)
-                .bind(&jobs[2].0)
-                .execute(&p)
-                .await
-                .unwrap();
-        }
-        DbPool::Postgres(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&jobs[1].0)
-                .bind(&jobs[2].0)
-                .execute(&p)
-                .await
-                .unwrap();
-        }
-    }
+    exec(
+        store.as_ref(),
+        "INSERT INTO Workers (id, worker_type, storage_name, layers) VALUES ('w-gone', 'syncpool', 'x', '')",
+        &[],
+    )
+    .await;
+    exec(
+        store.as_ref(),
+        "UPDATE Jobs SET status = 'Running', lock_by = 'w-gone' WHERE id IN (?1, ?2)",
+        &[&jobs[1].0, &jobs[2].0],
+    )
+    .await;
     assert_eq!(
         store.jobs_handback(&["someone-else".into()]).await.unwrap(),
         0

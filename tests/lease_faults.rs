@@ -11,17 +11,10 @@ use syncpool::store::*;
 
 use crate::common::*;
 use crate::conformance::{
-    accounts, count, finish, grant, job_id_of, jobs_of, params, setup, token_of,
+    accounts, count, finish, grant, job_id_of, jobs_of, params, setup, text_of, token_of,
 };
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Postgres).await } )* }
-    };
-}
-
-conformance!(
+on_both_databases!(
     a_renewal_that_arrives_after_the_finish_does_not_revive_the_released_lease,
     an_expired_lease_is_never_renewed_back_to_life,
     the_rescuer_hands_a_record_whose_lease_lapsed_to_a_new_attempt_and_fails_it_at_the_limit,
@@ -64,23 +57,7 @@ async fn record(store: &dyn Store, session: uuid::Uuid, record_id: i64) -> syncp
 }
 
 async fn job_status(store: &dyn Store, job_id: &str) -> String {
-    let (table, ph) = match store.pool() {
-        DbPool::Sqlite(_) => ("Jobs", "?1"),
-        DbPool::Postgres(_) => ("apalis.jobs", "$1"),
-    };
-    let sql = format!("SELECT status FROM {table} WHERE id = {ph}");
-    match store.pool() {
-        DbPool::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(job_id)
-            .fetch_one(&p)
-            .await
-            .unwrap(),
-        DbPool::Postgres(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(job_id)
-            .fetch_one(&p)
-            .await
-            .unwrap(),
-    }
+    text_of(store, "SELECT status FROM Jobs WHERE id = ?1", &[job_id]).await
 }
 
 async fn a_renewal_that_arrives_after_the_finish_does_not_revive_the_released_lease(b: Backend) {

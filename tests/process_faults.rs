@@ -10,14 +10,7 @@ use syncpool::model::SyncType;
 use crate::common::*;
 use crate::processes::{assert_invariants, assert_no_lock_errors, wait_finished, wait_running};
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Postgres).await } )* }
-    };
-}
-
-both!(
+on_both_databases!(
     a_session_whose_worker_froze_past_its_lease_finishes_after_another_session_took_the_instance,
     a_panicking_source_fails_its_record_and_frees_the_lease_at_once,
     a_sigkilled_workers_record_is_handed_on_after_the_lease_not_the_queue_orphan_timeout,

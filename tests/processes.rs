@@ -10,14 +10,7 @@ use syncpool::model::{SessionDetail, SyncType};
 
 use crate::common::*;
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Postgres).await } )* }
-    };
-}
-
-both!(
+on_both_databases!(
     three_workers_finish_two_overlapping_sessions_without_overlapping_syncs,
     a_sigkilled_workers_instances_are_finished_by_the_others,
     a_paused_workers_late_result_is_refused_by_the_fencing_token,
@@ -597,7 +590,7 @@ async fn two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs(
     assert_no_lock_errors(&[log]);
 }
 
-/// A backend error ends an apalis worker (APALIS-NOTES 3); ours restarts under a new name,
+/// A backend error ends an apalis worker (docs/APALIS.md, "Backend errors end a worker"); ours restarts under a new name,
 /// backing off while the error lasts, and keeps working. Provoked on PostgreSQL by hiding
 /// apalis' jobs table for two seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! HTTP surface. For now: `/metrics` for `worker --metrics-bind` and the demo; the full
-//! API of DESIGN.md §6 builds on this router.
+//! API builds on this router.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

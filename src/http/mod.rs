@@ -1,4 +1,4 @@
-//! `syncpool serve`: the HTTP API of DESIGN.md §6, `/metrics`, health, and the legacy
+//! `syncpool serve`: the HTTP API (its routes are in the OpenAPI document), `/metrics`, health, and the legacy
 //! routes of the previous platform. Handlers validate, call the [`Store`], and shape JSON;
 //! they never hold SQL.
 
@@ -91,26 +91,6 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn tokens_match_only_when_equal_whatever_their_lengths() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(
-            !constant_time_eq(b"abc", b"abc\0"),
-            "zero padding is not equality"
-        );
-        assert!(!constant_time_eq(b"", b"abc"));
-        assert!(
-            !constant_time_eq(&[b'a'; 300], &[b'a'; 300]),
-            "over-long tokens never match"
-        );
-    }
-}
-
 /// Binds `bind` (port 0 picks a free port), logs the address, serves until `shutdown`.
 pub async fn serve(
     state: AppState,
@@ -129,4 +109,24 @@ pub async fn serve(
             .await
     });
     Ok((addr, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(
+            !constant_time_eq(b"abc", b"abc\0"),
+            "zero padding is not equality"
+        );
+        assert!(!constant_time_eq(b"", b"abc"));
+        assert!(
+            !constant_time_eq(&[b'a'; 300], &[b'a'; 300]),
+            "over-long tokens never match"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The pipeline's batch steps (DESIGN.md §3 steps 3 and 5), written once for both
+//! The pipeline's batch steps (grant and finish; docs/ARCHITECTURE.md), written once for both
 //! databases. Each backend supplies [`BatchOps`]: a handful of set-based statements that
 //! each touch all rows of a batch at once, so a batch costs about a dozen statements
 //! whatever its size. The decisions (stale? busy? fenced? retry?) are made here, in Rust,
@@ -208,20 +208,22 @@ pub(crate) async fn grant<O: BatchOps>(
         {
             // A retry of this very grant after a commit whose outcome the caller never
             // learned: answer what was decided then, while the lease is still ours.
-            let ours = rec.status == RecordStatus::Running
-                && locks
-                    .get(&iid)
-                    .is_some_and(|l| l.live && Some(l.token) == rec.lock_token);
-            out[i] = Some(match (ours, instances.get(&iid), rec.lock_token) {
-                (true, Some(instance), Some(token)) => GrantOutcome::Granted {
-                    token,
-                    instance: instance.clone(),
-                    attempt: rec.attempts,
-                    takeover: false,
-                    lock_wait_ms: req.lock_wait_ms,
+            out[i] = Some(
+                match (
+                    lease_alive(rec, &locks),
+                    instances.get(&iid),
+                    rec.lock_token,
+                ) {
+                    (true, Some(instance), Some(token)) => GrantOutcome::Granted {
+                        token,
+                        instance: Box::new(instance.clone()),
+                        attempt: rec.attempts,
+                        takeover: false,
+                        lock_wait_ms: req.lock_wait_ms,
+                    },
+                    _ => GrantOutcome::Stale,
                 },
-                _ => GrantOutcome::Stale,
-            });
+            );
             seen_records.insert(rid);
             continue;
         }
@@ -366,7 +368,7 @@ pub(crate) async fn grant<O: BatchOps>(
         let req = &reqs[i];
         out[i] = Some(GrantOutcome::Granted {
             token,
-            instance: instances[&req.payload.instance_id].clone(),
+            instance: Box::new(instances[&req.payload.instance_id].clone()),
             attempt: attempts.get(&req.payload.record_id).copied().unwrap_or(1),
             takeover: locks
                 .get(&req.payload.instance_id)

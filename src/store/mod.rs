@@ -3,10 +3,10 @@
 //! [`Store`] is one interface with one implementation per database ([`sqlite::SqliteStore`],
 //! [`postgres::PgStore`]), in the manner of River's driver interface; the CLI, the HTTP API
 //! and the worker pipeline call it and never run SQL themselves. The conformance suite in
-//! `tests/store_conformance.rs` runs the same checks against both.
+//! `tests/conformance.rs` and `tests/lease_faults.rs` runs the same checks against both.
 //!
 //! Methods read noun-then-verb. The three `*_batch` methods are the worker pipeline's
-//! steps 3 and 5 of DESIGN.md §3; they take many requests so that one process can commit
+//! grant and finish steps (docs/ARCHITECTURE.md); they take many requests so that one process can commit
 //! the work of all its concurrent syncs in one short transaction (group commit).
 
 pub(crate) mod batch;
@@ -135,7 +135,8 @@ pub enum GrantOutcome {
     /// The lease is ours: sync, then finish with `token`.
     Granted {
         token: i64,
-        instance: Instance,
+        /// Boxed: the other outcomes are small, and batches hold many of them.
+        instance: Box<Instance>,
         attempt: i64,
         takeover: bool,
         lock_wait_ms: i64,
@@ -287,7 +288,7 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<()>;
     /// True when the database answers and every migration is applied.
     async fn ready(&self) -> Result<bool>;
-    /// Refreshes the query planner's statistics (SQLite needs them; APALIS-NOTES 2, 18).
+    /// Refreshes the query planner's statistics (SQLite needs them; docs/APALIS.md, "Planner statistics").
     async fn analyze(&self) -> Result<()>;
 
     async fn instance_insert(&self, new: &NewInstance) -> Result<Instance>;

@@ -1,7 +1,7 @@
 //! A worker process: apalis claims jobs from the database queue and hands each to the
 //! [`pipeline::Pipeline`], whose database writes go through one [`writer::Writer`].
 //!
-//! apalis is configured against the pitfalls in APALIS-NOTES.md: it polls (sub-second
+//! apalis is configured against the behaviours in docs/APALIS.md: it polls (sub-second
 //! pickup), its orphan timeout is explicit, handlers run in parallel, payloads are decoded
 //! by us, apalis writes nothing per job (we ack inside our own finishing transaction), and
 //! a worker stopped by a backend error is restarted under a new name.
@@ -107,7 +107,7 @@ pub async fn run(
         }
     };
     // apalis fetches at most as many jobs as it can start at once: fetched jobs that wait
-    // in a buffer send no heartbeat and get re-delivered to others (pitfall 13).
+    // in a buffer send no heartbeat and get re-delivered to others (docs/APALIS.md, "The same job can run twice at once").
     let batch = concurrency.min(32);
     let monitor = Monitor::new().should_restart(restart);
     let monitor = match store.pool() {
@@ -170,7 +170,7 @@ pub async fn run(
         }
     };
     // Statistics go stale as the queue grows and drains; refresh them now and then so the
-    // planner keeps choosing indexes (APALIS-NOTES 2, 18).
+    // planner keeps choosing indexes (docs/APALIS.md, "Planner statistics").
     let stats = {
         let store = store.clone();
         let pipeline = pipeline.clone();

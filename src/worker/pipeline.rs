@@ -209,7 +209,13 @@ impl Pipeline {
 
     /// Step 4 and 5: sync outside any transaction while a heartbeat renews the lease,
     /// then write the result conditionally on the token.
-    async fn sync(&self, job_id: String, payload: JobPayload, lease: Lease, instance: Instance) {
+    async fn sync(
+        &self,
+        job_id: String,
+        payload: JobPayload,
+        lease: Lease,
+        instance: Box<Instance>,
+    ) {
         let started = Instant::now();
         let token = lease.token;
         let attempt = lease.attempt;
@@ -234,11 +240,6 @@ impl Pipeline {
             stop_tx,
         )));
         let spec = instance.spec();
-        // Only to scrub it from error texts; the source reads it itself, by the same rules.
-        let secret = syncpool_workers::password(&spec)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
         let retry_after = |retryable: bool| {
             (retryable && attempt < self.settings.max_attempts)
                 .then(|| self.settings.retry_delay(attempt))
@@ -317,7 +318,12 @@ impl Pipeline {
                 Ok(accounts) => SyncResult::Completed(accounts),
                 Err(Fetch::Expired) => expired(),
                 Err(Fetch::Source(e)) => SyncResult::Failed {
-                    error: crate::redact::text(&e.to_string(), &[&secret]),
+                    // Read again only on this path, to scrub it from the text the record
+                    // keeps; the source read it itself, by the same rules.
+                    error: crate::redact::text(
+                        &e.to_string(),
+                        &[&syncpool_workers::password(&spec).ok().flatten().unwrap_or_default()],
+                    ),
                     retry_after: retry_after(e.is_retryable()),
                 },
             },
@@ -466,12 +472,11 @@ async fn heartbeat(
     shared: Arc<Deadline>,
     stop: watch::Sender<Option<Stop>>,
 ) {
-    let mut deadline = tokio::time::Instant::from_std(shared.at());
     let mut next = tokio::time::Instant::now() + every;
     loop {
         tokio::select! {
             biased;
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep_until(shared.at().into()) => {
                 let _ = stop.send(Some(Stop::Expired));
                 return;
             }
@@ -479,7 +484,7 @@ async fn heartbeat(
         }
         next += every;
         let sent = tokio::time::Instant::now();
-        match tokio::time::timeout_at(deadline, writer.renew(req.clone())).await {
+        match tokio::time::timeout_at(shared.at().into(), writer.renew(req.clone())).await {
             Err(_) => {
                 let _ = stop.send(Some(Stop::Expired));
                 return;
@@ -496,8 +501,7 @@ async fn heartbeat(
                 return;
             }
             Ok(Ok(_)) => {
-                deadline = sent + ttl_less_margin;
-                shared.set(deadline.into_std());
+                shared.set((sent + ttl_less_margin).into_std());
             }
             // Retried at the next tick, as long as the deadline allows.
             Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),

@@ -2,7 +2,7 @@
 //!
 //! Times come from `clock_timestamp()`, not `now()`: `now()` is the transaction's start,
 //! and a transaction that waited for a row lock would stamp a lease or a record with a
-//! time in the past (APALIS-NOTES 17). Every pipeline transaction touches rows in one
+//! time in the past (docs/APALIS.md, "PostgreSQL `now()`"). Every pipeline transaction touches rows in one
 //! order (records, then leases, then session totals in ascending session order, applied
 //! last) so that two processes' batches do not deadlock.
 

@@ -170,7 +170,7 @@ impl Store for SqliteStore {
         let mut ours = sqlx::migrate!("./migrations/sqlite");
         ours.dangerous_set_table_name("_syncpool_migrations");
         ours.run(&self.pool).await?;
-        // A fresh file has no planner statistics and runs ~40x slower (APALIS-NOTES 2);
+        // A fresh file has no planner statistics and runs ~40x slower (docs/APALIS.md, "Planner statistics");
         // once they exist, workers refresh them, so a CLI call need not re-analyze.
         let has_stats: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'",
