@@ -284,6 +284,10 @@ pub enum CliError {
     /// Something went wrong at run time: exit code 1.
     #[error(transparent)]
     Runtime(#[from] anyhow::Error),
+    /// A waited-for session finished other than `completed`: its own exit code (3-5), so
+    /// a script can tell a partial failure from a total one from a cancel.
+    #[error("session {id} finished {status}")]
+    Unsuccessful { id: Uuid, status: SessionStatus },
 }
 
 impl From<StoreError> for CliError {
@@ -301,6 +305,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::Runtime(_) => 1,
+            CliError::Unsuccessful { status, .. } => status.exit_code(),
         }
     }
 }
@@ -399,9 +404,10 @@ pub async fn run(cli: Cli) -> Out {
                 limit: validate::limit(limit)?,
                 offset: 0,
             };
-            let (items, _) = store.session_list(&filter).await?;
+            let (items, total) = store.session_list(&filter).await?;
             if json {
-                print_json(&items);
+                // The API's list shape, so one parser serves both.
+                print_json(&serde_json::json!({ "items": items, "total": total }));
             } else {
                 println!(
                     "{:<36}  {:<13}  {:<21}  {:>6}  {:>6}  {:>6}  created_at",
@@ -614,7 +620,13 @@ async fn start_session(
     )
     .await?;
     print_session(&detail, opts.json);
-    Ok(())
+    match detail.session.status {
+        SessionStatus::Completed => Ok(()),
+        status => Err(CliError::Unsuccessful {
+            id: detail.session.session_id,
+            status,
+        }),
+    }
 }
 
 /// Polls a session until it is finished, with a progress bar when stderr is a terminal.

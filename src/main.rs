@@ -26,6 +26,7 @@ fn main() {
         match &e {
             CliError::Usage(msg) => eprintln!("error: {msg}"),
             CliError::Runtime(err) => eprintln!("error: {err:#}"),
+            CliError::Unsuccessful { .. } => eprintln!("{e}"),
         }
         std::process::exit(e.exit_code());
     }

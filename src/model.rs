@@ -212,6 +212,18 @@ impl SessionStatus {
     pub fn is_finished(self) -> bool {
         !matches!(self, SessionStatus::Pending | SessionStatus::Running)
     }
+
+    /// The exit code of `sync --wait` / `sync-all --wait` for a session that finished so,
+    /// documented in the README ("Exit codes") because scripts branch on it. 1 and 2 are
+    /// taken by runtime failures and bad input.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            SessionStatus::Completed | SessionStatus::Pending | SessionStatus::Running => 0,
+            SessionStatus::CompletedWithErrors => 3,
+            SessionStatus::Failed => 4,
+            SessionStatus::Cancelled => 5,
+        }
+    }
 }
 
 pub const SESSION_STATUSES: &[&str] = &[

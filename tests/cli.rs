@@ -221,3 +221,63 @@ async fn bad_cli_input_exits_2_with_a_clear_message_and_changes_nothing() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["total_instances"], 3);
 }
+
+/// Scripts branch on `--wait`'s exit code: each terminal status has its own (README,
+/// "Exit codes"), and the session is printed whatever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_wait_exits_with_a_code_for_each_way_a_session_can_end() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    for inst in [
+        simulated("ok", serde_json::json!({})),
+        simulated("broken", serde_json::json!({"fail_rate": 1.0})),
+        simulated("slow", serde_json::json!({"latency_ms": 600_000})),
+    ] {
+        store.instance_insert(&inst).await.unwrap();
+    }
+    let (mut w, _) = worker(&db, "w", &["--max-attempts", "1"]);
+    let outcome = |names: &[&str]| {
+        let mut args = vec!["sync"];
+        args.extend(names);
+        args.extend(["--wait", "--json"]);
+        let (code, out, err) = cli(&db.url, &args);
+        let session: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        (code, session["status"].as_str().unwrap().to_string(), err)
+    };
+    let (code, status, err) = outcome(&["ok"]);
+    assert_eq!((code, status.as_str()), (0, "completed"), "{err}");
+    let (code, status, err) = outcome(&["broken"]);
+    assert_eq!((code, status.as_str()), (4, "failed"), "{err}");
+    assert!(err.contains("failed"), "stderr says why: {err}");
+    let (code, status, err) = outcome(&["ok", "broken"]);
+    assert_eq!(
+        (code, status.as_str()),
+        (3, "completed_with_errors"),
+        "{err}"
+    );
+
+    let waiter = std::process::Command::new(bin())
+        .args(["sync", "slow", "--wait", "--json"])
+        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = loop {
+        let (_, out, _) = cli(&db.url, &["sessions", "--status", "running", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if let Some(id) = v["items"][0]["session_id"].as_str() {
+            break id.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (code, _, err) = cli(&db.url, &["cancel", &id]);
+    assert_eq!(code, 0, "{err}");
+    let out = waiter.wait_with_output().unwrap();
+    let session: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(session["status"], "cancelled");
+    assert_eq!(out.status.code(), Some(5));
+    signal(&w, "TERM");
+    w.wait().unwrap();
+}

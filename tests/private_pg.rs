@@ -22,19 +22,11 @@ fn pg_bin() -> PathBuf {
     versions.pop().expect("initdb is required")
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 impl PrivatePg {
     /// initdb (trust auth, no fsync: a test server), then start it on a free port.
     pub fn start() -> PrivatePg {
         let dir = tempfile::tempdir().expect("temp dir");
-        if is_root() {
+        if crate::common::is_root() {
             // The server refuses to run as root: the cluster belongs to `postgres`.
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -72,7 +64,7 @@ impl PrivatePg {
 
     fn run(&self, tool: &str, args: &[&str]) {
         let exe = self.bin.join(tool);
-        let out = if is_root() {
+        let out = if crate::common::is_root() {
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
                 .arg(&exe)
@@ -129,6 +121,45 @@ impl PrivatePg {
             ),
         )
         .expect("write pg_hba.conf");
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "reload"]);
+    }
+
+    /// From now on the server speaks TLS with `cert`/`key` and accepts TCP connections only
+    /// over TLS (`hostssl` lines only, as a hardened production server would).
+    pub fn serve_tls_only(&self, cert: &std::path::Path, key: &std::path::Path) {
+        let data = self.dir.path().join("data");
+        std::fs::copy(cert, data.join("server.crt")).expect("copy cert");
+        std::fs::copy(key, data.join("server.key")).expect("copy key");
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        // The server refuses a key others can read.
+        let status = Command::new("chmod")
+            .arg("600")
+            .arg(data.join("server.key"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if crate::common::is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
         self.run("pg_ctl", &["-D", &self.data(), "-w", "reload"]);
     }
 

@@ -142,7 +142,10 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
         .expect("prometheus is required (scripts/test.sh installs it)");
 
     let (code, out, err) = cli(&db.url, &["sync-all", "--wait", "--json"]);
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        code, 3,
+        "p0 always fails: completed_with_errors; {out}{err}"
+    );
     // Let Prometheus see both targets up, after the session, for several scrapes.
     let start = Instant::now();
     while query(&prom, "up{job=\"syncpool\"} == 1").await.ok() != Some(2) {

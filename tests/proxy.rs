@@ -98,7 +98,13 @@ impl Proxy {
     pub fn url(&self, base: &str) -> String {
         let (scheme_user, rest) = base.split_once('@').expect("a URL with user@host");
         let (_, db) = rest.split_once('/').expect("a URL with a database");
-        format!("{scheme_user}@127.0.0.1:{}/{db}", self.port)
+        // Plain text: the commit trap reads the protocol, which TLS (sqlx's default
+        // `prefer`, against a server that offers it) would hide.
+        let sep = if db.contains('?') { '&' } else { '?' };
+        format!(
+            "{scheme_user}@127.0.0.1:{}/{db}{sep}sslmode=disable",
+            self.port
+        )
     }
 }
 

@@ -470,7 +470,7 @@ async fn failures_are_classified_and_never_show_the_password() {
     let (code, out, err) = cli(&db.url, &["sync-all", "--wait", "--json"]);
     signal(&worker, "TERM");
     worker.wait().unwrap();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 4, "every record failed: {err}");
     assert!(
         !out.contains(&secret) && !std::fs::read_to_string(&log).unwrap().contains(&secret),
         "the password leaked"
@@ -545,7 +545,7 @@ async fn a_silent_server_times_out_and_is_retried() {
     let (code, out, err) = cli(&db.url, &["sync", "silent", "--wait", "--json"]);
     signal(&worker, "TERM");
     worker.wait().unwrap();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 4, "the session failed: {err}");
     let r = &serde_json::from_str::<Value>(&out).unwrap()["records"][0];
     assert_eq!(r["status"], "failed");
     assert_eq!(r["attempts"], 2, "a timeout is retried: {r}");

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::tls::{SslMode, Tls};
 use crate::{InstanceSpec, SourceError};
 
 /// Reads the instance's password: from the environment variable it names, which must
@@ -113,9 +114,23 @@ pub(crate) async fn within<T>(
 
 /// Turns a driver error into a message a DBA understands, classified as retryable
 /// (network, timeouts, overload) or fatal (authentication, privileges, configuration).
-pub(crate) fn classify(e: sqlx::Error, addr: &str, user: &str) -> SourceError {
+///
+/// `tls` is given while connecting: a handshake that fails (a certificate that does not
+/// chain or names another host) is a configuration problem no retry fixes, and its
+/// message names the `ssl_mode` so the operator knows which knob to turn.
+pub(crate) fn classify(e: sqlx::Error, addr: &str, user: &str, tls: Option<&Tls>) -> SourceError {
     use SourceError::{Fatal, Retryable};
+    let mode = tls.map(Tls::name).unwrap_or("prefer");
     match e {
+        // rustls reports a rejected certificate through the socket as InvalidData.
+        sqlx::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::InvalidData
+                && tls.is_some_and(|t| t.mode != SslMode::Disable) =>
+        {
+            Fatal(format!(
+                "TLS handshake with {addr} failed (ssl_mode={mode}): {io}"
+            ))
+        }
         sqlx::Error::Io(io) => match io.kind() {
             std::io::ErrorKind::ConnectionRefused => Retryable(format!(
                 "connection refused by {addr}: is the server running?"
@@ -123,7 +138,7 @@ pub(crate) fn classify(e: sqlx::Error, addr: &str, user: &str) -> SourceError {
             std::io::ErrorKind::TimedOut => Retryable(format!("network timeout talking to {addr}")),
             _ => Retryable(format!("network error talking to {addr}: {io}")),
         },
-        sqlx::Error::Tls(t) => Fatal(format!("TLS failure with {addr}: {t}")),
+        sqlx::Error::Tls(t) => Fatal(format!("TLS failure with {addr} (ssl_mode={mode}): {t}")),
         sqlx::Error::Database(db) => {
             // MySQL's SQLSTATEs are coarse (42000 covers most denials): prefer its error number.
             let code = db
@@ -132,8 +147,21 @@ pub(crate) fn classify(e: sqlx::Error, addr: &str, user: &str) -> SourceError {
                 .or_else(|| db.code().map(|c| c.into_owned()))
                 .unwrap_or_default();
             let msg = db.message().to_string();
+            let insecure_refused = (code == "28000" && msg.contains("no encryption"))
+                || code == "3159"
+                || msg.contains("insecure transport");
             match code.as_str() {
+                // pg_hba.conf with hostssl only, or MySQL's require_secure_transport.
+                _ if insecure_refused => Fatal(format!(
+                    "{addr} accepts only TLS connections but ssl_mode is {mode}: {msg}"
+                )),
                 // PostgreSQL: invalid password / authorization; MySQL: access denied.
+                // MariaDB answers a plain connection refused by require_secure_transport
+                // with an ordinary "access denied", so the hint can only be a maybe.
+                "1045" if tls.is_some_and(|t| t.mode == SslMode::Disable) => Fatal(format!(
+                    "authentication failed for user '{user}' at {addr}: {msg} \
+                     (ssl_mode is disable: the server may accept this user only over TLS)"
+                )),
                 "28P01" | "28000" | "1045" => Fatal(format!(
                     "authentication failed for user '{user}' at {addr}: {msg}"
                 )),

@@ -11,6 +11,7 @@ mod common;
 mod mysql;
 mod postgres;
 mod simulated;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use common::{SECRET_ENV_PREFIX, check_secret_env, check_secret_file, passwor
 pub use mysql::{MysqlSource, parse_grant};
 pub use postgres::PostgresSource;
 pub use simulated::SimulatedSource;
+pub use tls::SSL_MODES;
 
 /// The kinds of instance syncpool knows how to sync.
 pub const KINDS: &[&str] = &["postgres", "mysql", "simulated"];
@@ -144,7 +146,7 @@ pub fn validate_options(
 ) -> Result<(), String> {
     match kind {
         "simulated" => simulated::validate_options(options),
-        "postgres" | "mysql" => Ok(()),
+        "postgres" | "mysql" => tls::validate_db_options(kind, options),
         other => Err(format!(
             "unknown kind '{other}' (expected one of: {})",
             KINDS.join(", ")

@@ -2,13 +2,15 @@
 //! its grants, `SHOW GRANTS` parsed into structured privileges (global, database, table,
 //! routine, role, proxy).
 //!
-//! Options: `user_like` (a LIKE pattern to restrict the accounts read).
+//! Options: `user_like` (a LIKE pattern to restrict the accounts read), `ssl_mode` and
+//! `ssl_root_cert` (TLS, see `tls.rs`).
 
 use serde_json::{Value, json};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Row};
 
 use crate::common::{classify, password, require, within};
+use crate::tls::Tls;
 use crate::{Account, AccountSource, InstanceSpec, SourceError, SourceSettings};
 
 /// The `mysql` kind.
@@ -30,6 +32,11 @@ impl AccountSource for MysqlSource {
             .host(host)
             .port(port)
             .username(&user);
+        let tls = Tls::of(inst)?;
+        opts = opts.ssl_mode(tls.mysql());
+        if let Some(pem) = &tls.root_cert {
+            opts = opts.ssl_ca_from_pem(pem.clone());
+        }
         if let Some(db) = &inst.database {
             opts = opts.database(db);
         }
@@ -42,7 +49,7 @@ impl AccountSource for MysqlSource {
             async {
                 MySqlConnection::connect_with(&opts)
                     .await
-                    .map_err(|e| classify(e, &addr, &user))
+                    .map_err(|e| classify(e, &addr, &user, Some(&tls)))
             },
         )
         .await?;
@@ -52,7 +59,7 @@ impl AccountSource for MysqlSource {
             async {
                 read(&mut conn, inst, settings)
                     .await
-                    .map_err(|e| classify(e, &addr, &user))
+                    .map_err(|e| classify(e, &addr, &user, None))
             },
         )
         .await;

@@ -2,7 +2,7 @@
 //! databases and schemas, read in one short read-only transaction on one connection.
 //!
 //! Options: `exclude_system_roles` (true: skip `pg_*` roles), `role_like` (a LIKE pattern
-//! to restrict the roles read).
+//! to restrict the roles read), `ssl_mode` and `ssl_root_cert` (TLS, see `tls.rs`).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
 use crate::common::{classify, password, require, within};
+use crate::tls::Tls;
 use crate::{Account, AccountSource, InstanceSpec, SourceError, SourceSettings};
 
 /// The `postgres` kind.
@@ -34,6 +35,11 @@ impl AccountSource for PostgresSource {
             .username(&user)
             .database(inst.database.as_deref().unwrap_or("postgres"))
             .application_name("syncpool");
+        let tls = Tls::of(inst)?;
+        opts = opts.ssl_mode(tls.postgres());
+        if let Some(pem) = &tls.root_cert {
+            opts = opts.ssl_root_cert_from_pem(pem.clone());
+        }
         if let Some(pw) = password(inst)? {
             opts = opts.password(&pw);
         }
@@ -43,7 +49,7 @@ impl AccountSource for PostgresSource {
             async {
                 PgConnection::connect_with(&opts)
                     .await
-                    .map_err(|e| classify(e, &addr, &user))
+                    .map_err(|e| classify(e, &addr, &user, Some(&tls)))
             },
         )
         .await?;
@@ -53,7 +59,7 @@ impl AccountSource for PostgresSource {
             async {
                 read(&mut conn, inst, settings)
                     .await
-                    .map_err(|e| classify(e, &addr, &user))
+                    .map_err(|e| classify(e, &addr, &user, None))
             },
         )
         .await;
