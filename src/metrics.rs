@@ -2,18 +2,29 @@
 //! registered at start so that dashboards never show "no data", with buckets suited to
 //! each quantity. Labels only ever come from
 //! small fixed sets: never ids, names, error texts or secrets.
+//!
+//! Two kinds: per-process counters and histograms of what this process did (its syncs,
+//! lock waits, lost leases), and fleet-wide figures read from the database at scrape time
+//! (queue depth, leases, running sessions, and every finished session), so that any one
+//! scraped process tells the truth about the whole fleet.
 
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::model::FleetGauges;
+use crate::model::{
+    FINISHED_SESSION_STATUSES, FleetGauges, SESSION_DURATION_BUCKETS, SYNC_TYPES, SessionStat,
+};
 use crate::store::SessionFinished;
 
 pub const LOCK_WAIT: &str = "syncpool_lock_wait_seconds";
 pub const SESSION_DURATION: &str = "syncpool_session_duration_seconds";
 pub const SESSION_SUCCESS: &str = "syncpool_session_success_ratio";
+pub const SESSIONS_FINISHED: &str = "syncpool_sessions_finished_total";
+pub const OLDEST_SESSION: &str = "syncpool_session_oldest_running_seconds";
+pub const RECORDS_UNLEASED: &str = "syncpool_records_unleased";
+pub const SCHEDULE_SLOTS: &str = "syncpool_schedule_slots_24h";
 pub const INSTANCE_SYNCS: &str = "syncpool_instance_syncs_total";
 pub const INSTANCE_SYNC_DURATION: &str = "syncpool_instance_sync_duration_seconds";
 pub const JOBS: &str = "syncpool_jobs";
@@ -41,15 +52,6 @@ pub fn install() -> PrometheusHandle {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full(SESSION_DURATION.into()),
-                        &[
-                            1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-                            7200.0, 14400.0,
-                        ],
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
                         Matcher::Full(INSTANCE_SYNC_DURATION.into()),
                         &[
                             0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -68,6 +70,63 @@ pub fn install() -> PrometheusHandle {
 
 /// Touches every series with its label values so it exists (at zero) from the start.
 fn register() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        LOCK_WAIT,
+        metrics::Unit::Seconds,
+        "Time a job of this process waited for its instance's lease (outcome: acquired, timeout)"
+    );
+    describe_counter!(
+        INSTANCE_SYNCS,
+        "Instance syncs this process ended, by result (completed, failed, cancelled)"
+    );
+    describe_histogram!(
+        INSTANCE_SYNC_DURATION,
+        metrics::Unit::Seconds,
+        "Time this process spent reading one instance, by kind and result"
+    );
+    describe_counter!(
+        RECORDS_RESCUED,
+        "Records whose lease lapsed that this process's rescuer requeued, failed or cancelled"
+    );
+    describe_gauge!(
+        JOBS,
+        "Jobs of the sync queue in the database, by state (fleet-wide)"
+    );
+    describe_gauge!(
+        DB_POOL,
+        "Connections of this process's database pool, idle or in use"
+    );
+    describe_gauge!(
+        LOCKS_HELD,
+        "Live instance leases in sync_locks (fleet-wide)"
+    );
+    describe_gauge!(SESSIONS_RUNNING, "Sessions running (fleet-wide)");
+    describe_gauge!(
+        OLDEST_SESSION,
+        metrics::Unit::Seconds,
+        "Age of the oldest pending or running session, 0 when none (fleet-wide)"
+    );
+    describe_gauge!(
+        RECORDS_UNLEASED,
+        "Running records without a live lease; the rescuer hands them on within a lease TTL (fleet-wide)"
+    );
+    describe_gauge!(
+        SCHEDULE_SLOTS,
+        "Cron slots of the last 24 hours, by outcome: fired (started a session) or skipped (the last one still ran)"
+    );
+    describe_counter!(
+        LOCK_TAKEOVERS,
+        "Leases this process took over from a holder whose lease had expired"
+    );
+    describe_counter!(
+        LOCK_LOST,
+        "Leases this process lost (renewal refused or deadline passed) while syncing"
+    );
+    describe_counter!(
+        DB_BUSY,
+        "Times this process waited on SQLite's write lock (busy handler calls)"
+    );
     for outcome in ["acquired", "timeout"] {
         let _ = histogram!(LOCK_WAIT, "outcome" => outcome);
     }
@@ -77,12 +136,6 @@ fn register() {
     for outcome in ["requeued", "failed", "cancelled"] {
         counter!(RECORDS_RESCUED, "outcome" => outcome).absolute(0);
     }
-    // The success-ratio gauge is not pre-set: a zero would read as a failed session.
-    for sync_type in ["manual_single", "manual_batch", "scheduled"] {
-        for status in crate::model::FINISHED_SESSION_STATUSES {
-            let _ = histogram!(SESSION_DURATION, "sync_type" => sync_type, "status" => *status);
-        }
-    }
     for state in ["pending", "running", "failed"] {
         gauge!(JOBS, "state" => state).set(0.0);
     }
@@ -91,15 +144,87 @@ fn register() {
     }
     gauge!(LOCKS_HELD).set(0.0);
     gauge!(SESSIONS_RUNNING).set(0.0);
+    gauge!(OLDEST_SESSION).set(0.0);
+    gauge!(RECORDS_UNLEASED).set(0.0);
+    for outcome in ["fired", "skipped"] {
+        gauge!(SCHEDULE_SLOTS, "outcome" => outcome).set(0.0);
+    }
     counter!(LOCK_TAKEOVERS).absolute(0);
     counter!(LOCK_LOST).absolute(0);
     counter!(DB_BUSY).absolute(0);
 }
 
+/// Logs a session this process finished. Its metrics are not recorded here: every
+/// finish is counted in the database, in the finishing transaction, and every process
+/// renders the fleet's figures from there ([`render_sessions`]).
 pub fn session_finished(f: &SessionFinished) {
-    histogram!(SESSION_DURATION, "sync_type" => f.sync_type.clone(), "status" => f.status.as_str())
-        .record(f.duration_seconds);
-    gauge!(SESSION_SUCCESS, "sync_type" => f.sync_type.clone()).set(f.success_rate);
+    tracing::info!(
+        sync_type = %f.sync_type,
+        status = %f.status,
+        duration_s = f.duration_seconds,
+        success_rate = f.success_rate,
+        "session finished"
+    );
+}
+
+/// The fleet-wide session metrics in Prometheus' text format: the duration histogram and
+/// the finished counter by type and status (every combination, zero until it happens),
+/// and the success ratio of each type's last finished, not cancelled, session (absent
+/// until there is one: a zero would read as a failed session).
+pub fn render_sessions(g: &FleetGauges) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let stat = |t: &str, st: &str| {
+        g.session_stats
+            .iter()
+            .find(|s| s.sync_type == t && s.status == st)
+            .cloned()
+            .unwrap_or_else(|| SessionStat {
+                buckets: vec![0; SESSION_DURATION_BUCKETS.len()],
+                ..SessionStat::default()
+            })
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {SESSION_DURATION} Time from start to end of every finished session of the fleet (from the database)\n# TYPE {SESSION_DURATION} histogram"
+    );
+    for t in SYNC_TYPES {
+        for st in FINISHED_SESSION_STATUSES {
+            let s = stat(t, st);
+            let labels = format!("sync_type=\"{t}\",status=\"{st}\"");
+            for (le, n) in SESSION_DURATION_BUCKETS.iter().zip(&s.buckets) {
+                let _ = writeln!(out, "{SESSION_DURATION}_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "{SESSION_DURATION}_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.finished
+            );
+            let _ = writeln!(out, "{SESSION_DURATION}_sum{{{labels}}} {}", s.duration_sum);
+            let _ = writeln!(out, "{SESSION_DURATION}_count{{{labels}}} {}", s.finished);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {SESSIONS_FINISHED} Sessions of the fleet finished, by type and status (from the database)\n# TYPE {SESSIONS_FINISHED} counter"
+    );
+    for t in SYNC_TYPES {
+        for st in FINISHED_SESSION_STATUSES {
+            let _ = writeln!(
+                out,
+                "{SESSIONS_FINISHED}{{sync_type=\"{t}\",status=\"{st}\"}} {}",
+                stat(t, st).finished
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {SESSION_SUCCESS} Share of instances synced successfully in the last finished, not cancelled, session of each type (from the database)\n# TYPE {SESSION_SUCCESS} gauge"
+    );
+    for (t, ratio) in &g.last_success {
+        let _ = writeln!(out, "{SESSION_SUCCESS}{{sync_type=\"{t}\"}} {ratio}");
+    }
+    out
 }
 
 pub fn instance_synced(kind: &str, result: &'static str, seconds: f64) {
@@ -115,6 +240,10 @@ pub fn fleet(g: &FleetGauges) {
     gauge!(JOBS, "state" => "failed").set(g.jobs_failed as f64);
     gauge!(LOCKS_HELD).set(g.locks_held as f64);
     gauge!(SESSIONS_RUNNING).set(g.sessions_running as f64);
+    gauge!(OLDEST_SESSION).set(g.oldest_session_seconds);
+    gauge!(RECORDS_UNLEASED).set(g.records_unleased as f64);
+    gauge!(SCHEDULE_SLOTS, "outcome" => "fired").set(g.slots_fired_24h as f64);
+    gauge!(SCHEDULE_SLOTS, "outcome" => "skipped").set(g.slots_skipped_24h as f64);
 }
 
 pub fn pool(size: u32, idle: usize) {

@@ -115,6 +115,9 @@ pub enum SyncType {
     Scheduled,
 }
 
+/// Every sync type's name, for metrics that show each one from the start.
+pub const SYNC_TYPES: &[&str] = &["manual_single", "manual_batch", "scheduled"];
+
 impl SyncType {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -352,4 +355,32 @@ pub struct FleetGauges {
     pub jobs_failed: i64,
     pub locks_held: i64,
     pub sessions_running: i64,
+    /// Every finished session ever, by type and status (never cleaned up).
+    pub session_stats: Vec<SessionStat>,
+    /// `(sync_type, success_rate)` of the last finished, not cancelled, session per type.
+    pub last_success: Vec<(String, f64)>,
+    /// Age of the oldest pending or running session (0 when none).
+    pub oldest_session_seconds: f64,
+    /// Running records without a live lease carrying their token.
+    pub records_unleased: i64,
+    /// Cron slots of the last 24 h that started a session / were skipped.
+    pub slots_fired_24h: i64,
+    pub slots_skipped_24h: i64,
+}
+
+/// Upper bounds, in seconds, of the session-duration histogram's buckets: one counter
+/// column `le_N` each in `session_stats` (migration 0005).
+pub const SESSION_DURATION_BUCKETS: &[u32] = &[
+    1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400,
+];
+
+/// The finished sessions of one type and status, as a cumulative histogram.
+#[derive(Debug, Clone, Default)]
+pub struct SessionStat {
+    pub sync_type: String,
+    pub status: String,
+    pub finished: i64,
+    pub duration_sum: f64,
+    /// Cumulative counts, one per [`SESSION_DURATION_BUCKETS`] entry.
+    pub buckets: Vec<i64>,
 }

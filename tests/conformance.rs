@@ -308,6 +308,24 @@ async fn a_granted_and_finished_sync_completes_the_session_with_true_totals(b: B
     );
     assert_eq!(d.session.status, "completed_with_errors");
     assert_eq!(d.session.success_rate, Some(0.5));
+    // The fleet-wide session metrics counted it once, in the finishing transaction.
+    let g = store.fleet_gauges().await.unwrap();
+    assert_eq!(g.session_stats.len(), 1, "{:?}", g.session_stats);
+    let stat = &g.session_stats[0];
+    assert_eq!(
+        (stat.sync_type.as_str(), stat.status.as_str(), stat.finished),
+        ("manual_batch", "completed_with_errors", 1)
+    );
+    assert_eq!(
+        stat.buckets.last(),
+        Some(&1),
+        "it took less than a day: {stat:?}"
+    );
+    assert!(
+        stat.duration_sum >= 0.0 && stat.duration_sum < 60.0,
+        "{stat:?}"
+    );
+    assert_eq!(g.last_success, vec![("manual_batch".to_string(), 0.5)]);
     assert!(
         d.records
             .iter()
@@ -496,6 +514,18 @@ async fn cancel_marks_pending_records_and_finishes_the_session(b: Backend) {
     assert_eq!(
         (d.session.status.as_str(), d.session.cancelled_instances),
         ("cancelled", 3)
+    );
+    let g = store.fleet_gauges().await.unwrap();
+    assert_eq!(
+        g.session_stats
+            .iter()
+            .map(|s| (s.status.as_str(), s.finished))
+            .collect::<Vec<_>>(),
+        vec![("cancelled", 1)]
+    );
+    assert!(
+        g.last_success.is_empty(),
+        "a cancelled session sets no success ratio"
     );
     let stale = store
         .lease_grant_batch(&p, &[grant(&jobs[1], "w")])

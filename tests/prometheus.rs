@@ -13,7 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::common::*;
 
 async fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Prometheus may still be starting: a refused connection is an empty answer.
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
@@ -42,6 +45,44 @@ async fn query(prom: &str, expr: &str) -> Result<usize, String> {
     Ok(v["data"]["result"].as_array().map(Vec::len).unwrap_or(0))
 }
 
+/// The value of a PromQL expression that yields one series, if it yields one.
+async fn value(prom: &str, expr: &str) -> Option<f64> {
+    let q = serde_urlencoded::to_string([("query", expr)]).unwrap();
+    let (_, body) = get(prom, &format!("/api/v1/query?{q}")).await;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// A real Prometheus on `listen`, scraping `targets` every second; its files in `dir`.
+fn start_prometheus(dir: &std::path::Path, listen: &str, targets: &[&str]) -> std::process::Child {
+    let targets = targets
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: syncpool\n    static_configs:\n      - targets: [{targets}]\n"
+        ),
+    )
+    .unwrap();
+    Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus is required (scripts/test.sh installs it)")
+}
+
 /// The quantities the rules and panels measure, as Prometheus will evaluate them.
 fn expressions() -> (Vec<(String, String)>, Vec<(String, String, String)>) {
     let dash: Value =
@@ -49,6 +90,11 @@ fn expressions() -> (Vec<(String, String)>, Vec<(String, String, String)>) {
             .unwrap();
     let mut panels = vec![];
     for p in dash["panels"].as_array().unwrap() {
+        assert!(
+            p["description"].as_str().is_some_and(|d| d.len() > 20),
+            "panel '{}' needs a description",
+            p["title"]
+        );
         for t in p["targets"].as_array().unwrap() {
             let expr = t["expr"]
                 .as_str()
@@ -118,28 +164,7 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
             "2",
         ],
     );
-    let dir = db.dir.path();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: syncpool\n    static_configs:\n      - targets: ['{api}', '{worker_metrics}']\n"
-        ),
-    )
-    .unwrap();
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={prom}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("prometheus is required (scripts/test.sh installs it)");
+    let mut prometheus = start_prometheus(db.dir.path(), &prom, &[&api, &worker_metrics]);
 
     let (code, out, err) = cli(&db.url, &["sync-all", "--wait", "--json"]);
     assert_eq!(
@@ -158,7 +183,7 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let (panels, alerts) = expressions();
-    assert!(panels.len() >= 12 && alerts.len() == 5);
+    assert!(panels.len() >= 16 && alerts.len() == 7);
     let mut failures = vec![];
     for (title, expr) in &panels {
         match query(&prom, expr).await {
@@ -193,4 +218,129 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
         let _ = c.wait();
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Waits until `expr` evaluates to `want` in Prometheus (it scrapes every second).
+async fn eventually(prom: &str, expr: &str, want: f64) {
+    let start = Instant::now();
+    loop {
+        let got = value(prom, expr).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{expr}: {got:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Sessions are finished by whichever worker ends their last record. A worker that never
+/// finished one, and is the only process Prometheus scrapes, still shows every finished
+/// session of the fleet, and the last success ratio follows the newest session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_metrics_are_true_for_the_whole_fleet_whichever_process_is_scraped() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    store
+        .instance_insert(&simulated("ok", json!({})))
+        .await
+        .unwrap();
+    store
+        .instance_insert(&simulated("bad", json!({"fail_rate": 1.0})))
+        .await
+        .unwrap();
+    // The unscraped worker does every sync of the first five sessions.
+    let (mut unscraped, _) = worker(&db, "unscraped", &["--max-attempts", "1"]);
+    for (names, code) in [
+        (&["ok"][..], 0),
+        (&["bad"][..], 4),
+        (&["ok", "bad"][..], 3),
+        (&["ok", "bad"][..], 3),
+        (&["bad"][..], 4),
+    ] {
+        let mut args = vec!["sync"];
+        args.extend(names);
+        args.push("--wait");
+        let (got, out, err) = cli(&db.url, &args);
+        assert_eq!(got, code, "{out}{err}");
+    }
+    let (port, prom_port) = (free_port(), free_port());
+    let scraped_addr = format!("127.0.0.1:{port}");
+    let prom = format!("127.0.0.1:{prom_port}");
+    let (mut scraped, _) = worker(
+        &db,
+        "scraped",
+        &["--metrics-bind", &scraped_addr, "--max-attempts", "1"],
+    );
+    let mut prometheus = start_prometheus(db.dir.path(), &prom, &[&scraped_addr]);
+    eventually(&prom, "sum(syncpool_sessions_finished_total)", 5.0).await;
+    let checks = [
+        (
+            "syncpool_sessions_finished_total{sync_type=\"manual_single\",status=\"failed\"}",
+            2.0,
+        ),
+        (
+            "syncpool_sessions_finished_total{sync_type=\"manual_single\",status=\"completed\"}",
+            1.0,
+        ),
+        (
+            "syncpool_sessions_finished_total{sync_type=\"manual_batch\",status=\"completed_with_errors\"}",
+            2.0,
+        ),
+        ("sum(syncpool_session_duration_seconds_count)", 5.0),
+        (
+            "sum(syncpool_session_duration_seconds_bucket{le=\"+Inf\"})",
+            5.0,
+        ),
+        (
+            "syncpool_session_success_ratio{sync_type=\"manual_single\"}",
+            0.0,
+        ),
+        (
+            "syncpool_session_success_ratio{sync_type=\"manual_batch\"}",
+            0.5,
+        ),
+        (
+            "count(syncpool_session_success_ratio{sync_type=\"scheduled\"})",
+            f64::NAN,
+        ),
+    ];
+    for (expr, want) in checks {
+        if want.is_nan() {
+            assert_eq!(
+                value(&prom, expr).await,
+                None,
+                "{expr}: no scheduled session yet"
+            );
+        } else {
+            assert_eq!(value(&prom, expr).await, Some(want), "{expr}");
+        }
+    }
+    // A newer session replaces the old ratio, whoever finishes it.
+    let (code, out, err) = cli(&db.url, &["sync", "ok", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eventually(
+        &prom,
+        "syncpool_session_success_ratio{sync_type=\"manual_single\"}",
+        1.0,
+    )
+    .await;
+    eventually(&prom, "sum(syncpool_sessions_finished_total)", 6.0).await;
+    // Every metric the process exposes has help text.
+    let (_, text) = get(&scraped_addr, "/metrics").await;
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no # HELP"
+        );
+    }
+    for c in [&unscraped, &scraped, &prometheus] {
+        signal(c, "TERM");
+    }
+    for c in [&mut unscraped, &mut scraped, &mut prometheus] {
+        let _ = c.wait();
+    }
 }

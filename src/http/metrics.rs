@@ -15,9 +15,10 @@ use crate::store::{DbPool, Store};
 struct MetricsState {
     store: Arc<dyn Store>,
     handle: metrics_exporter_prometheus::PrometheusHandle,
-    /// Fleet gauges are read from the database at most once a second, however often
-    /// Prometheus (or several of them) scrape.
-    last_refresh: Arc<Mutex<Option<Instant>>>,
+    /// Fleet figures are read from the database at most once a second, however often
+    /// Prometheus (or several of them) scrape; the session metrics' text is kept from
+    /// that read.
+    last_refresh: Arc<Mutex<(Option<Instant>, String)>>,
 }
 
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
@@ -32,21 +33,27 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
 }
 
 async fn render(State(s): State<MetricsState>) -> String {
-    {
+    let sessions = {
         let mut last = s.last_refresh.lock().await;
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+        if last.0.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
             match s.store.fleet_gauges().await {
-                Ok(g) => crate::metrics::fleet(&g),
+                Ok(g) => {
+                    crate::metrics::fleet(&g);
+                    last.1 = crate::metrics::render_sessions(&g);
+                }
                 Err(e) => tracing::warn!(error = %e, "reading fleet gauges failed"),
             }
             match s.store.pool() {
                 DbPool::Sqlite(p) => crate::metrics::pool(p.size(), p.num_idle()),
                 DbPool::Postgres(p) => crate::metrics::pool(p.size(), p.num_idle()),
             }
-            *last = Some(Instant::now());
+            last.0 = Some(Instant::now());
         }
-    }
-    s.handle.render()
+        last.1.clone()
+    };
+    let mut text = s.handle.render();
+    text.push_str(&sessions);
+    text
 }
 
 /// Binds `addr` and serves `/metrics` in the background; returns the bound address.

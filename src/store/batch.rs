@@ -4,8 +4,9 @@
 //! whatever its size. The decisions (stale? busy? fenced? retry?) are made here, in Rust,
 //! between reading the rows (locked, on PostgreSQL) and writing them.
 //!
-//! Row order: records, then leases, then session totals (ascending, last). Every batch of
-//! every process follows it, so two processes' transactions cannot deadlock.
+//! Row order: records, then leases, then session totals (ascending), then the fleet-wide
+//! session metrics (`session_stats`, `session_last_finished`, last). Every batch of every
+//! process follows it, so two processes' transactions cannot deadlock.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -69,7 +70,7 @@ pub(crate) async fn session_bump<O: BatchOps>(
     }
     let status = final_status(t.cancel_requested, t.successful, t.failed, t.cancelled);
     let (start, end) = ops.session_close(session_row, status).await?;
-    Ok(Some(SessionFinished {
+    let fin = SessionFinished {
         sync_type: t.sync_type,
         status,
         duration_seconds: (end - start).num_microseconds().unwrap_or(0) as f64 / 1e6,
@@ -78,7 +79,67 @@ pub(crate) async fn session_bump<O: BatchOps>(
         } else {
             1.0
         },
-    }))
+    };
+    // In the same transaction: the fleet's session metrics count each session exactly
+    // once, whichever process finished it and whatever it crashed into afterwards.
+    ops.session_stats_add(&fin, end).await?;
+    Ok(Some(fin))
+}
+
+/// The two statements that add a finished session to the fleet-wide session metrics
+/// (migration 0005), for a backend whose placeholder `n` is spelled `p(n)`. Binds: first
+/// sync_type, status, duration seconds; then sync_type, success rate, completed_at, status.
+pub(crate) fn session_stats_sql(p: fn(usize) -> String) -> [String; 2] {
+    let cols: Vec<String> = SESSION_DURATION_BUCKETS
+        .iter()
+        .map(|b| format!("le_{b}"))
+        .collect();
+    let flags: Vec<String> = SESSION_DURATION_BUCKETS
+        .iter()
+        .map(|b| format!("CASE WHEN {} <= {b} THEN 1 ELSE 0 END", p(3)))
+        .collect();
+    let sums: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{c} = session_stats.{c} + excluded.{c}"))
+        .collect();
+    let stats = format!(
+        "INSERT INTO session_stats (sync_type, status, finished, duration_sum, {}) \
+         VALUES ({}, {}, 1, {}, {}) ON CONFLICT (sync_type, status) DO UPDATE SET \
+         finished = session_stats.finished + 1, \
+         duration_sum = session_stats.duration_sum + excluded.duration_sum, {}",
+        cols.join(", "),
+        p(1),
+        p(2),
+        p(3),
+        flags.join(", "),
+        sums.join(", ")
+    );
+    // A cancelled session says nothing about the fleet's health: it does not replace the
+    // last success ratio. Two sessions finishing at once: the later one wins.
+    let last = format!(
+        "INSERT INTO session_last_finished (sync_type, success_rate, completed_at) \
+         SELECT {}, {}, {} WHERE {} <> 'cancelled' \
+         ON CONFLICT (sync_type) DO UPDATE SET success_rate = excluded.success_rate, \
+         completed_at = excluded.completed_at \
+         WHERE excluded.completed_at >= session_last_finished.completed_at",
+        p(1),
+        p(2),
+        p(3),
+        p(4)
+    );
+    [stats, last]
+}
+
+/// The query that reads the fleet-wide session metrics back.
+pub(crate) fn session_stats_select() -> String {
+    let cols: Vec<String> = SESSION_DURATION_BUCKETS
+        .iter()
+        .map(|b| format!("le_{b}"))
+        .collect();
+    format!(
+        "SELECT sync_type, status, finished, duration_sum, {} FROM session_stats ORDER BY sync_type, status",
+        cols.join(", ")
+    )
 }
 
 pub(crate) struct NewLease {
@@ -151,6 +212,12 @@ pub(crate) trait BatchOps: Send {
         failed: i64,
         cancelled: i64,
     ) -> Result<SessionTotals>;
+    /// Adds a finished session to the fleet-wide session metrics ([`session_stats_sql`]).
+    async fn session_stats_add(
+        &mut self,
+        fin: &SessionFinished,
+        completed_at: chrono::DateTime<Utc>,
+    ) -> Result<()>;
     /// Marks a session finished with `status`; returns its (started_at, completed_at).
     async fn session_close(
         &mut self,

@@ -425,6 +425,44 @@ impl SessionBumps {
 }
 
 /// Reads a status column; the schema's CHECK constraints make a failure a bug.
+/// Reads the fleet-wide session metrics (migration 0005) on either backend.
+pub(crate) async fn session_stats_read<'c, DB, E>(
+    db: E,
+) -> Result<(Vec<SessionStat>, Vec<(String, f64)>)>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB> + Copy,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    f64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+{
+    use sqlx::Row;
+    let sql = batch::session_stats_select();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(db).await?;
+    let mut stats = Vec::with_capacity(rows.len());
+    for r in rows {
+        stats.push(SessionStat {
+            sync_type: r.try_get(0)?,
+            status: r.try_get(1)?,
+            finished: r.try_get(2)?,
+            duration_sum: r.try_get(3)?,
+            buckets: (0..SESSION_DURATION_BUCKETS.len())
+                .map(|i| r.try_get::<i64, _>(4 + i))
+                .collect::<std::result::Result<_, _>>()?,
+        });
+    }
+    let last =
+        sqlx::query("SELECT sync_type, success_rate FROM session_last_finished ORDER BY sync_type")
+            .fetch_all(db)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_>>()?;
+    Ok((stats, last))
+}
+
 pub(crate) fn parse_status<T: std::str::FromStr<Err = String>>(text: String) -> Result<T> {
     text.parse().map_err(StoreError::Other)
 }

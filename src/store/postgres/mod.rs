@@ -649,12 +649,42 @@ impl Store for PgStore {
             sqlx::query_scalar("SELECT COUNT(*) FROM sync_sessions WHERE status = 'running'")
                 .fetch_one(&self.pool)
                 .await?;
+        let (session_stats, last_success) = super::session_stats_read(&self.pool).await?;
+        // Oldest unfinished session's age, running records without a live lease (the
+        // rescuer should leave none for long), and the scheduler's slots of the last day.
+        let extra = sqlx::query(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - MIN(COALESCE(started_at, created_at)))::float8, 0.0) \
+             FROM sync_sessions WHERE status IN ('pending', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let unleased: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM sync_instance_records r WHERE r.status = 'running' AND NOT EXISTS ",
+            "(SELECT 1 FROM sync_locks l WHERE l.instance_id = r.instance_id AND l.token = r.lock_token ",
+            "AND l.expires_at > ",
+            now!(),
+            ")"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let slots = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE NOT skipped), COUNT(*) FILTER (WHERE skipped) FROM schedule_slots \
+             WHERE created_at > clock_timestamp() - interval '1 day'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(FleetGauges {
             jobs_pending: jobs.try_get(0)?,
             jobs_running: jobs.try_get(1)?,
             jobs_failed: jobs.try_get(2)?,
             locks_held: locks,
             sessions_running: sessions,
+            session_stats,
+            last_success,
+            oldest_session_seconds: extra.try_get(0)?,
+            records_unleased: unleased,
+            slots_fired_24h: slots.try_get(0)?,
+            slots_skipped_24h: slots.try_get(1)?,
         })
     }
 }

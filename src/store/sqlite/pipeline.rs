@@ -398,6 +398,29 @@ impl BatchOps for SqliteOps<'_> {
         })
     }
 
+    async fn session_stats_add(
+        &mut self,
+        fin: &SessionFinished,
+        completed_at: DateTime<Utc>,
+    ) -> Result<()> {
+        static SQL: std::sync::LazyLock<[String; 2]> =
+            std::sync::LazyLock::new(|| session_stats_sql(|n| format!("?{n}")));
+        sqlx::query(sqlx::AssertSqlSafe(SQL[0].as_str()))
+            .bind(&fin.sync_type)
+            .bind(fin.status.as_str())
+            .bind(fin.duration_seconds)
+            .execute(&mut *self.0)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(SQL[1].as_str()))
+            .bind(&fin.sync_type)
+            .bind(fin.success_rate)
+            .bind(completed_at)
+            .bind(fin.status.as_str())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
     async fn session_close(
         &mut self,
         session_row: i64,
