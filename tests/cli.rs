@@ -281,3 +281,148 @@ async fn sync_wait_exits_with_a_code_for_each_way_a_session_can_end() {
     signal(&w, "TERM");
     w.wait().unwrap();
 }
+
+/// `cd /tmp/x && syncpool sessions` used to leave an empty, migrated `syncpool.db`
+/// behind. Only the commands that set a database up may create one.
+#[tokio::test]
+async fn read_commands_and_rejected_input_never_create_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    let bad_import = dir.path().join("bad.json");
+    std::fs::write(&bad_import, "[{\"name\": \"x\", \"kind\": \"oracle\"}]").unwrap();
+    let uuid = "6f1c1f7e-0000-4000-8000-000000000000";
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["sessions"],
+        vec!["sessions", "--json"],
+        vec!["session", uuid],
+        vec!["session", "not-a-uuid"],
+        vec!["cancel", uuid],
+        vec!["accounts", "db1"],
+        vec!["instances", "list"],
+        vec!["instances", "remove", "db1"],
+        vec!["cleanup", "--days", "7"],
+        vec!["sync", "db1"],
+        vec!["sync-all"],
+        vec!["instances", "add", "--name", "x", "--kind", "oracle"],
+        vec!["instances", "import", bad_import.to_str().unwrap()],
+        vec!["worker", "--metrics-bind", "nonsense"],
+    ];
+    for args in &commands {
+        let (code, out, err) = cli(&url, args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "bad.json")
+            .collect();
+        assert!(left.is_empty(), "{args:?} created {left:?}");
+    }
+    let (_, _, err) = cli(&url, &["sessions"]);
+    assert!(
+        err.contains("no database at") && err.contains("syncpool migrate"),
+        "says how to create it: {err}"
+    );
+    // Once created, the same read works.
+    let (code, _, err) = cli(&url, &["migrate"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&url, &["sessions", "--json"]);
+    assert_eq!(
+        (code, out.contains("\"total\": 0")),
+        (0, true),
+        "{out}{err}"
+    );
+}
+
+/// A database that is not there is a quick, one-line error with the real cause, printed
+/// once; bad URLs and addresses are bad input (exit 2), like every other.
+#[tokio::test]
+async fn connection_errors_are_quick_name_the_cause_once_and_bad_urls_exit_2() {
+    let closed = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    let missing = format!(
+        "postgres://postgres@127.0.0.1:5432/syncpool_t_missing_{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    for (url, cause) in [
+        (closed.as_str(), "Connection refused"),
+        (missing.as_str(), "does not exist"),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, _, err) = cli(url, &["sessions"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{err}"
+        );
+        assert_eq!(err.matches(cause).count(), 1, "the cause, once: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!err.contains("at line"), "no server source lines: {err}");
+        assert!(!err.contains("timed out"), "{err}");
+    }
+    assert_rejected(
+        cli("mysql://x/y", &["sessions"]),
+        "unsupported database URL",
+    );
+    assert_rejected(
+        cli(
+            "sqlite://unused.db",
+            &["worker", "--metrics-bind", "nonsense"],
+        ),
+        "--metrics-bind",
+    );
+}
+
+/// Every command, flag and argument says what it is for; the timing flags appear only on
+/// the commands that run syncs.
+#[test]
+fn every_command_flag_and_argument_has_help_and_timings_appear_only_where_used() {
+    use clap::CommandFactory;
+    fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>, timed: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if a.get_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+            if id == "lease_ttl" {
+                timed.push(path.to_string());
+            }
+        }
+        for sub in c.get_subcommands().filter(|s| s.get_name() != "help") {
+            if sub.get_about().is_none() {
+                missing.push(format!("{path} {} (about)", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing, timed);
+        }
+    }
+    let (mut missing, mut timed) = (vec![], vec![]);
+    walk(
+        &syncpool::cli::Cli::command(),
+        "syncpool",
+        &mut missing,
+        &mut timed,
+    );
+    assert!(missing.is_empty(), "no help text: {missing:?}");
+    timed.sort();
+    assert_eq!(
+        timed,
+        ["syncpool demo", "syncpool serve", "syncpool worker"],
+        "timing flags belong to the commands that sync"
+    );
+
+    let help = |args: &[&str]| cli("sqlite://unused-help.db", args).1;
+    assert!(help(&["serve", "--help"]).contains("SYNCPOOL_API_TOKEN"));
+    assert!(help(&["instances", "import", "--help"]).contains("JSON array of instances"));
+    let sessions = help(&["sessions", "--help"]);
+    assert!(sessions.contains("completed_with_errors"), "{sessions}");
+    assert!(
+        !help(&["sync", "--help"]).contains("--lease-ttl"),
+        "no timing flags where they do nothing"
+    );
+    let (code, _, err) = cli("sqlite://unused-help.db", &["worker", "--lease-ttl", "-5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("must be positive"), "{err}");
+    assert!(!std::path::Path::new("unused-help.db").exists());
+}

@@ -322,6 +322,8 @@ async fn every_ssl_mode_does_what_it_names_against_a_mariadb_that_accepts_only_t
 #[tokio::test]
 async fn tls_options_are_checked_when_an_instance_is_added() {
     let db = TestDb::new(Backend::Sqlite).await;
+    let (code, _, err) = cli(&db.url, &["migrate"]);
+    assert_eq!(code, 0, "{err}");
     let bad: &[(&str, &[&str], &str)] = &[
         (
             "postgres",

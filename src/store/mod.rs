@@ -37,12 +37,47 @@ pub enum StoreError {
     Conflict(String),
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// The database is missing or has no (or an older) syncpool schema; the message says
+    /// what to run.
+    #[error("{0}")]
+    NoDatabase(String),
+    // Not marked as sources: sqlx's errors repeat their causes in their own text, so a
+    // chain would print the same words three times. The text is in the message, once.
+    #[error("database error: {}", describe(.0))]
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
+
+/// A database error in one line: the server's own message (without sqlx's "error
+/// returned from database" and the server's source line), or sqlx's text.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// How many of `migrator`'s migrations are not among the `applied` versions.
+pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> usize {
+    migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .count()
 }
 
 impl StoreError {
@@ -56,7 +91,11 @@ impl StoreError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            StoreError::Invalid { .. } | StoreError::NotFound(_) | StoreError::Conflict(_)
+            StoreError::Invalid { .. }
+                | StoreError::NotFound(_)
+                | StoreError::Conflict(_)
+                | StoreError::NoDatabase(_)
+                | StoreError::UnsupportedUrl(_)
         )
     }
 
@@ -363,6 +402,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredAccount>>;
     async fn cleanup(&self, days: i64) -> Result<CleanupCounts>;
     async fn fleet_gauges(&self) -> Result<FleetGauges>;
+    /// How many of syncpool's migrations are not applied; `None` without any syncpool
+    /// table.
+    async fn migrations_pending(&self) -> Result<Option<usize>>;
 
     /// Claims a cron slot; false when another replica claimed it first.
     async fn schedule_slot_claim(
@@ -382,8 +424,29 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    connect_with(url, true).await
+}
+
+/// Opens a database that must already exist with syncpool's current schema, for commands
+/// that only read or change existing rows: they never create a file or a table.
+pub async fn connect_existing(url: &str) -> Result<Arc<dyn Store>> {
+    let store = connect_with(url, false).await?;
+    match store.migrations_pending().await? {
+        Some(0) => Ok(store),
+        None => Err(StoreError::NoDatabase(format!(
+            "the database at {} has no syncpool tables: create them with `syncpool migrate`",
+            crate::redact::url(url)
+        ))),
+        Some(n) => Err(StoreError::NoDatabase(format!(
+            "the database at {} lacks {n} of this version's migrations: run `syncpool migrate`",
+            crate::redact::url(url)
+        ))),
+    }
+}
+
+async fn connect_with(url: &str, create: bool) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, create).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else {

@@ -155,6 +155,25 @@ impl Store for PgStore {
         "postgres"
     }
 
+    async fn migrations_pending(&self) -> Result<Option<usize>> {
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _syncpool_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(v) => v,
+                // undefined_table
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            };
+        Ok(Some(super::pending(
+            &sqlx::migrate!("./migrations/postgres"),
+            &applied,
+        )))
+    }
+
     async fn migrate(&self) -> Result<()> {
         // sqlx's migrator locks, but creates its bookkeeping table before it does; two
         // processes migrating a fresh database at once could race there. One advisory

@@ -39,15 +39,23 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// Opens the database at `url`; `create` allows creating a missing file (commands
+    /// that read never do: a typo in a path must not leave an empty database behind).
+    pub async fn connect(url: &str, create: bool) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("temp_store", "memory");
         let path = (!url.contains(":memory:")).then(|| opts.get_filename().to_path_buf());
+        if let Some(path) = path.as_ref().filter(|p| !create && !p.exists()) {
+            return Err(StoreError::NoDatabase(format!(
+                "no database at {}: create it with `syncpool migrate` (or check --database-url)",
+                path.display()
+            )));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -138,6 +146,24 @@ impl Store for SqliteStore {
     }
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn migrations_pending(&self) -> Result<Option<usize>> {
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _syncpool_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(v) => v,
+                Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            };
+        Ok(Some(super::pending(
+            &sqlx::migrate!("./migrations/sqlite"),
+            &applied,
+        )))
     }
 
     async fn migrate(&self) -> Result<()> {

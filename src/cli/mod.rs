@@ -2,278 +2,19 @@
 //! parsed flags into calls on the [`Store`] and the worker, and errors into exit codes:
 //! 2 for bad usage or bad input (one line on stderr), 1 for a runtime failure.
 
+mod args;
+
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
+pub use args::*;
+
 use crate::model::*;
-use crate::settings::Settings;
 use crate::store::{self, SessionFilter, Store, StoreError};
 use crate::validate;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "syncpool",
-    version,
-    about = "Keeps a fleet's database accounts in sync, on a database-backed queue"
-)]
-pub struct Cli {
-    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB
-    #[arg(
-        long,
-        env = "SYNCPOOL_DATABASE_URL",
-        hide_env_values = true,
-        default_value = "sqlite://syncpool.db",
-        global = true
-    )]
-    pub database_url: String,
-    #[command(flatten)]
-    pub timing: TimingArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Durations accept `30s`, `500ms`, `2m` or plain seconds.
-#[derive(Args, Debug, Clone)]
-pub struct TimingArgs {
-    /// Lease time-to-live
-    #[arg(long, env = "SYNCPOOL_LEASE_TTL", hide_env_values = true, default_value = "30s", value_parser = parse_duration, global = true)]
-    pub lease_ttl: Duration,
-    /// Lease renewal interval
-    #[arg(long, env = "SYNCPOOL_LEASE_RENEW", hide_env_values = true, default_value = "10s", value_parser = parse_duration, global = true)]
-    pub lease_renew: Duration,
-    /// Longest one instance sync may take
-    #[arg(long, env = "SYNCPOOL_SYNC_TIMEOUT", hide_env_values = true, default_value = "300s", value_parser = parse_duration, global = true)]
-    pub sync_timeout: Duration,
-    /// Attempts per instance, the first included
-    #[arg(long, env = "SYNCPOOL_MAX_ATTEMPTS", hide_env_values = true, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=100), global = true)]
-    pub max_attempts: i64,
-    /// First retry delay (doubles per attempt, with jitter)
-    #[arg(long, env = "SYNCPOOL_RETRY_BACKOFF", hide_env_values = true, default_value = "2s", value_parser = parse_duration, global = true)]
-    pub retry_backoff: Duration,
-    /// How long a job may wait for an instance leased elsewhere
-    #[arg(long, env = "SYNCPOOL_LOCK_WAIT_TIMEOUT", hide_env_values = true, default_value = "600s", value_parser = parse_duration, global = true)]
-    pub lock_wait_timeout: Duration,
-    /// Grace period for running syncs at shutdown
-    #[arg(long, env = "SYNCPOOL_SHUTDOWN_GRACE", hide_env_values = true, default_value = "30s", value_parser = parse_duration, global = true)]
-    pub shutdown_grace: Duration,
-    /// Queue heartbeat; a worker silent for 3 heartbeats has its jobs taken over
-    #[arg(long, env = "SYNCPOOL_QUEUE_HEARTBEAT", hide_env_values = true, default_value = "10s", value_parser = parse_duration, global = true)]
-    pub queue_heartbeat: Duration,
-    /// Time allowed to connect to an instance
-    #[arg(long, env = "SYNCPOOL_CONNECT_TIMEOUT", hide_env_values = true, default_value = "10s", value_parser = parse_duration, global = true)]
-    pub connect_timeout: Duration,
-    /// Time allowed for one catalog query on an instance
-    #[arg(long, env = "SYNCPOOL_STATEMENT_TIMEOUT", hide_env_values = true, default_value = "60s", value_parser = parse_duration, global = true)]
-    pub statement_timeout: Duration,
-    /// How often an idle worker polls for jobs
-    #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", hide_env_values = true, default_value = "200ms", value_parser = parse_duration, global = true)]
-    pub poll_interval: Duration,
-}
-
-impl TimingArgs {
-    pub fn settings(&self) -> Result<Settings, CliError> {
-        if self.lease_renew >= self.lease_ttl {
-            return Err(CliError::Usage(
-                "--lease-renew must be shorter than --lease-ttl".into(),
-            ));
-        }
-        Ok(Settings {
-            lease_ttl: self.lease_ttl,
-            lease_renew: self.lease_renew,
-            sync_timeout: self.sync_timeout,
-            max_attempts: self.max_attempts,
-            retry_backoff: self.retry_backoff,
-            lock_wait_timeout: self.lock_wait_timeout,
-            shutdown_grace: self.shutdown_grace,
-            queue_heartbeat: self.queue_heartbeat,
-            poll_interval: self.poll_interval,
-            connect_timeout: self.connect_timeout,
-            statement_timeout: self.statement_timeout,
-            ..Settings::default()
-        })
-    }
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (try 30s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 30.0 * 86400.0 {
-        return Err(format!("'{s}' must be positive and at most 30 days"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Apply migrations (safe when several processes start at once)
-    Migrate,
-    /// Manage the instance registry
-    #[command(subcommand)]
-    Instances(InstancesCmd),
-    /// Start a session over all active instances
-    SyncAll(SyncOpts),
-    /// Start a manual session over the named instances
-    Sync {
-        #[arg(required = true)]
-        names: Vec<String>,
-        #[command(flatten)]
-        opts: SyncOpts,
-    },
-    /// Run a worker process until SIGINT/SIGTERM
-    Worker {
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
-        concurrency: u16,
-        /// Serve /metrics on this address (e.g. 127.0.0.1:9187)
-        #[arg(long)]
-        metrics_bind: Option<String>,
-    },
-    /// HTTP API and /metrics; optionally in-process workers and the scheduler
-    Serve(ServeOpts),
-    /// List sessions
-    Sessions {
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one session with its records
-    Session {
-        id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Cancel a session
-    Cancel { id: String },
-    /// Delete finished sessions older than N days, their records and jobs, and expired locks
-    Cleanup {
-        #[arg(long, default_value_t = 7, allow_negative_numbers = true)]
-        days: i64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The synced accounts of one instance
-    Accounts {
-        name: String,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        include_deleted: bool,
-    },
-    /// Register simulated instances, sync them all with in-process workers, print a summary
-    Demo {
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        instances: u32,
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-        workers: u16,
-    },
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct SyncOpts {
-    /// Wait until the session finishes
-    #[arg(long)]
-    pub wait: bool,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ServeOpts {
-    /// Address to listen on; port 0 picks a free one (the bound address is logged)
-    #[arg(
-        long,
-        env = "SYNCPOOL_BIND",
-        hide_env_values = true,
-        default_value = "127.0.0.1:8080"
-    )]
-    pub bind: String,
-    /// Concurrency of an in-process worker (0: none)
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
-    pub workers: u16,
-    /// Cron expression for scheduled sessions over all active instances (e.g. "0 */6 * * *")
-    #[arg(long, env = "SYNCPOOL_SCHEDULE", hide_env_values = true)]
-    pub schedule: Option<String>,
-    /// Cron expression for the daily cleanup
-    #[arg(
-        long,
-        env = "SYNCPOOL_CLEANUP_SCHEDULE",
-        hide_env_values = true,
-        default_value = "0 3 * * *"
-    )]
-    pub cleanup_schedule: String,
-    /// Days of finished sessions the scheduled cleanup keeps
-    #[arg(
-        long,
-        env = "SYNCPOOL_RETENTION_DAYS",
-        hide_env_values = true,
-        default_value_t = 7
-    )]
-    pub retention_days: i64,
-    /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
-    /// comma-separated for rotation); refused otherwise
-    #[arg(long)]
-    pub insecure_no_auth: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum InstancesCmd {
-    /// Register an instance; prints it as JSON
-    Add {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        kind: String,
-        #[arg(long)]
-        host: Option<String>,
-        #[arg(long)]
-        port: Option<i64>,
-        #[arg(long)]
-        username: Option<String>,
-        #[arg(long)]
-        database: Option<String>,
-        /// Environment variable of the worker that holds the password; must start with
-        /// SYNCPOOL_SECRET_
-        #[arg(long)]
-        password_env: Option<String>,
-        /// File in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default
-        /// /run/secrets) that holds the password
-        #[arg(long)]
-        password_file: Option<String>,
-        /// KEY=VALUE, repeatable
-        #[arg(long = "option")]
-        options: Vec<String>,
-    },
-    /// Register a JSON array of instances, all or nothing
-    Import { file: PathBuf },
-    /// List instances
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove an instance
-    Remove { name: String },
-}
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +65,67 @@ fn parse_session_id(s: &str) -> Result<Uuid, CliError> {
         .map_err(|_| CliError::Usage(format!("'{s}' is not a session id (a UUID)")))
 }
 
-/// Opens the store and applies migrations, so that every command works on a fresh file.
+/// Only these commands create a missing database and apply migrations: the ones that set
+/// one up (`migrate`, registering instances) or run against it for long (worker, serve,
+/// demo). Every other command needs an existing, current database and says so otherwise.
+fn creates_database(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Migrate
+            | Command::Instances(InstancesCmd::Add { .. } | InstancesCmd::Import { .. })
+            | Command::Worker { .. }
+            | Command::Serve(_)
+            | Command::Demo { .. }
+    )
+}
+
+/// Every check that needs no database, run before one is opened.
+fn check_input(cmd: &Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Session { id, .. } | Command::Cancel { id } => {
+            parse_session_id(id)?;
+        }
+        Command::Sessions { status, limit, .. } => {
+            if let Some(s) = status {
+                validate::session_status(s)?;
+            }
+            validate::limit(*limit)?;
+        }
+        Command::Cleanup { days, .. } => {
+            validate::days(*days)?;
+        }
+        Command::Worker {
+            metrics_bind,
+            timing,
+            ..
+        } => {
+            timing.settings()?;
+            if let Some(addr) = metrics_bind {
+                addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                    CliError::Usage(format!(
+                        "--metrics-bind '{addr}' is not an address (try 127.0.0.1:9187)"
+                    ))
+                })?;
+            }
+        }
+        Command::Demo { timing, .. } => {
+            timing.settings()?;
+        }
+        Command::Serve(opts) => {
+            serve_checks(opts)?;
+        }
+        Command::Instances(InstancesCmd::Add { .. }) => {
+            new_instance_from_args(cmd)?;
+        }
+        Command::Instances(InstancesCmd::Import { file }) => {
+            read_import(file)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Opens the store and applies migrations (creating a missing SQLite file).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, CliError> {
     let store = store::connect(url).await?;
     store
@@ -335,7 +136,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, CliError> {
 }
 
 pub async fn run(cli: Cli) -> Out {
-    let settings = cli.timing.settings()?;
     // Long-running commands catch SIGTERM from the start (see `shutdown_signal`); the
     // others keep the default action, so that a signal still ends them.
     let shutdown = match cli.command {
@@ -349,7 +149,13 @@ pub async fn run(cli: Cli) -> Out {
             None => std::future::pending().await,
         }
     };
-    let store = open(&cli.database_url).await?;
+    // Input that needs no database is checked first: rejected input creates nothing.
+    check_input(&cli.command)?;
+    let store = if creates_database(&cli.command) {
+        open(&cli.database_url).await?
+    } else {
+        store::connect_existing(&cli.database_url).await?
+    };
     match cli.command {
         Command::Migrate => {
             println!("migrations applied");
@@ -380,7 +186,9 @@ pub async fn run(cli: Cli) -> Out {
         Command::Worker {
             concurrency,
             metrics_bind,
+            timing,
         } => {
+            let settings = timing.settings()?;
             if let Some(addr) = metrics_bind {
                 crate::http::serve_metrics(store.clone(), &addr).await?;
             }
@@ -390,7 +198,7 @@ pub async fn run(cli: Cli) -> Out {
                 .await
                 .map_err(CliError::Runtime)
         }
-        Command::Serve(opts) => serve(store, settings, opts, shutdown).await,
+        Command::Serve(opts) => serve(store, opts, shutdown).await,
         Command::Sessions {
             status,
             limit,
@@ -495,63 +303,23 @@ pub async fn run(cli: Cli) -> Out {
             }
             Ok(())
         }
-        Command::Demo { instances, workers } => {
-            crate::demo::run(store, settings, instances, workers).await
-        }
+        Command::Demo {
+            instances,
+            workers,
+            timing,
+        } => crate::demo::run(store, timing.settings()?, instances, workers).await,
     }
 }
 
 async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
     match cmd {
-        InstancesCmd::Add {
-            name,
-            kind,
-            host,
-            port,
-            username,
-            database,
-            password_env,
-            password_file,
-            options,
-        } => {
-            let new = validate::new_instance(NewInstance {
-                name,
-                kind,
-                host,
-                port,
-                username,
-                database,
-                password_env,
-                password_file,
-                options: validate::option_pairs(&options)?,
-                active: true,
-            })?;
+        cmd @ InstancesCmd::Add { .. } => {
+            let new = new_instance_from_args(&Command::Instances(cmd))?;
             print_json(&store.instance_insert(&new).await?);
             Ok(())
         }
         InstancesCmd::Import { file } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
-            let list: Vec<NewInstance> = serde_json::from_str(&text).map_err(|e| {
-                CliError::Usage(format!(
-                    "{} is not a JSON array of instances: {e}",
-                    file.display()
-                ))
-            })?;
-            let mut seen = std::collections::HashSet::new();
-            let mut valid = Vec::with_capacity(list.len());
-            for (i, n) in list.into_iter().enumerate() {
-                let n = validate::new_instance(n)
-                    .map_err(|e| CliError::Usage(format!("instance #{}: {e}", i + 1)))?;
-                if !seen.insert(n.name.clone()) {
-                    return Err(CliError::Usage(format!(
-                        "instance #{}: the name '{}' appears twice in the file",
-                        i + 1,
-                        n.name
-                    )));
-                }
-                valid.push(n);
-            }
+            let valid = read_import(&file)?;
             let n = store.instance_insert_many(&valid).await?;
             println!("{n}");
             Ok(())
@@ -589,6 +357,63 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
             Ok(())
         }
     }
+}
+
+/// The validated instance that `instances add` describes.
+fn new_instance_from_args(cmd: &Command) -> Result<NewInstance, CliError> {
+    let Command::Instances(InstancesCmd::Add {
+        name,
+        kind,
+        host,
+        port,
+        username,
+        database,
+        password_env,
+        password_file,
+        options,
+    }) = cmd
+    else {
+        unreachable!("called for `instances add` only")
+    };
+    Ok(validate::new_instance(NewInstance {
+        name: name.clone(),
+        kind: kind.clone(),
+        host: host.clone(),
+        port: *port,
+        username: username.clone(),
+        database: database.clone(),
+        password_env: password_env.clone(),
+        password_file: password_file.clone(),
+        options: validate::option_pairs(options)?,
+        active: true,
+    })?)
+}
+
+/// Reads and validates an import file, all of it, before anything is written.
+fn read_import(file: &std::path::Path) -> Result<Vec<NewInstance>, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let list: Vec<NewInstance> = serde_json::from_str(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "{} is not a JSON array of instances: {e}",
+            file.display()
+        ))
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    let mut valid = Vec::with_capacity(list.len());
+    for (i, n) in list.into_iter().enumerate() {
+        let n = validate::new_instance(n)
+            .map_err(|e| CliError::Usage(format!("instance #{}: {e}", i + 1)))?;
+        if !seen.insert(n.name.clone()) {
+            return Err(CliError::Usage(format!(
+                "instance #{}: the name '{}' appears twice in the file",
+                i + 1,
+                n.name
+            )));
+        }
+        valid.push(n);
+    }
+    Ok(valid)
 }
 
 async fn start_session(
@@ -729,44 +554,48 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send 
     })
 }
 
-async fn serve(
-    store: Arc<dyn Store>,
-    settings: Settings,
-    opts: ServeOpts,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Out {
+/// What `serve` needs decided before it starts: the schedules (cron expressions parsed)
+/// and the API tokens (and whether serving without one is allowed). Pure, so that
+/// `check_input` can run it before any database is opened.
+fn serve_checks(
+    opts: &ServeOpts,
+) -> Result<(Vec<crate::scheduler::Schedule>, Vec<Arc<str>>), CliError> {
     use crate::scheduler::{self, Job, Schedule};
-    let ServeOpts {
-        bind,
-        workers,
-        schedule,
-        cleanup_schedule,
-        retention_days,
-        insecure_no_auth,
-    } = opts;
-    let bind = bind.as_str();
     let mut schedules = vec![Schedule {
         name: "cleanup",
-        cron: scheduler::parse(&cleanup_schedule).map_err(CliError::Usage)?,
+        cron: scheduler::parse(&opts.cleanup_schedule).map_err(CliError::Usage)?,
         job: Job::Cleanup {
-            days: validate::days(retention_days)?,
+            days: validate::days(opts.retention_days)?,
         },
     }];
-    if let Some(expr) = schedule.filter(|s| !s.trim().is_empty()) {
+    if let Some(expr) = opts.schedule.as_deref().filter(|s| !s.trim().is_empty()) {
         schedules.push(Schedule {
             name: "sync",
-            cron: scheduler::parse(&expr).map_err(CliError::Usage)?,
+            cron: scheduler::parse(expr).map_err(CliError::Usage)?,
             job: Job::Sync,
         });
     }
+    opts.timing.settings()?;
     let tokens = api_tokens()?;
-    if tokens.is_empty() && !insecure_no_auth && !is_loopback(bind) {
+    let bind = opts.bind.as_str();
+    if tokens.is_empty() && !opts.insecure_no_auth && !is_loopback(bind) {
         return Err(CliError::Usage(format!(
             "refusing to serve on {bind} without SYNCPOOL_API_TOKEN: anyone who can reach it could \
              register instances and start syncs with the workers' credentials; set a token, bind a \
              loopback address, or pass --insecure-no-auth"
         )));
     }
+    Ok((schedules, tokens))
+}
+
+async fn serve(
+    store: Arc<dyn Store>,
+    opts: ServeOpts,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Out {
+    let (schedules, tokens) = serve_checks(&opts)?;
+    let settings = opts.timing.settings()?;
+    let (bind, workers) = (opts.bind.as_str(), opts.workers);
     let stop = tokio_util::sync::CancellationToken::new();
     let state = crate::http::AppState {
         store: store.clone(),
@@ -775,7 +604,11 @@ async fn serve(
     let (_, server) = crate::http::serve(state, bind, stop.clone().cancelled_owned())
         .await
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
-    let sched = tokio::spawn(scheduler::run(store.clone(), schedules, stop.clone()));
+    let sched = tokio::spawn(crate::scheduler::run(
+        store.clone(),
+        schedules,
+        stop.clone(),
+    ));
     let worker = (workers > 0).then(|| {
         let id = crate::worker::new_worker_id();
         tokio::spawn(crate::worker::run(

@@ -1,0 +1,358 @@
+//! The command line's grammar: every command, flag and argument with its help text. What
+//! they do is in `mod.rs`. Help never prints an environment value (`hide_env_values`):
+//! the database URL and tokens are secrets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::CliError;
+use crate::settings::Settings;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "syncpool",
+    version,
+    about = "Keeps a fleet's database accounts in sync, on a database-backed queue",
+    after_help = "Exit codes: 0 success; 1 runtime failure; 2 bad usage or input; \
+                  sync --wait: 3 completed_with_errors, 4 failed, 5 cancelled."
+)]
+pub struct Cli {
+    /// syncpool's own database: sqlite://PATH or postgres://USER@HOST/DB (default
+    /// sqlite://syncpool.db; created by `migrate`, `instances add`, `worker`, `serve`)
+    #[arg(
+        long,
+        env = "SYNCPOOL_DATABASE_URL",
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = "sqlite://syncpool.db",
+        value_name = "URL",
+        global = true
+    )]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The timings of the commands that run syncs (worker, serve, demo). Durations accept
+/// `30s`, `500ms`, `2m`, `1h` or plain seconds.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Timings")]
+pub struct TimingArgs {
+    /// How long a lease on an instance lasts without renewal
+    #[arg(long, env = "SYNCPOOL_LEASE_TTL", hide_env_values = true, default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub lease_ttl: Duration,
+    /// How often a running sync renews its lease (shorter than --lease-ttl)
+    #[arg(long, env = "SYNCPOOL_LEASE_RENEW", hide_env_values = true, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub lease_renew: Duration,
+    /// Longest one instance sync may take
+    #[arg(long, env = "SYNCPOOL_SYNC_TIMEOUT", hide_env_values = true, default_value = "300s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub sync_timeout: Duration,
+    /// Attempts per instance, the first included (1-100)
+    #[arg(long, env = "SYNCPOOL_MAX_ATTEMPTS", hide_env_values = true, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=100), allow_negative_numbers = true, value_name = "N")]
+    pub max_attempts: i64,
+    /// First retry delay (doubles per attempt, with jitter)
+    #[arg(long, env = "SYNCPOOL_RETRY_BACKOFF", hide_env_values = true, default_value = "2s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub retry_backoff: Duration,
+    /// How long a job may wait for an instance leased by another session
+    #[arg(long, env = "SYNCPOOL_LOCK_WAIT_TIMEOUT", hide_env_values = true, default_value = "600s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub lock_wait_timeout: Duration,
+    /// Grace period for running syncs at shutdown
+    #[arg(long, env = "SYNCPOOL_SHUTDOWN_GRACE", hide_env_values = true, default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+    /// Queue heartbeat; a worker silent for 3 heartbeats has its jobs taken over
+    #[arg(long, env = "SYNCPOOL_QUEUE_HEARTBEAT", hide_env_values = true, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub queue_heartbeat: Duration,
+    /// Time allowed to connect to an instance
+    #[arg(long, env = "SYNCPOOL_CONNECT_TIMEOUT", hide_env_values = true, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one catalog query on an instance
+    #[arg(long, env = "SYNCPOOL_STATEMENT_TIMEOUT", hide_env_values = true, default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub statement_timeout: Duration,
+    /// How often an idle worker polls for jobs
+    #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", hide_env_values = true, default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    pub poll_interval: Duration,
+}
+
+impl TimingArgs {
+    pub fn settings(&self) -> Result<Settings, CliError> {
+        if self.lease_renew >= self.lease_ttl {
+            return Err(CliError::Usage(
+                "--lease-renew must be shorter than --lease-ttl".into(),
+            ));
+        }
+        Ok(Settings {
+            lease_ttl: self.lease_ttl,
+            lease_renew: self.lease_renew,
+            sync_timeout: self.sync_timeout,
+            max_attempts: self.max_attempts,
+            retry_backoff: self.retry_backoff,
+            lock_wait_timeout: self.lock_wait_timeout,
+            shutdown_grace: self.shutdown_grace,
+            queue_heartbeat: self.queue_heartbeat,
+            poll_interval: self.poll_interval,
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
+            ..Settings::default()
+        })
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 30.0 * 86400.0 {
+        return Err(format!("'{s}' must be positive and at most 30 days"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the database if missing and apply migrations (safe when several processes
+    /// start at once)
+    Migrate,
+    /// Manage the instance registry
+    #[command(subcommand)]
+    Instances(InstancesCmd),
+    /// Start a manual session over all active instances
+    SyncAll(SyncOpts),
+    /// Start a manual session over the named instances
+    Sync {
+        /// Names of registered instances (one: manual_single; several: manual_batch)
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        opts: SyncOpts,
+    },
+    /// Run a worker process until SIGINT/SIGTERM
+    Worker {
+        /// Instances this process syncs at once (1-1024)
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), allow_negative_numbers = true, value_name = "N")]
+        concurrency: u16,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9187)
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<String>,
+        #[command(flatten)]
+        timing: TimingArgs,
+    },
+    /// Serve the HTTP API, /metrics, /healthz and /readyz; optionally in-process workers
+    /// and the scheduler
+    #[command(
+        after_help = "Environment: SYNCPOOL_API_TOKEN=TOKEN[,TOKEN...] requires \
+                      `Authorization: Bearer TOKEN` on every route but /metrics, /healthz, \
+                      /readyz and /api/v1/openapi.json (several tokens, for rotation). \
+                      Without it, only a loopback --bind is served unless --insecure-no-auth."
+    )]
+    Serve(ServeOpts),
+    /// List sessions, newest first
+    Sessions {
+        /// Only sessions in this status: pending, running, completed,
+        /// completed_with_errors, failed, cancelled
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        /// How many to list (1-1000)
+        #[arg(
+            long,
+            default_value_t = 20,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        limit: i64,
+        /// Print {"items": [...], "total": N} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session with its records
+    Session {
+        /// The session's id (a UUID, as `sync` and `sessions` print it)
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Print the session and all its records as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a session: pending records end at once, running ones at their next renewal
+    Cancel {
+        /// The session's id (a UUID)
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Delete finished sessions older than N days, their records and jobs, and expired
+    /// locks
+    Cleanup {
+        /// Age in days of the newest finished session to delete (0-36500)
+        #[arg(
+            long,
+            default_value_t = 7,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        days: i64,
+        /// Print what was deleted as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// The synced accounts of one instance
+    Accounts {
+        /// The instance's name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Print the accounts as JSON
+        #[arg(long)]
+        json: bool,
+        /// Also list accounts that have disappeared from the instance
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Register simulated instances, sync them all with in-process workers, print a
+    /// summary
+    Demo {
+        /// Simulated instances to register and sync (1-100000)
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000), allow_negative_numbers = true, value_name = "N")]
+        instances: u32,
+        /// Concurrency of the in-process worker (1-64)
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true, value_name = "N")]
+        workers: u16,
+        #[command(flatten)]
+        timing: TimingArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SyncOpts {
+    /// Wait until the session finishes; the exit code tells how it ended
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON: the session id and status, or with --wait the whole session
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeOpts {
+    /// Address to listen on; port 0 picks a free one (the bound address is logged)
+    #[arg(
+        long,
+        env = "SYNCPOOL_BIND",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub bind: String,
+    /// Concurrency of an in-process worker (0: none)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024), allow_negative_numbers = true, value_name = "N")]
+    pub workers: u16,
+    /// Cron expression for scheduled sessions over all active instances (e.g. "0 */6 * * *")
+    #[arg(
+        long,
+        env = "SYNCPOOL_SCHEDULE",
+        hide_env_values = true,
+        value_name = "CRON"
+    )]
+    pub schedule: Option<String>,
+    /// Cron expression for the daily cleanup
+    #[arg(
+        long,
+        env = "SYNCPOOL_CLEANUP_SCHEDULE",
+        hide_env_values = true,
+        default_value = "0 3 * * *",
+        value_name = "CRON"
+    )]
+    pub cleanup_schedule: String,
+    /// Days of finished sessions the scheduled cleanup keeps (0-36500)
+    #[arg(
+        long,
+        env = "SYNCPOOL_RETENTION_DAYS",
+        hide_env_values = true,
+        default_value_t = 7,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub retention_days: i64,
+    /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
+    /// comma-separated for rotation); refused otherwise
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstancesCmd {
+    /// Register an instance; prints it as JSON
+    Add {
+        /// Unique name (1-200 printable characters)
+        #[arg(long)]
+        name: String,
+        /// Kind of instance: postgres, mysql or simulated
+        #[arg(long)]
+        kind: String,
+        /// Host name or address (postgres, mysql)
+        #[arg(long)]
+        host: Option<String>,
+        /// TCP port (default 5432 for postgres, 3306 for mysql)
+        #[arg(long, allow_negative_numbers = true)]
+        port: Option<i64>,
+        /// Login user (default postgres / root)
+        #[arg(long)]
+        username: Option<String>,
+        /// Database to connect to (postgres: default postgres)
+        #[arg(long)]
+        database: Option<String>,
+        /// Environment variable of the worker that holds the password; must start with
+        /// SYNCPOOL_SECRET_
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// File in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default
+        /// /run/secrets) that holds the password
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<String>,
+        /// KEY=VALUE, repeatable. postgres: role_like, exclude_system_roles, ssl_mode,
+        /// ssl_root_cert; mysql: user_like, ssl_mode, ssl_root_cert; simulated:
+        /// latency_ms, jitter_ms, fail_rate, accounts, panic_rate
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// Register a JSON array of instances, all or nothing
+    #[command(
+        after_help = "FILE holds a JSON array of instances, each as `instances add` \
+                            takes it:\n  [{\"name\": \"db1\", \"kind\": \"postgres\", \"host\": \
+                            \"db1.internal\", \"port\": 5432,\n    \"username\": \"syncpool\", \
+                            \"password_env\": \"SYNCPOOL_SECRET_DB1\",\n    \"options\": \
+                            {\"ssl_mode\": \"verify-full\"}},\n   {\"name\": \"sim1\", \"kind\": \
+                            \"simulated\", \"options\": {\"latency_ms\": 50}}]"
+    )]
+    Import {
+        /// Path of the JSON file (format below)
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List instances
+    List {
+        /// Print the instances as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an instance (its sessions' records keep its name)
+    Remove {
+        /// The instance's name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
