@@ -176,9 +176,14 @@ pub fn signal(child: &Child, sig: &str) {
 
 /// Fetches a worker's /metrics with a bare HTTP/1.0 request.
 pub fn scrape(addr: &str) -> String {
+    http_get(addr, "/metrics")
+}
+
+/// A bare HTTP/1.0 GET; returns the whole response, status line included.
+pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();

@@ -632,3 +632,67 @@ async fn a_worker_whose_queue_fails_restarts_under_a_new_name_and_keeps_syncing(
     );
     assert!(text.contains("-w1"), "the restarted worker has a new name");
 }
+
+/// What an operator of a worker sees: one log line per failed attempt at the default
+/// level, naming the instance, the attempt and the kind of failure; and health checks
+/// on the metrics port for the orchestrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_logs_each_failed_attempt_once_and_its_metrics_port_answers_health_checks() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    store
+        .instance_insert(&simulated("flaky-db", json!({"fail_rate": 1.0})))
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (mut w, log) = worker(
+        &db,
+        "ops",
+        &[
+            "--metrics-bind",
+            &addr,
+            "--max-attempts",
+            "2",
+            "--retry-backoff",
+            "100ms",
+        ],
+    );
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no metrics port"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = http_get(&addr, "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.0 200") && health.contains("\"ok\""),
+        "{health}"
+    );
+    let ready = http_get(&addr, "/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.0 200") && ready.contains("sqlite"),
+        "{ready}"
+    );
+
+    let (code, out, err) = cli(&db.url, &["sync", "flaky-db", "--wait"]);
+    assert_eq!(code, 4, "{out}{err}");
+    signal(&w, "TERM");
+    w.wait().unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("instance sync failed"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per attempt: {text}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("flaky-db"), "{line}");
+        assert!(line.contains(&format!("attempt={}", i + 1)), "{line}");
+        assert!(
+            line.contains("class=\"retryable\"") || line.contains("class=retryable"),
+            "{line}"
+        );
+    }
+}

@@ -67,11 +67,16 @@ pub fn routes() -> Router<AppState> {
 
 /// Routes that never need the token.
 pub fn open_routes() -> Router<AppState> {
+    health_routes()
+        // Tools need the document to talk to the API; it holds no secret.
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+/// Liveness and readiness, also served on a worker's metrics port for its orchestrator.
+pub fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        // Tools need the document to talk to the API; it holds no secret.
-        .route("/api/v1/openapi.json", get(openapi))
 }
 
 #[derive(utoipa::OpenApi)]

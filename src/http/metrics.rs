@@ -56,7 +56,8 @@ async fn render(State(s): State<MetricsState>) -> String {
     text
 }
 
-/// Binds `addr` and serves `/metrics` in the background; returns the bound address.
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` in the background (a
+/// worker's port); returns the bound address.
 pub async fn serve_metrics(
     store: Arc<dyn Store>,
     addr: &str,
@@ -66,7 +67,12 @@ pub async fn serve_metrics(
         .map_err(|e| anyhow::anyhow!("cannot bind metrics address {addr}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "serving /metrics");
-    let app = metrics_router(store);
+    let app = metrics_router(store.clone()).merge(super::api::health_routes().with_state(
+        super::AppState {
+            store,
+            tokens: vec![],
+        },
+    ));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server stopped");

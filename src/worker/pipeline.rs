@@ -294,6 +294,9 @@ impl Pipeline {
                 retry_after: retry_after(true),
             }
         };
+        // For the log line: what kind of failure, so an operator can tell a flaky network
+        // from a wrong password without reading the text.
+        let mut class = "lease deadline";
         let result = tokio::select! {
             // Biased: when the process resumes from a pause, a passed deadline wins over
             // a read that also became ready, so nothing goes on under an expired lease.
@@ -317,7 +320,9 @@ impl Pipeline {
             r = fetch => match r {
                 Ok(accounts) => SyncResult::Completed(accounts),
                 Err(Fetch::Expired) => expired(),
-                Err(Fetch::Source(e)) => SyncResult::Failed {
+                Err(Fetch::Source(e)) => {
+                    class = if e.is_retryable() { "retryable" } else { "fatal" };
+                    SyncResult::Failed {
                     // Read again only on this path, to scrub it from the text the record
                     // keeps; the source read it itself, by the same rules.
                     error: crate::redact::text(
@@ -325,7 +330,8 @@ impl Pipeline {
                         &[&syncpool_workers::password(&spec).ok().flatten().unwrap_or_default()],
                     ),
                     retry_after: retry_after(e.is_retryable()),
-                },
+                }
+                }
             },
         };
         drop(_heartbeat);
@@ -334,6 +340,7 @@ impl Pipeline {
             tracing::warn!(
                 instance = instance.name,
                 attempt,
+                class,
                 retry = retry_after.is_some(),
                 error = error.as_str(),
                 "instance sync failed"
