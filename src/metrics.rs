@@ -102,6 +102,14 @@ fn register() {
         "Live instance leases in sync_locks (fleet-wide)"
     );
     describe_gauge!(SESSIONS_RUNNING, "Sessions running (fleet-wide)");
+    describe_counter!(
+        crate::scheduler::FIRED,
+        "Cron slots this process claimed, by schedule (sync, cleanup)"
+    );
+    describe_counter!(
+        crate::scheduler::SKIPPED,
+        "Claimed sync slots this process skipped: the last scheduled session still ran, or no instance was active"
+    );
     describe_gauge!(
         OLDEST_SESSION,
         metrics::Unit::Seconds,

@@ -61,6 +61,12 @@ pub async fn fire(
                 tracing::warn!(%slot, "scheduled sync skipped: the previous scheduled session is still running");
                 Ok(Fired::Skipped)
             }
+            SlotFired::NothingToSync => {
+                metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
+                metrics::counter!(SKIPPED, "schedule" => schedule.name).increment(1);
+                tracing::warn!(%slot, "scheduled sync skipped: there is no active instance");
+                Ok(Fired::Skipped)
+            }
             SlotFired::Started(created) => {
                 metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
                 tracing::info!(%slot, session_id = %created.session_id, "scheduled sync started");

@@ -10,6 +10,8 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 pub const MAX_DAYS: i64 = 36_500;
 pub const MAX_LIMIT: i64 = 1_000;
+/// Room for a PEM root certificate (`ssl_root_cert`) and the rest.
+pub const MAX_OPTIONS_BYTES: usize = 80 * 1024;
 
 pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
     n.name = n.name.trim().to_string();
@@ -27,6 +29,28 @@ pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
                 n.kind,
                 syncpool_workers::KINDS.join(", ")
             ),
+        ));
+    }
+    // Bounded like the servers bound them (a DNS name is at most 253 bytes; PostgreSQL
+    // and MySQL names are far shorter than 128), so a 900 KB "host" is an error, not a row.
+    for (field, value, max) in [
+        ("host", &n.host, 253),
+        ("username", &n.username, 128),
+        ("database", &n.database, 128),
+    ] {
+        if let Some(v) = value
+            && (v.len() > max || v.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(StoreError::invalid(
+                field,
+                format!("{field} must be at most {max} bytes without spaces or control characters"),
+            ));
+        }
+    }
+    if n.options.to_string().len() > MAX_OPTIONS_BYTES {
+        return Err(StoreError::invalid(
+            "options",
+            format!("options must be at most {MAX_OPTIONS_BYTES} bytes of JSON"),
         ));
     }
     if let Some(p) = n.port

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
-struct App {
-    addr: std::net::SocketAddr,
-    store: Arc<dyn Store>,
+pub(crate) struct App {
+    pub addr: std::net::SocketAddr,
+    pub store: Arc<dyn Store>,
     token: Option<String>,
     stop: CancellationToken,
     _db: TestDb,
@@ -25,7 +25,7 @@ impl Drop for App {
     }
 }
 
-async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
+pub(crate) async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let stop = CancellationToken::new();
@@ -47,11 +47,11 @@ async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
 
 impl App {
     /// One HTTP/1.1 request with `Connection: close`; returns the status and JSON body.
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         self.raw(method, path, body, self.token.as_deref()).await
     }
 
-    async fn raw(
+    pub(crate) async fn raw(
         &self,
         method: &str,
         path: &str,
@@ -162,7 +162,9 @@ async fn every_route_answers_with_the_contracts_shapes(b: Backend) {
         "{patched}"
     );
 
-    let (st, created) = app.call("POST", "/api/v1/sessions", Some("{}")).await;
+    let (st, created) = app
+        .call("POST", "/api/v1/sessions", Some(r#"{"all": true}"#))
+        .await;
     assert_eq!(st, 202);
     assert_eq!(created["total_instances"], 1, "only active instances");
     assert_eq!(created["status"], "pending");
@@ -677,7 +679,9 @@ async fn real_responses_match_the_generated_openapi_document() {
         )
         .await;
     let id = inst["id"].as_i64().unwrap();
-    let (_, created) = app.call("POST", "/api/v1/sessions", Some("{}")).await;
+    let (_, created) = app
+        .call("POST", "/api/v1/sessions", Some(r#"{"all": true}"#))
+        .await;
     let sid = created["session_id"].as_str().unwrap().to_string();
     let calls: Vec<(&str, String, &str, Option<&str>)> = vec![
         (

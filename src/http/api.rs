@@ -158,11 +158,20 @@ pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Health>>
     }
 }
 
+/// Which instances to sync: name them, or ask for every active one with `"all": true`.
+/// An empty request is refused: syncing the whole fleet is never an accident.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SessionRequest {
+    /// Ids of the instances to sync (each at least 1, at most 100,000 of them).
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 100000, value_type = Option<Vec<i64>>)]
     instance_ids: Option<Vec<i64>>,
+    /// `true`: every active instance. Exclusive with `instance_ids`.
+    #[serde(default)]
+    all: Option<bool>,
+    /// `manual_single` or `manual_batch` (default: single for one id, batch otherwise);
+    /// `scheduled` sessions are started by the scheduler only.
     #[serde(default)]
     sync_type: Option<SyncType>,
 }
@@ -175,19 +184,47 @@ pub(super) async fn session_create(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SessionRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    if let Some(ids) = &req.instance_ids {
-        if ids.is_empty() {
+    let all = req.all.unwrap_or(false);
+    match (&req.instance_ids, all) {
+        (None, false) => {
             return Err(ApiError::field(
                 "instance_ids",
-                "instance_ids must not be empty (omit it to sync every active instance)",
+                "name the instances to sync (instance_ids) or pass \"all\": true for every active instance",
             ));
         }
-        if ids.len() > MAX_IDS {
+        (Some(_), true) => {
             return Err(ApiError::field(
-                "instance_ids",
-                format!("at most {MAX_IDS} instance ids per session"),
+                "all",
+                "give instance_ids or \"all\": true, not both",
             ));
         }
+        (Some(ids), false) => {
+            if ids.is_empty() {
+                return Err(ApiError::field(
+                    "instance_ids",
+                    "instance_ids must not be empty (pass \"all\": true to sync every active instance)",
+                ));
+            }
+            if ids.len() > MAX_IDS {
+                return Err(ApiError::field(
+                    "instance_ids",
+                    format!("at most {MAX_IDS} instance ids per session"),
+                ));
+            }
+            if ids.iter().any(|&id| id < 1) {
+                return Err(ApiError::field(
+                    "instance_ids",
+                    "instance ids are positive integers",
+                ));
+            }
+        }
+        (None, true) => {}
+    }
+    if req.sync_type == Some(SyncType::Scheduled) {
+        return Err(ApiError::field(
+            "sync_type",
+            "scheduled sessions are started by the scheduler; use manual_single or manual_batch",
+        ));
     }
     let ids = req.instance_ids.map(|mut v| {
         v.sort_unstable();

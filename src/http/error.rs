@@ -27,6 +27,10 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("the database is not ready")]
     Unavailable,
+    #[error("this route does not take {0}")]
+    MethodNotAllowed(String),
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -47,6 +51,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { field, message } => ApiError::field(field, message),
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            e @ StoreError::NoInstances => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(anyhow::Error::new(other)),
         }
     }
@@ -77,6 +82,14 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
+            ApiError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                Some("Content-Type".to_string()),
+            ),
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
@@ -86,7 +99,7 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => "internal error; see the server log".to_string(),
             other => other.to_string(),
         };
-        (
+        let mut response = (
             status,
             Json(ErrorBody {
                 error: ErrorDetail {
@@ -96,6 +109,14 @@ impl IntoResponse for ApiError {
                 },
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            // RFC 9110: a 401 names the scheme the client should use.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"syncpool\""),
+            );
+        }
+        response
     }
 }

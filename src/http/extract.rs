@@ -9,13 +9,27 @@ use std::collections::HashMap;
 
 use super::{ApiError, MAX_BODY};
 
-/// A JSON body. An empty body reads as `{}`.
+/// A JSON body, sent as `application/json` (or `*+json`; anything else is 415). An empty
+/// body reads as `{}`.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let mime = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            });
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge(MAX_BODY)
@@ -29,6 +43,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         })?;
         let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
             Bytes::from_static(b"{}")
+        } else if json_type != Some(true) {
+            // A body in another format is not guessed at, even when it parses as JSON.
+            return Err(ApiError::UnsupportedMediaType);
         } else {
             bytes
         };

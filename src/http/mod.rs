@@ -46,6 +46,13 @@ pub fn app(state: AppState) -> Router {
         .merge(protected)
         .merge(api::open_routes().with_state(state.clone()))
         .merge(metrics_router(state.store.clone()))
+        // Unknown routes and wrong methods answer in the API's JSON error shape too.
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::NotFound(format!("no route {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::MethodNotAllowed(method.to_string())
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 

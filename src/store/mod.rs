@@ -41,6 +41,9 @@ pub enum StoreError {
     /// what to run.
     #[error("{0}")]
     NoDatabase(String),
+    /// A session would have no instance: refused rather than "completed" over nothing.
+    #[error("there is no active instance to sync: register one (`instances add`) or activate one")]
+    NoInstances,
     // Not marked as sources: sqlx's errors repeat their causes in their own text, so a
     // chain would print the same words three times. The text is in the message, once.
     #[error("database error: {}", describe(.0))]
@@ -95,6 +98,7 @@ impl StoreError {
                 | StoreError::NotFound(_)
                 | StoreError::Conflict(_)
                 | StoreError::NoDatabase(_)
+                | StoreError::NoInstances
                 | StoreError::UnsupportedUrl(_)
         )
     }
@@ -300,6 +304,8 @@ pub struct RescueOutcome {
 pub enum SlotFired {
     Taken,
     Skipped,
+    /// Claimed, but there is no active instance to sync: recorded as skipped.
+    NothingToSync,
     Started(SessionCreated),
 }
 
@@ -533,18 +539,28 @@ pub(crate) fn parse_status<T: std::str::FromStr<Err = String>>(text: String) -> 
 /// Rejects a list of instance ids of which some do not exist, naming them.
 pub(crate) fn check_all_found(wanted: &[i64], found: impl Iterator<Item = i64>) -> Result<()> {
     let found: std::collections::HashSet<i64> = found.collect();
-    let missing: Vec<String> = wanted
+    let missing: Vec<i64> = wanted
         .iter()
+        .copied()
         .filter(|id| !found.contains(id))
-        .map(|id| id.to_string())
         .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::NotFound(format!(
-            "unknown instance id(s): {}",
-            missing.join(", ")
-        )))
+    // A few ids and a count: 100,000 unknown ids must not make a 700 KB error message.
+    const SHOWN: usize = 5;
+    match missing.len() {
+        0 => Ok(()),
+        n => {
+            let some: Vec<String> = missing.iter().take(SHOWN).map(i64::to_string).collect();
+            let more = if n > SHOWN {
+                format!(" and {} more ({n} in all)", n - SHOWN)
+            } else {
+                String::new()
+            };
+            Err(StoreError::NotFound(format!(
+                "unknown instance id{}: {}{more}",
+                if n == 1 { "" } else { "s" },
+                some.join(", ")
+            )))
+        }
     }
 }
 

@@ -637,7 +637,20 @@ impl Store for PgStore {
                 .await?;
             SlotFired::Skipped
         } else {
-            let created = session_insert(&mut tx, SyncType::Scheduled, None).await?;
+            let created = match session_insert(&mut tx, SyncType::Scheduled, None).await {
+                Err(StoreError::NoInstances) => {
+                    sqlx::query(
+                        "UPDATE schedule_slots SET skipped = TRUE WHERE name = $1 AND slot = $2",
+                    )
+                    .bind(name)
+                    .bind(slot)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(SlotFired::NothingToSync);
+                }
+                other => other?,
+            };
             sqlx::query("UPDATE schedule_slots SET session_id = $3 WHERE name = $1 AND slot = $2")
                 .bind(name)
                 .bind(slot)
@@ -729,6 +742,9 @@ async fn session_insert(
             rows
         }
     };
+    if rows.is_empty() {
+        return Err(StoreError::NoInstances);
+    }
     let session_id = Uuid::new_v4();
     let total = rows.len() as i64;
     let session_row: i64 = sqlx::query_scalar(concat!(

@@ -649,7 +649,20 @@ impl Store for SqliteStore {
                 .await?;
             SlotFired::Skipped
         } else {
-            let created = session_insert(&mut tx, SyncType::Scheduled, None).await?;
+            let created = match session_insert(&mut tx, SyncType::Scheduled, None).await {
+                Err(StoreError::NoInstances) => {
+                    sqlx::query(
+                        "UPDATE schedule_slots SET skipped = 1 WHERE name = ?1 AND slot = ?2",
+                    )
+                    .bind(name)
+                    .bind(slot.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(SlotFired::NothingToSync);
+                }
+                other => other?,
+            };
             sqlx::query("UPDATE schedule_slots SET session_id = ?3 WHERE name = ?1 AND slot = ?2")
                 .bind(name)
                 .bind(slot.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
@@ -784,6 +797,9 @@ async fn session_insert(
             rows
         }
     };
+    if rows.is_empty() {
+        return Err(StoreError::NoInstances);
+    }
     let session_id = Uuid::new_v4();
     let total = rows.len() as i64;
     let session_row: i64 = sqlx::query_scalar(concat!(

@@ -1,0 +1,206 @@
+//! The HTTP details producers and tools depend on: media types, auth challenges, JSON
+//! errors on every path, explicit session requests, bounded inputs and error texts.
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::{App, spawn_app};
+use crate::common::*;
+
+/// One request with exactly the given header lines; returns status, head and body.
+async fn request(
+    app: &App,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, Value) {
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        head.to_lowercase(),
+        serde_json::from_str(payload).unwrap_or(Value::Null),
+    )
+}
+
+on_both_databases!(
+    a_body_that_is_not_json_gets_415_and_writes_nothing,
+    unknown_routes_wrong_methods_and_missing_tokens_get_json_errors_and_a_bearer_challenge,
+    a_session_names_its_instances_or_asks_for_all_and_is_never_empty_or_scheduled,
+    long_strings_and_many_unknown_ids_are_refused_with_short_messages,
+);
+
+async fn a_body_that_is_not_json_gets_415_and_writes_nothing(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let body = r#"{"name":"a","kind":"simulated"}"#;
+    for ct in [
+        "Content-Type: text/plain\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        "",
+    ] {
+        let (status, _, err) = request(&app, "POST", "/api/v1/instances", ct, body).await;
+        assert_eq!(status, 415, "{ct:?}: {err}");
+        assert_eq!(err["error"]["code"], "unsupported_media_type", "{err}");
+    }
+    assert!(app.store.instance_list().await.unwrap().is_empty());
+    let (status, _, _) = request(
+        &app,
+        "POST",
+        "/api/v1/instances",
+        "Content-Type: application/json; charset=utf-8\r\n",
+        body,
+    )
+    .await;
+    assert_eq!(status, 201);
+}
+
+async fn unknown_routes_wrong_methods_and_missing_tokens_get_json_errors_and_a_bearer_challenge(
+    b: Backend,
+) {
+    let app = spawn_app(b, Some("s3cr3t")).await;
+    let auth = "Authorization: Bearer s3cr3t\r\n";
+    let (status, _, body) = request(&app, "GET", "/api/v1/nope", auth, "").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, head, body) = request(&app, "DELETE", "/api/v1/sessions", auth, "").await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert!(
+        head.contains("allow:"),
+        "405 lists the allowed methods: {head}"
+    );
+    let (status, head, body) = request(&app, "GET", "/api/v1/sessions", "", "").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _, _) = request(
+        &app,
+        "GET",
+        "/api/v1/sessions",
+        "Authorization: bEaReR s3cr3t\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "the scheme is case-insensitive");
+    let (status, _, doc) = request(&app, "GET", "/api/v1/openapi.json", "", "").await;
+    assert_eq!(status, 200, "tools read the document without the token");
+    assert!(doc["openapi"].is_string());
+}
+
+async fn a_session_names_its_instances_or_asks_for_all_and_is_never_empty_or_scheduled(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let post = |body: &'static str| app.call("POST", "/api/v1/sessions", Some(body));
+    // No instance registered yet: "all" is refused, not "completed" over nothing.
+    let (status, err) = post(r#"{"all": true}"#).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no active instance")
+    );
+    let (status, legacy) = app
+        .call("POST", "/account-sync-optimized/sync-all", None)
+        .await;
+    assert_eq!(status, 409, "{legacy}");
+    let (_, inst) = app
+        .call(
+            "POST",
+            "/api/v1/instances",
+            Some(r#"{"name":"a","kind":"simulated"}"#),
+        )
+        .await;
+    let id = inst["id"].as_i64().unwrap();
+    for (body, field) in [
+        ("", "instance_ids"),
+        ("{}", "instance_ids"),
+        (r#"{"all": false}"#, "instance_ids"),
+        (r#"{"all": true, "instance_ids": [1]}"#, "all"),
+        (r#"{"instance_ids": [0]}"#, "instance_ids"),
+        (r#"{"instance_ids": [-3]}"#, "instance_ids"),
+        (r#"{"all": true, "sync_type": "scheduled"}"#, "sync_type"),
+    ] {
+        let (status, err) = app.call("POST", "/api/v1/sessions", Some(body)).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+    }
+    let (_, sessions) = app.call("GET", "/api/v1/sessions", None).await;
+    assert_eq!(sessions["total"], 0, "nothing was started: {sessions}");
+    let (status, created) = post(r#"{"all": true}"#).await;
+    assert_eq!(
+        (status, created["total_instances"].as_i64()),
+        (202, Some(1)),
+        "{created}"
+    );
+    let body = json!({"instance_ids": [id]}).to_string();
+    let (status, created) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["session_id"].as_str().unwrap();
+    let (_, session) = app
+        .call("GET", &format!("/api/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(session["sync_type"], "manual_single", "{session}");
+}
+
+async fn long_strings_and_many_unknown_ids_are_refused_with_short_messages(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let huge = "h".repeat(900 * 1024);
+    for (field, body) in [
+        (
+            "host",
+            json!({"name": "a", "kind": "postgres", "host": huge}),
+        ),
+        (
+            "host",
+            json!({"name": "a", "kind": "postgres", "host": "db .example"}),
+        ),
+        (
+            "username",
+            json!({"name": "a", "kind": "simulated", "username": "u".repeat(129)}),
+        ),
+        (
+            "database",
+            json!({"name": "a", "kind": "simulated", "database": "d".repeat(129)}),
+        ),
+        (
+            "options",
+            json!({"name": "a", "kind": "postgres", "host": "h", "options": {"role_lik": "x"}}),
+        ),
+        (
+            "options",
+            json!({"name": "a", "kind": "mysql", "host": "h", "options": {"ssl_mode": "sometimes"}}),
+        ),
+    ] {
+        let (status, err) = app
+            .call("POST", "/api/v1/instances", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "{field}: {err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+        assert!(err.to_string().len() < 500, "a short message: {err}");
+    }
+    assert!(app.store.instance_list().await.unwrap().is_empty());
+    let ids: Vec<i64> = (1_000_000..1_100_000).collect();
+    let body = json!({ "instance_ids": ids }).to_string();
+    let (status, err) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
+    assert_eq!(status, 400, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 200, "{} bytes: {message}", message.len());
+    assert!(message.contains("100000 in all"), "{message}");
+}
