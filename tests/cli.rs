@@ -215,7 +215,8 @@ async fn bad_cli_input_exits_2_with_a_clear_message_and_changes_nothing() {
     let good = dir.join("good.json");
     std::fs::write(&good, r#"[{"name": "n1", "kind": "simulated", "options": {"latency_ms": 0}}, {"name": "n2", "kind": "simulated"}]"#).unwrap();
     let (code, out, err) = cli(&url, &["instances", "import", good.to_str().unwrap()]);
-    assert_eq!((code, out.trim()), (0, "2"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("registered 2 instances from"), "{out}");
     let (code, out, _) = cli(&url, &["sync-all", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -425,4 +426,64 @@ fn every_command_flag_and_argument_has_help_and_timings_appear_only_where_used()
     assert_eq!(code, 2);
     assert!(err.contains("must be positive"), "{err}");
     assert!(!std::path::Path::new("unused-help.db").exists());
+}
+
+/// Human output reads right and `--json` has the API's shapes.
+#[tokio::test]
+async fn cli_output_has_headers_plurals_progress_and_api_shaped_json() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let url = db.url.clone();
+    let (code, out, err) = cli(
+        &url,
+        &["instances", "add", "--name", "one", "--kind", "simulated"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("registered one (simulated, id "), "{out}");
+    let (code, out, err) = cli(
+        &url,
+        &[
+            "instances",
+            "add",
+            "--name",
+            "two",
+            "--kind",
+            "simulated",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let two: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(two["name"], "two");
+    let file = db.dir.path().join("more.json");
+    std::fs::write(
+        &file,
+        r#"[{"name": "three", "kind": "simulated"}, {"name": "four", "kind": "simulated"}]"#,
+    )
+    .unwrap();
+    let (_, out, _) = cli(&url, &["instances", "import", file.to_str().unwrap()]);
+    assert!(out.starts_with("registered 2 instances from"), "{out}");
+    let (_, out, _) = cli(&url, &["instances", "list"]);
+    assert!(
+        out.lines().next().unwrap().contains("name"),
+        "a header: {out}"
+    );
+    let (_, out, _) = cli(&url, &["accounts", "one"]);
+    assert!(out.contains("has not been synced yet"), "{out}");
+
+    let (_, out, _) = cli(&url, &["sync", "one"]);
+    assert!(out.contains("started over 1 instance\n"), "{out}");
+    let (_, out, _) = cli(&url, &["sync", "two", "three", "--json"]);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["sync_type"], "manual_batch");
+    assert_eq!(created["total_instances"], 2);
+    // No worker runs: the session is pending; it shows progress, not a 0% success rate.
+    let id = created["session_id"].as_str().unwrap();
+    let (_, out, _) = cli(&url, &["session", id]);
+    assert!(out.contains("progress 0/2"), "{out}");
+    assert!(!out.contains("success rate"), "{out}");
+    assert!(
+        out.contains("instance") && out.contains("attempts"),
+        "a header: {out}"
+    );
 }

@@ -295,8 +295,11 @@ pub struct ServeOpts {
 
 #[derive(Subcommand, Debug)]
 pub enum InstancesCmd {
-    /// Register an instance; prints it as JSON
+    /// Register an instance
     Add {
+        /// Print the registered instance as JSON
+        #[arg(long)]
+        json: bool,
         /// Unique name (1-200 printable characters)
         #[arg(long)]
         name: String,

@@ -287,6 +287,15 @@ pub async fn run(cli: Cli) -> Out {
             let accounts = store.accounts_list(inst.id, include_deleted).await?;
             if json {
                 print_json(&accounts);
+            } else if accounts.is_empty() {
+                let any = !store.accounts_list(inst.id, true).await?.is_empty();
+                if any {
+                    println!(
+                        "'{name}' has no current accounts (--include-deleted lists the removed ones)"
+                    );
+                } else {
+                    println!("'{name}' has not been synced yet: run `syncpool sync {name}`");
+                }
             } else {
                 for a in accounts {
                     let deleted = a
@@ -314,14 +323,24 @@ pub async fn run(cli: Cli) -> Out {
 async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
     match cmd {
         cmd @ InstancesCmd::Add { .. } => {
+            let json = matches!(cmd, InstancesCmd::Add { json: true, .. });
             let new = new_instance_from_args(&Command::Instances(cmd))?;
-            print_json(&store.instance_insert(&new).await?);
+            let inst = store.instance_insert(&new).await?;
+            if json {
+                print_json(&inst);
+            } else {
+                println!("registered {} ({}, id {})", inst.name, inst.kind, inst.id);
+            }
             Ok(())
         }
         InstancesCmd::Import { file } => {
             let valid = read_import(&file)?;
             let n = store.instance_insert_many(&valid).await?;
-            println!("{n}");
+            println!(
+                "registered {} from {}",
+                plural(n as i64, "instance"),
+                file.display()
+            );
             Ok(())
         }
         InstancesCmd::List { json } => {
@@ -329,6 +348,10 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
             if json {
                 print_json(&list);
             } else {
+                println!(
+                    "{:<6} {:<30} {:<10} {:<24} state",
+                    "id", "name", "kind", "address"
+                );
                 for i in list {
                     let addr = match (&i.host, i.port) {
                         (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -371,6 +394,7 @@ fn new_instance_from_args(cmd: &Command) -> Result<NewInstance, CliError> {
         password_env,
         password_file,
         options,
+        ..
     }) = cmd
     else {
         unreachable!("called for `instances add` only")
@@ -427,12 +451,15 @@ async fn start_session(
         if opts.json {
             print_json(&serde_json::json!({
                 "session_id": created.session_id,
+                "sync_type": kind,
+                "status": created.status,
                 "total_instances": created.total_instances,
             }));
         } else {
             println!(
-                "session {} started over {} instances",
-                created.session_id, created.total_instances
+                "session {} started over {}",
+                created.session_id,
+                plural(created.total_instances, "instance")
             );
         }
         return Ok(());
@@ -499,40 +526,65 @@ fn print_session(d: &SessionDetail, json: bool) {
         return;
     }
     let s = &d.session;
+    let done = s.successful_instances + s.failed_instances + s.cancelled_instances;
+    // A running session has no success rate yet: show how far it is instead.
+    let outcome = if s.is_finished() {
+        format!(
+            "success rate {}",
+            s.success_rate
+                .map(|r| format!("{:.1}%", r * 100.0))
+                .unwrap_or_else(|| "-".into())
+        )
+    } else {
+        format!(
+            "progress {done}/{} ({:.0}%)",
+            s.total_instances,
+            100.0 * done as f64 / s.total_instances.max(1) as f64
+        )
+    };
     println!(
-        "session {}  {}  {}  total {}  ok {}  failed {}  cancelled {}  duration {}  success rate {}",
+        "session {}  {}  {}\n  {}: {} ok, {} failed, {} cancelled; duration {}; {outcome}",
         s.session_id,
         s.sync_type,
         s.status,
-        s.total_instances,
+        plural(s.total_instances, "instance"),
         s.successful_instances,
         s.failed_instances,
         s.cancelled_instances,
         s.duration_seconds
             .map(|d| format!("{d:.3}s"))
             .unwrap_or_else(|| "-".into()),
-        s.success_rate
-            .map(|r| format!("{:.1}%", r * 100.0))
-            .unwrap_or_else(|| "-".into()),
+    );
+    if d.records.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<30} {:<9} {:>8} {:>8}  error",
+        "instance", "status", "attempts", "accounts"
     );
     for r in &d.records {
         println!(
-            "  {:<30} {:<9} attempts {} accounts {}{}",
+            "  {:<30} {:<9} {:>8} {:>8}  {}",
             r.instance_name,
             r.status,
             r.attempts,
             r.accounts_total
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
-            r.error
-                .as_deref()
-                .map(|e| format!("  error: {e}"))
-                .unwrap_or_default()
+            r.error.as_deref().unwrap_or("")
         );
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// `1 instance`, `2 instances`.
+fn plural(n: i64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
 /// when the future is first polled: a signal that arrives while a worker is still
 /// connecting and migrating must end it cleanly (exit 0), not by the default action.
