@@ -487,3 +487,55 @@ async fn cli_output_has_headers_plurals_progress_and_api_shaped_json() {
         "a header: {out}"
     );
 }
+
+/// The README's first command, as a new user runs it: one shutdown line, a throughput
+/// that is not diluted by retry backoff, hints that work without the binary on PATH,
+/// and nothing left behind that `.gitignore` does not cover.
+#[test]
+fn the_demo_prints_hints_that_work_and_leaves_only_ignored_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--instances", "20", "--retry-backoff", "100ms"])
+        .current_dir(dir.path())
+        .env_remove("SYNCPOOL_DATABASE_URL")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.matches("shutting down").count() <= 1, "{stderr}");
+    assert!(stdout.contains("first attempts in"), "{stdout}");
+    let hint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("next: `"))
+        .and_then(|l| {
+            l.strip_suffix(" sessions`, ")
+                .or_else(|| l.split(" sessions`").next())
+        })
+        .unwrap_or_else(|| panic!("no hint: {stdout}"))
+        .to_string();
+    let again = std::process::Command::new(&hint)
+        .arg("sessions")
+        .current_dir(dir.path())
+        .env_remove("SYNCPOOL_DATABASE_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("the hint `{hint}` does not run: {e}"));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let ignored = std::fs::read_to_string(".gitignore").unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let covered = ignored.lines().any(|p| {
+            p.strip_prefix('*')
+                .is_some_and(|suffix| name.ends_with(suffix))
+                || p == name
+        });
+        assert!(covered, "{name} is not covered by .gitignore");
+    }
+}

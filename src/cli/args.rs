@@ -226,7 +226,7 @@ pub enum Command {
         /// Simulated instances to register and sync (1-100000)
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000), allow_negative_numbers = true, value_name = "N")]
         instances: u32,
-        /// Concurrency of the in-process worker (1-64)
+        /// In-process worker slots, 16 concurrent syncs each (1-64)
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true, value_name = "N")]
         workers: u16,
         #[command(flatten)]

@@ -577,7 +577,7 @@ fn print_session(d: &SessionDetail, json: bool) {
 }
 
 /// `1 instance`, `2 instances`.
-fn plural(n: i64, noun: &str) -> String {
+pub(crate) fn plural(n: i64, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
