@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): makes sure PostgreSQL and MariaDB are up on loopback, then
-# runs every test of the workspace. The PostgreSQL tests fail, never skip, without a server.
+# checks formatting and lints (warnings are errors) and runs every test of the workspace.
+# The PostgreSQL tests fail, never skip, without a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,4 +59,7 @@ if command -v mariadb >/dev/null 2>&1; then
     2>/dev/null | mariadb -h 127.0.0.1 -uroot 2>/dev/null || true
 fi
 
+# House rules first: formatting and lints (warnings are errors), then every test.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 exec cargo test --workspace "$@"

@@ -6,8 +6,19 @@
 //! - [`queue`]: the job payload and the queue name shared by producers and workers.
 //! - [`worker`]: the apalis set-up, the per-job pipeline (lease, sync, finish) and the
 //!   group-commit writer.
-//! - [`cli`]: the `syncpool` command line; [`demo`]: the newcomer's first run.
-//! - [`metrics`], [`settings`], [`model`], [`redact`]: cross-cutting pieces.
+//! - [`http`]: `serve`'s API (OpenAPI at `/api/v1/openapi.json`), the legacy routes,
+//!   bearer auth, health and `/metrics`; handlers call the store, never SQL.
+//! - [`scheduler`]: cron slots (each fires once across replicas) and the daily cleanup.
+//! - [`cli`]: the `syncpool` command line (grammar in `cli/args.rs`); [`demo`]: the
+//!   newcomer's first run.
+//! - [`validate`]: input rules shared by the CLI and the API (one message, one field).
+//! - [`metrics`]: metric names, per-process recording, fleet-wide rendering from the
+//!   database.
+//! - [`settings`], [`model`], [`redact`]: timings, the shared types, secret scrubbing.
+//! - `sqlite_busy`: the SQLite busy handler that counts waits (the one `unsafe`).
+//!
+//! The account sources (PostgreSQL, MySQL, simulated) and TLS to instances live in the
+//! `syncpool-workers` crate (`workers/`).
 
 pub mod cli;
 pub mod demo;

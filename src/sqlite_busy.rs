@@ -28,6 +28,7 @@ extern "C" fn busy_handler(_arg: *mut c_void, count: c_int) -> c_int {
 }
 
 /// Installs the counting busy handler on a fresh connection.
+#[allow(unsafe_code)]
 pub async fn install(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();

@@ -330,7 +330,9 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(b: Backend) {
         r#"{{"name":"{}","kind":"simulated"}}"#,
         "x".repeat(2 * 1024 * 1024)
     );
-    let cases: Vec<(&str, String, Option<String>, u16, Option<&str>)> = vec![
+    // (method, path, body, expected status, field the error names)
+    type Case<'a> = (&'a str, String, Option<String>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/api/v1/sessions".into(),
@@ -639,10 +641,10 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<Str
             return;
         }
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(v) {
-            errs.push(format!("{at}: {v} not in {allowed:?}"));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        errs.push(format!("{at}: {v} not in {allowed:?}"));
     }
     if let (Some(obj), Some(required)) = (v.as_object(), schema["required"].as_array()) {
         for r in required.iter().filter_map(Value::as_str) {

@@ -51,10 +51,8 @@ pub(crate) async fn wait_finished(
 /// totals are the counts, and per instance the [started_at, completed_at] intervals
 /// of its records never overlap.
 pub(crate) fn assert_invariants(sessions: &[SessionDetail]) {
-    let mut by_instance: HashMap<
-        i64,
-        Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
-    > = HashMap::new();
+    type Span = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+    let mut by_instance: HashMap<i64, Vec<Span>> = HashMap::new();
     for d in sessions {
         let s = &d.session;
         let count = |st: &str| d.records.iter().filter(|r| r.status == st).count() as i64;

@@ -83,8 +83,13 @@ fn start_prometheus(dir: &std::path::Path, listen: &str, targets: &[&str]) -> st
         .expect("prometheus is required (scripts/test.sh installs it)")
 }
 
+/// (panel title, expression)
+type Panels = Vec<(String, String)>;
+/// (alert name, rule expression, measured quantity)
+type Alerts = Vec<(String, String, String)>;
+
 /// The quantities the rules and panels measure, as Prometheus will evaluate them.
-fn expressions() -> (Vec<(String, String)>, Vec<(String, String, String)>) {
+fn expressions() -> (Panels, Alerts) {
     let dash: Value =
         serde_json::from_str(&std::fs::read_to_string("grafana/dashboards/syncpool.json").unwrap())
             .unwrap();
