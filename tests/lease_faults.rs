@@ -29,6 +29,7 @@ on_both_databases!(
     pipeline_round_commits_finishes_renewals_and_grants_in_one_transaction,
     a_cron_slot_is_claimed_and_its_session_started_in_one_transaction_and_fires_once,
     cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots,
+    a_cron_slot_with_no_active_instance_is_recorded_skipped_and_starts_nothing,
 );
 
 /// How long a test lease lives, and how long to wait for it to lapse. The expiry is
@@ -693,4 +694,33 @@ async fn cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots(b: Backe
         !store.schedule_slot_claim("cleanup", slot).await.unwrap(),
         "the slot survived cleanup, so no replica fires it again"
     );
+}
+
+async fn a_cron_slot_with_no_active_instance_is_recorded_skipped_and_starts_nothing(b: Backend) {
+    let (_db, store, _) = setup(b, 0).await;
+    let slot = chrono::Utc::now();
+    assert!(matches!(
+        store.schedule_sync_fire("sync", slot).await.unwrap(),
+        SlotFired::NothingToSync
+    ));
+    assert!(
+        matches!(
+            store.schedule_sync_fire("sync", slot).await.unwrap(),
+            SlotFired::Taken
+        ),
+        "the slot was claimed: no other replica fires it"
+    );
+    assert_eq!(
+        count(
+            store.as_ref(),
+            "SELECT COUNT(*) FROM schedule_slots WHERE skipped"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(store.as_ref(), "SELECT COUNT(*) FROM sync_sessions").await,
+        0
+    );
+    assert_eq!(store.fleet_gauges().await.unwrap().slots_skipped_24h, 1);
 }
