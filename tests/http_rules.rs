@@ -204,3 +204,33 @@ async fn long_strings_and_many_unknown_ids_are_refused_with_short_messages(b: Ba
     assert!(message.len() < 200, "{} bytes: {message}", message.len());
     assert!(message.contains("100000 in all"), "{message}");
 }
+
+/// The served document is valid OpenAPI (every response described, operation ids unique),
+/// as `openapi-spec-validator` judges it; `scripts/test.sh` installs the validator into
+/// `target/pyenv`.
+#[tokio::test]
+async fn the_served_openapi_document_passes_openapi_spec_validator() {
+    let app = spawn_app(Backend::Sqlite, Some("t0ken")).await;
+    let (status, _, doc) = request(&app, "GET", "/api/v1/openapi.json", "", "").await;
+    assert_eq!(status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let validator = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/pyenv/bin/openapi-spec-validator");
+    let out = std::process::Command::new(&validator)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} is required (scripts/test.sh installs it): {e}",
+                validator.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

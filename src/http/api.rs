@@ -139,7 +139,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "OK", body = Health)))]
 pub(super) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -147,7 +147,7 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", security(()), responses((status = 200, description = "OK", body = Health), (status = 503, description = "The database is not ready", body = super::error::ErrorBody)))]
 pub(super) async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Health>> {
     match s.store.ready().await {
         Ok(true) => Ok(Json(Health {
@@ -179,7 +179,7 @@ pub(super) struct SessionRequest {
 /// Most instances one request may name.
 const MAX_IDS: usize = 100_000;
 
-#[utoipa::path(post, path = "/api/v1/sessions", request_body = SessionRequest, responses((status = 202, body = SessionCreated), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = SessionRequest, responses((status = 202, description = "Accepted: the session is enqueued", body = SessionCreated), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_create(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SessionRequest>,
@@ -246,7 +246,7 @@ pub(super) async fn session_create(
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/api/v1/sessions", params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)), responses((status = 200, body = SessionPage), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/sessions", params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)), responses((status = 200, description = "OK", body = SessionPage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_list(
     State(s): State<AppState>,
     q: Params,
@@ -264,7 +264,7 @@ pub(super) async fn session_list(
     Ok(Json(SessionPage { items, total }))
 }
 
-#[utoipa::path(get, path = "/api/v1/sessions/{session_id}", params(("session_id" = String, Path)), responses((status = 200, body = SessionDetail), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/sessions/{session_id}", params(("session_id" = String, Path)), responses((status = 200, description = "OK", body = SessionDetail), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -278,7 +278,7 @@ pub(super) async fn session_get(
     Ok(Json(serde_json::to_value(d).map_err(anyhow::Error::from)?))
 }
 
-#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/cancel", params(("session_id" = String, Path)), responses((status = 200, body = Session), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/cancel", params(("session_id" = String, Path)), responses((status = 200, description = "OK", body = Session), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -300,7 +300,7 @@ pub(super) async fn session_cancel(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/instances", request_body = NewInstance, responses((status = 201, body = Instance), (status = 409, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/instances", request_body = NewInstance, responses((status = 201, description = "Created; the new resource", body = Instance), (status = 409, description = "Conflict with the current state", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_create(
     State(s): State<AppState>,
     ApiJson(new): ApiJson<NewInstance>,
@@ -312,7 +312,7 @@ pub(super) async fn instance_create(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances", responses((status = 200, body = InstancePage), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/instances", responses((status = 200, description = "OK", body = InstancePage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<InstancePage>> {
     let items = s.store.instance_list().await?;
     Ok(Json(InstancePage {
@@ -329,7 +329,7 @@ async fn load_instance(s: &AppState, id: &str) -> ApiResult<Instance> {
         .ok_or_else(|| ApiError::NotFound(format!("unknown instance {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 200, body = Instance), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 200, description = "OK", body = Instance), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -338,7 +338,7 @@ pub(super) async fn instance_get(
 }
 
 /// Applies the fields present in the body; `null` clears an optional field.
-#[utoipa::path(patch, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), request_body = Object, responses((status = 200, body = Instance), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), request_body = Object, responses((status = 200, description = "OK", body = Instance), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_patch(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -403,7 +403,7 @@ pub(super) async fn instance_patch(
     Ok(Json(s.store.instance_update(current.id, &new).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 204, description = "Deleted"), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -413,7 +413,7 @@ pub(super) async fn instance_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/instances/{id}/sync", params(("id" = i64, Path)), responses((status = 202, body = SessionCreated), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/instances/{id}/sync", params(("id" = i64, Path)), responses((status = 202, description = "Accepted: the session is enqueued", body = SessionCreated), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_sync(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -426,7 +426,7 @@ pub(super) async fn instance_sync(
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances/{id}/accounts", params(("id" = i64, Path), ("include_deleted" = Option<bool>, Query)), responses((status = 200, body = AccountPage), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/instances/{id}/accounts", params(("id" = i64, Path), ("include_deleted" = Option<bool>, Query)), responses((status = 200, description = "OK", body = AccountPage), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_accounts(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -450,7 +450,7 @@ fn seven() -> i64 {
     7
 }
 
-#[utoipa::path(post, path = "/api/v1/maintenance/cleanup", request_body = CleanupRequest, responses((status = 200, body = CleanupCounts), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/maintenance/cleanup", request_body = CleanupRequest, responses((status = 200, description = "OK", body = CleanupCounts), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn cleanup(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<CleanupRequest>,

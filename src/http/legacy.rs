@@ -20,7 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/account-sync-optimized/cleanup", post(cleanup))
 }
 
-#[utoipa::path(post, path = "/account-sync-optimized/sync-all", responses((status = 200, body = Object), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/account-sync-optimized/sync-all", responses((status = 200, description = "OK", body = Object), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let created = s.store.session_create(SyncType::ManualBatch, None).await?;
     Ok(Json(json!({
@@ -32,7 +32,7 @@ pub(super) async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, A
     })))
 }
 
-#[utoipa::path(get, path = "/account-sync-optimized/sync-details-batch", params(("session_id" = String, Query)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/account-sync-optimized/sync-details-batch", params(("session_id" = String, Query)), responses((status = 200, description = "OK", body = Object), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn details(State(s): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let raw = q
         .str("session_id")
@@ -64,7 +64,7 @@ pub(super) async fn details(State(s): State<AppState>, q: Params) -> Result<Json
     })))
 }
 
-#[utoipa::path(post, path = "/account-sync-optimized/cleanup", request_body = CleanupRequest, responses((status = 200, body = Object), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/account-sync-optimized/cleanup", operation_id = "legacy_cleanup", request_body = CleanupRequest, responses((status = 200, description = "OK", body = Object), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn cleanup(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<CleanupRequest>,
