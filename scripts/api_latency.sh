@@ -23,9 +23,9 @@ import http.client, json, sys, time
 port = int(sys.argv[1])
 def call(method, path, body=None):
     c = http.client.HTTPConnection("127.0.0.1", port)
-    c.request(method, path, body)
+    c.request(method, path, body, {"Content-Type": "application/json"} if body else {})
     return c.getresponse().read()
-sid = json.loads(call("POST", "/api/v1/sessions", "{}"))["session_id"]
+sid = json.loads(call("POST", "/api/v1/sessions", '{"all": true}'))["session_id"]
 lat, t0 = [], time.time()
 while True:
     t = time.time()
