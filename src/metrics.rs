@@ -182,48 +182,50 @@ pub fn session_finished(f: &SessionFinished) {
 pub fn render_sessions(g: &FleetGauges) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let stat = |t: &str, st: &str| {
-        g.session_stats
-            .iter()
-            .find(|s| s.sync_type == t && s.status == st)
-            .cloned()
-            .unwrap_or_else(|| SessionStat {
-                buckets: vec![0; SESSION_DURATION_BUCKETS.len()],
-                ..SessionStat::default()
-            })
+    // Every type and status, zero until it happens, so each series exists from the start.
+    let zero = SessionStat {
+        buckets: vec![0; SESSION_DURATION_BUCKETS.len()],
+        ..SessionStat::default()
     };
+    let combos: Vec<(&str, &str, &SessionStat)> = SYNC_TYPES
+        .iter()
+        .flat_map(|t| FINISHED_SESSION_STATUSES.iter().map(move |st| (*t, *st)))
+        .map(|(t, st)| {
+            let s = g
+                .session_stats
+                .iter()
+                .find(|s| s.sync_type == t && s.status == st)
+                .unwrap_or(&zero);
+            (t, st, s)
+        })
+        .collect();
     let _ = writeln!(
         out,
         "# HELP {SESSION_DURATION} Time from start to end of every finished session of the fleet (from the database)\n# TYPE {SESSION_DURATION} histogram"
     );
-    for t in SYNC_TYPES {
-        for st in FINISHED_SESSION_STATUSES {
-            let s = stat(t, st);
-            let labels = format!("sync_type=\"{t}\",status=\"{st}\"");
-            for (le, n) in SESSION_DURATION_BUCKETS.iter().zip(&s.buckets) {
-                let _ = writeln!(out, "{SESSION_DURATION}_bucket{{{labels},le=\"{le}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "{SESSION_DURATION}_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.finished
-            );
-            let _ = writeln!(out, "{SESSION_DURATION}_sum{{{labels}}} {}", s.duration_sum);
-            let _ = writeln!(out, "{SESSION_DURATION}_count{{{labels}}} {}", s.finished);
+    for (t, st, s) in &combos {
+        let labels = format!("sync_type=\"{t}\",status=\"{st}\"");
+        for (le, n) in SESSION_DURATION_BUCKETS.iter().zip(&s.buckets) {
+            let _ = writeln!(out, "{SESSION_DURATION}_bucket{{{labels},le=\"{le}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "{SESSION_DURATION}_bucket{{{labels},le=\"+Inf\"}} {}",
+            s.finished
+        );
+        let _ = writeln!(out, "{SESSION_DURATION}_sum{{{labels}}} {}", s.duration_sum);
+        let _ = writeln!(out, "{SESSION_DURATION}_count{{{labels}}} {}", s.finished);
     }
     let _ = writeln!(
         out,
         "# HELP {SESSIONS_FINISHED} Sessions of the fleet finished, by type and status (from the database)\n# TYPE {SESSIONS_FINISHED} counter"
     );
-    for t in SYNC_TYPES {
-        for st in FINISHED_SESSION_STATUSES {
-            let _ = writeln!(
-                out,
-                "{SESSIONS_FINISHED}{{sync_type=\"{t}\",status=\"{st}\"}} {}",
-                stat(t, st).finished
-            );
-        }
+    for (t, st, s) in &combos {
+        let _ = writeln!(
+            out,
+            "{SESSIONS_FINISHED}{{sync_type=\"{t}\",status=\"{st}\"}} {}",
+            s.finished
+        );
     }
     let _ = writeln!(
         out,

@@ -296,42 +296,7 @@ pub struct ServeOpts {
 #[derive(Subcommand, Debug)]
 pub enum InstancesCmd {
     /// Register an instance
-    Add {
-        /// Print the registered instance as JSON
-        #[arg(long)]
-        json: bool,
-        /// Unique name (1-200 printable characters)
-        #[arg(long)]
-        name: String,
-        /// Kind of instance: postgres, mysql or simulated
-        #[arg(long)]
-        kind: String,
-        /// Host name or address (postgres, mysql)
-        #[arg(long)]
-        host: Option<String>,
-        /// TCP port (default 5432 for postgres, 3306 for mysql)
-        #[arg(long, allow_negative_numbers = true)]
-        port: Option<i64>,
-        /// Login user (default postgres / root)
-        #[arg(long)]
-        username: Option<String>,
-        /// Database to connect to (postgres: default postgres)
-        #[arg(long)]
-        database: Option<String>,
-        /// Environment variable of the worker that holds the password; must start with
-        /// SYNCPOOL_SECRET_
-        #[arg(long, value_name = "VAR")]
-        password_env: Option<String>,
-        /// File in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default
-        /// /run/secrets) that holds the password
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<String>,
-        /// KEY=VALUE, repeatable. postgres: role_like, exclude_system_roles, ssl_mode,
-        /// ssl_root_cert; mysql: user_like, ssl_mode, ssl_root_cert; simulated:
-        /// latency_ms, jitter_ms, fail_rate, accounts, panic_rate
-        #[arg(long = "option", value_name = "KEY=VALUE")]
-        options: Vec<String>,
-    },
+    Add(AddArgs),
     /// Register a JSON array of instances, all or nothing
     #[command(
         after_help = "FILE holds a JSON array of instances, each as `instances add` \
@@ -358,4 +323,43 @@ pub enum InstancesCmd {
         #[arg(value_name = "NAME")]
         name: String,
     },
+}
+
+/// `instances add`: one instance, as its flags describe it.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Print the registered instance as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Unique name (1-200 printable characters)
+    #[arg(long)]
+    pub name: String,
+    /// Kind of instance: postgres, mysql or simulated
+    #[arg(long)]
+    pub kind: String,
+    /// Host name or address (postgres, mysql)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// TCP port (default 5432 for postgres, 3306 for mysql)
+    #[arg(long, allow_negative_numbers = true)]
+    pub port: Option<i64>,
+    /// Login user (default postgres / root)
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Database to connect to (postgres: default postgres)
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Environment variable of the worker that holds the password; must start with
+    /// SYNCPOOL_SECRET_
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+    /// File in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default
+    /// /run/secrets) that holds the password
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<String>,
+    /// KEY=VALUE, repeatable. postgres: role_like, exclude_system_roles, ssl_mode,
+    /// ssl_root_cert; mysql: user_like, ssl_mode, ssl_root_cert; simulated:
+    /// latency_ms, jitter_ms, fail_rate, accounts, panic_rate
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
 }

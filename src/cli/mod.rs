@@ -72,7 +72,7 @@ fn creates_database(cmd: &Command) -> bool {
     matches!(
         cmd,
         Command::Migrate
-            | Command::Instances(InstancesCmd::Add { .. } | InstancesCmd::Import { .. })
+            | Command::Instances(InstancesCmd::Add(_) | InstancesCmd::Import { .. })
             | Command::Worker { .. }
             | Command::Serve(_)
             | Command::Demo { .. }
@@ -114,8 +114,8 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
         Command::Serve(opts) => {
             serve_checks(opts)?;
         }
-        Command::Instances(InstancesCmd::Add { .. }) => {
-            new_instance_from_args(cmd)?;
+        Command::Instances(InstancesCmd::Add(args)) => {
+            new_instance_from_args(args)?;
         }
         Command::Instances(InstancesCmd::Import { file }) => {
             read_import(file)?;
@@ -322,9 +322,9 @@ pub async fn run(cli: Cli) -> Out {
 
 async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
     match cmd {
-        cmd @ InstancesCmd::Add { .. } => {
-            let json = matches!(cmd, InstancesCmd::Add { json: true, .. });
-            let new = new_instance_from_args(&Command::Instances(cmd))?;
+        InstancesCmd::Add(args) => {
+            let json = args.json;
+            let new = new_instance_from_args(&args)?;
             let inst = store.instance_insert(&new).await?;
             if json {
                 print_json(&inst);
@@ -383,32 +383,17 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
 }
 
 /// The validated instance that `instances add` describes.
-fn new_instance_from_args(cmd: &Command) -> Result<NewInstance, CliError> {
-    let Command::Instances(InstancesCmd::Add {
-        name,
-        kind,
-        host,
-        port,
-        username,
-        database,
-        password_env,
-        password_file,
-        options,
-        ..
-    }) = cmd
-    else {
-        unreachable!("called for `instances add` only")
-    };
+fn new_instance_from_args(a: &AddArgs) -> Result<NewInstance, CliError> {
     Ok(validate::new_instance(NewInstance {
-        name: name.clone(),
-        kind: kind.clone(),
-        host: host.clone(),
-        port: *port,
-        username: username.clone(),
-        database: database.clone(),
-        password_env: password_env.clone(),
-        password_file: password_file.clone(),
-        options: validate::option_pairs(options)?,
+        name: a.name.clone(),
+        kind: a.kind.clone(),
+        host: a.host.clone(),
+        port: a.port,
+        username: a.username.clone(),
+        database: a.database.clone(),
+        password_env: a.password_env.clone(),
+        password_file: a.password_file.clone(),
+        options: validate::option_pairs(&a.options)?,
         active: true,
     })?)
 }

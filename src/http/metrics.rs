@@ -16,9 +16,15 @@ struct MetricsState {
     store: Arc<dyn Store>,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     /// Fleet figures are read from the database at most once a second, however often
-    /// Prometheus (or several of them) scrape; the session metrics' text is kept from
-    /// that read.
-    last_refresh: Arc<Mutex<(Option<Instant>, String)>>,
+    /// Prometheus (or several of them) scrape.
+    last_refresh: Arc<Mutex<Refresh>>,
+}
+
+/// The last read of the fleet figures: when, and the session metrics' text it rendered.
+#[derive(Default)]
+struct Refresh {
+    at: Option<Instant>,
+    sessions: String,
 }
 
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
@@ -35,11 +41,11 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
 async fn render(State(s): State<MetricsState>) -> String {
     let sessions = {
         let mut last = s.last_refresh.lock().await;
-        if last.0.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+        if last.at.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
             match s.store.fleet_gauges().await {
                 Ok(g) => {
                     crate::metrics::fleet(&g);
-                    last.1 = crate::metrics::render_sessions(&g);
+                    last.sessions = crate::metrics::render_sessions(&g);
                 }
                 Err(e) => tracing::warn!(error = %e, "reading fleet gauges failed"),
             }
@@ -47,9 +53,9 @@ async fn render(State(s): State<MetricsState>) -> String {
                 DbPool::Sqlite(p) => crate::metrics::pool(p.size(), p.num_idle()),
                 DbPool::Postgres(p) => crate::metrics::pool(p.size(), p.num_idle()),
             }
-            last.0 = Some(Instant::now());
+            last.at = Some(Instant::now());
         }
-        last.1.clone()
+        last.sessions.clone()
     };
     let mut text = s.handle.render();
     text.push_str(&sessions);

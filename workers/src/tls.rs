@@ -101,7 +101,13 @@ impl Tls {
     }
 
     pub(crate) fn name(&self) -> &'static str {
-        SSL_MODES[self.mode as usize]
+        match self.mode {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
     }
 }
 

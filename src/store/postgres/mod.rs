@@ -28,6 +28,20 @@ macro_rules! now {
 }
 pub(crate) use now;
 
+/// The condition on a record `r` that the rescuer acts on: running without a live lease
+/// carrying its token. One definition, shared by the rescuer and the fleet gauge.
+macro_rules! unleased_running {
+    () => {
+        concat!(
+            "r.status = 'running' AND NOT EXISTS (SELECT 1 FROM sync_locks l ",
+            "WHERE l.instance_id = r.instance_id AND l.token = r.lock_token AND l.expires_at > ",
+            now!(),
+            ")"
+        )
+    };
+}
+pub(crate) use unleased_running;
+
 pub struct PgStore {
     pool: PgPool,
 }
@@ -691,11 +705,8 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         let unleased: i64 = sqlx::query_scalar(concat!(
-            "SELECT COUNT(*) FROM sync_instance_records r WHERE r.status = 'running' AND NOT EXISTS ",
-            "(SELECT 1 FROM sync_locks l WHERE l.instance_id = r.instance_id AND l.token = r.lock_token ",
-            "AND l.expires_at > ",
-            now!(),
-            ")"
+            "SELECT COUNT(*) FROM sync_instance_records r WHERE ",
+            unleased_running!()
         ))
         .fetch_one(&self.pool)
         .await?;
@@ -747,15 +758,11 @@ async fn session_insert(
     }
     let session_id = Uuid::new_v4();
     let total = rows.len() as i64;
-    let session_row: i64 = sqlx::query_scalar(concat!(
-        "INSERT INTO sync_sessions (session_id, sync_type, status, total_instances, started_at, completed_at) ",
-        "VALUES ($1, $2, CASE WHEN $3 = 0 THEN 'completed' ELSE 'pending' END, $3, ",
-        "CASE WHEN $3 = 0 THEN ",
-        now!(),
-        " END, CASE WHEN $3 = 0 THEN ",
-        now!(),
-        " END) RETURNING id"
-    ))
+    // Never empty (refused above), so a new session is always pending.
+    let session_row: i64 = sqlx::query_scalar(
+        "INSERT INTO sync_sessions (session_id, sync_type, status, total_instances) \
+         VALUES ($1, $2, 'pending', $3) RETURNING id",
+    )
     .bind(session_id)
     .bind(sync_type.as_str())
     .bind(total)

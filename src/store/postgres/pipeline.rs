@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::{instance_from_row, now};
+use super::{instance_from_row, now, unleased_running};
 use crate::model::*;
 use crate::queue;
 use crate::store::batch::*;
@@ -94,11 +94,9 @@ impl BatchOps for PgOps<'_> {
 
     async fn records_orphaned(&mut self, limit: i64) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(concat!(
-            "SELECT r.id FROM sync_instance_records r WHERE r.status = 'running' AND NOT EXISTS ",
-            "(SELECT 1 FROM sync_locks l WHERE l.instance_id = r.instance_id AND l.token = r.lock_token ",
-            "AND l.expires_at > ",
-            now!(),
-            ") ORDER BY r.id LIMIT $1"
+            "SELECT r.id FROM sync_instance_records r WHERE ",
+            unleased_running!(),
+            " ORDER BY r.id LIMIT $1"
         ))
         .bind(limit)
         .fetch_all(&mut *self.0)
