@@ -58,34 +58,48 @@ impl App {
         body: Option<&str>,
         token: Option<&str>,
     ) -> (u16, Value) {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let body = body.unwrap_or("");
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
+        let headers = format!("Content-Type: application/json\r\n{auth}");
+        let (status, _, body) = self
+            .request(method, path, &headers, body.unwrap_or(""))
+            .await;
+        (status, body)
+    }
+
+    /// One HTTP/1.1 request with exactly the given header lines (each ending in CRLF);
+    /// returns the status, the lower-cased head and the body (JSON, or a JSON string).
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, Value) {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text
+        let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let head = head.to_lowercase();
+        let status: u16 = head
             .split(' ')
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let payload = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        let payload = if text.to_lowercase().contains("transfer-encoding: chunked") {
+        let payload = if head.contains("transfer-encoding: chunked") {
             dechunk(payload)
         } else {
             payload.to_string()
         };
-        (
-            status,
-            serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
-        )
+        let body = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+        (status, head, body)
     }
 }
 

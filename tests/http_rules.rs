@@ -1,41 +1,10 @@
 //! The HTTP details producers and tools depend on: media types, auth challenges, JSON
 //! errors on every path, explicit session requests, bounded inputs and error texts.
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
 
-use crate::api::{App, spawn_app};
+use crate::api::spawn_app;
 use crate::common::*;
-
-/// One request with exactly the given header lines; returns status, head and body.
-async fn request(
-    app: &App,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String, Value) {
-    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        head.to_lowercase(),
-        serde_json::from_str(payload).unwrap_or(Value::Null),
-    )
-}
 
 on_both_databases!(
     a_body_that_is_not_json_gets_415_and_writes_nothing,
@@ -52,19 +21,19 @@ async fn a_body_that_is_not_json_gets_415_and_writes_nothing(b: Backend) {
         "Content-Type: application/x-www-form-urlencoded\r\n",
         "",
     ] {
-        let (status, _, err) = request(&app, "POST", "/api/v1/instances", ct, body).await;
+        let (status, _, err) = app.request("POST", "/api/v1/instances", ct, body).await;
         assert_eq!(status, 415, "{ct:?}: {err}");
         assert_eq!(err["error"]["code"], "unsupported_media_type", "{err}");
     }
     assert!(app.store.instance_list().await.unwrap().is_empty());
-    let (status, _, _) = request(
-        &app,
-        "POST",
-        "/api/v1/instances",
-        "Content-Type: application/json; charset=utf-8\r\n",
-        body,
-    )
-    .await;
+    let (status, _, _) = app
+        .request(
+            "POST",
+            "/api/v1/instances",
+            "Content-Type: application/json; charset=utf-8\r\n",
+            body,
+        )
+        .await;
     assert_eq!(status, 201);
 }
 
@@ -73,33 +42,33 @@ async fn unknown_routes_wrong_methods_and_missing_tokens_get_json_errors_and_a_b
 ) {
     let app = spawn_app(b, Some("s3cr3t")).await;
     let auth = "Authorization: Bearer s3cr3t\r\n";
-    let (status, _, body) = request(&app, "GET", "/api/v1/nope", auth, "").await;
+    let (status, _, body) = app.request("GET", "/api/v1/nope", auth, "").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found")),
         "{body}"
     );
-    let (status, head, body) = request(&app, "DELETE", "/api/v1/sessions", auth, "").await;
+    let (status, head, body) = app.request("DELETE", "/api/v1/sessions", auth, "").await;
     assert_eq!(status, 405, "{body}");
     assert_eq!(body["error"]["code"], "method_not_allowed");
     assert!(
         head.contains("allow:"),
         "405 lists the allowed methods: {head}"
     );
-    let (status, head, body) = request(&app, "GET", "/api/v1/sessions", "", "").await;
+    let (status, head, body) = app.request("GET", "/api/v1/sessions", "", "").await;
     assert_eq!(status, 401, "{body}");
     assert!(head.contains("www-authenticate: bearer"), "{head}");
     assert_eq!(body["error"]["code"], "unauthorized");
-    let (status, _, _) = request(
-        &app,
-        "GET",
-        "/api/v1/sessions",
-        "Authorization: bEaReR s3cr3t\r\n",
-        "",
-    )
-    .await;
+    let (status, _, _) = app
+        .request(
+            "GET",
+            "/api/v1/sessions",
+            "Authorization: bEaReR s3cr3t\r\n",
+            "",
+        )
+        .await;
     assert_eq!(status, 200, "the scheme is case-insensitive");
-    let (status, _, doc) = request(&app, "GET", "/api/v1/openapi.json", "", "").await;
+    let (status, _, doc) = app.request("GET", "/api/v1/openapi.json", "", "").await;
     assert_eq!(status, 200, "tools read the document without the token");
     assert!(doc["openapi"].is_string());
 }
@@ -211,7 +180,7 @@ async fn long_strings_and_many_unknown_ids_are_refused_with_short_messages(b: Ba
 #[tokio::test]
 async fn the_served_openapi_document_passes_openapi_spec_validator() {
     let app = spawn_app(Backend::Sqlite, Some("t0ken")).await;
-    let (status, _, doc) = request(&app, "GET", "/api/v1/openapi.json", "", "").await;
+    let (status, _, doc) = app.request("GET", "/api/v1/openapi.json", "", "").await;
     assert_eq!(status, 200);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("openapi.json");
