@@ -59,12 +59,13 @@ if command -v mariadb >/dev/null 2>&1; then
     2>/dev/null | mariadb -h 127.0.0.1 -uroot 2>/dev/null || true
 fi
 
-# The OpenAPI test validates the served document with openapi-spec-validator (PyPI), from
-# a virtual environment of the project's own under target/.
-if [ ! -x target/pyenv/bin/openapi-spec-validator ]; then
-  echo "installing openapi-spec-validator into target/pyenv" >&2
+# The OpenAPI tests check the served document with openapi-spec-validator and run
+# schemathesis against the server (both from PyPI), from a virtual environment of the
+# project's own under target/.
+if [ ! -x target/pyenv/bin/openapi-spec-validator ] || [ ! -x target/pyenv/bin/st ]; then
+  echo "installing openapi-spec-validator and schemathesis into target/pyenv" >&2
   python3 -m venv target/pyenv
-  target/pyenv/bin/pip install -q "openapi-spec-validator==0.9.0"
+  target/pyenv/bin/pip install -q "openapi-spec-validator==0.9.0" "schemathesis==4.32.5"
 fi
 
 # House rules first: formatting and lints (warnings are errors), then every test.

@@ -15,6 +15,8 @@ use crate::store::Store;
 /// `completed_with_errors` session.
 const FAIL_EVERY: u32 = 50;
 
+/// `syncpool demo`: registers `instances` simulated instances, syncs them all with
+/// in-process workers and prints a summary.
 pub async fn run(
     store: Arc<dyn Store>,
     settings: Settings,

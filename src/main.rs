@@ -1,3 +1,5 @@
+//! The `syncpool` command; everything it does is in the library (`syncpool::cli`).
+
 use clap::Parser;
 use syncpool::cli::{Cli, CliError};
 

@@ -18,22 +18,39 @@ use crate::model::{
 };
 use crate::store::SessionFinished;
 
+/// Histogram: time from a job's first try to its lease.
 pub const LOCK_WAIT: &str = "syncpool_lock_wait_seconds";
+/// Histogram of finished sessions' durations (fleet-wide, from the database).
 pub const SESSION_DURATION: &str = "syncpool_session_duration_seconds";
+/// Gauge: success ratio of the last finished session per sync type.
 pub const SESSION_SUCCESS: &str = "syncpool_session_success_ratio";
+/// Counter of finished sessions by type and status (fleet-wide).
 pub const SESSIONS_FINISHED: &str = "syncpool_sessions_finished_total";
+/// Gauge: age of the oldest running session.
 pub const OLDEST_SESSION: &str = "syncpool_session_oldest_running_seconds";
+/// Gauge: records running without a live lease.
 pub const RECORDS_UNLEASED: &str = "syncpool_records_unleased";
+/// Gauge: schedule slots fired and skipped in the last 24 hours.
 pub const SCHEDULE_SLOTS: &str = "syncpool_schedule_slots_24h";
+/// Counter of instance syncs by result.
 pub const INSTANCE_SYNCS: &str = "syncpool_instance_syncs_total";
+/// Histogram of instance sync durations by kind and result.
 pub const INSTANCE_SYNC_DURATION: &str = "syncpool_instance_sync_duration_seconds";
+/// Gauge: queue jobs by state.
 pub const JOBS: &str = "syncpool_jobs";
+/// Gauge: live leases.
 pub const LOCKS_HELD: &str = "syncpool_locks_held";
+/// Gauge: sessions pending or running.
 pub const SESSIONS_RUNNING: &str = "syncpool_sessions_running";
+/// Counter of leases taken over after they expired.
 pub const LOCK_TAKEOVERS: &str = "syncpool_lock_takeovers_total";
+/// Counter of syncs that lost their lease before finishing.
 pub const LOCK_LOST: &str = "syncpool_lock_lost_total";
+/// Gauge: this process's database connections by state.
 pub const DB_POOL: &str = "syncpool_db_pool_connections";
+/// Counter of SQLite busy waits.
 pub const DB_BUSY: &str = "syncpool_db_busy_total";
+/// Counter of records the rescuer handed on after their lease expired.
 pub const RECORDS_RESCUED: &str = "syncpool_records_rescued_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -237,6 +254,7 @@ pub fn render_sessions(g: &FleetGauges) -> String {
     out
 }
 
+/// Counts one finished instance sync and its duration.
 pub fn instance_synced(kind: &str, result: &'static str, seconds: f64) {
     counter!(INSTANCE_SYNCS, "result" => result).increment(1);
     // `kind` comes from a fixed set (postgres, mysql, simulated), never from user text.
@@ -244,6 +262,7 @@ pub fn instance_synced(kind: &str, result: &'static str, seconds: f64) {
         .record(seconds);
 }
 
+/// Sets the fleet-wide gauges from one read of the database.
 pub fn fleet(g: &FleetGauges) {
     gauge!(JOBS, "state" => "pending").set(g.jobs_pending as f64);
     gauge!(JOBS, "state" => "running").set(g.jobs_running as f64);
@@ -256,6 +275,7 @@ pub fn fleet(g: &FleetGauges) {
     gauge!(SCHEDULE_SLOTS, "outcome" => "skipped").set(g.slots_skipped_24h as f64);
 }
 
+/// Sets the connection-pool gauges of this process.
 pub fn pool(size: u32, idle: usize) {
     gauge!(DB_POOL, "state" => "idle").set(idle as f64);
     gauge!(DB_POOL, "state" => "in_use").set(size.saturating_sub(idle as u32) as f64);

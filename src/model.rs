@@ -13,14 +13,18 @@ pub mod ts {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::Serializer;
 
+    /// RFC 3339 with microseconds, `Z` for UTC.
     pub fn format(t: &DateTime<Utc>) -> String {
         t.to_rfc3339_opts(SecondsFormat::Micros, true)
     }
+    /// For `#[serde(with = "ts")]`.
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(t))
     }
+    /// The same for an optional timestamp (`null` when absent).
     pub mod opt {
         use super::*;
+        /// For `#[serde(with = "ts::opt")]`.
         pub fn serialize<S: Serializer>(
             t: &Option<DateTime<Utc>>,
             s: S,
@@ -37,26 +41,39 @@ pub mod ts {
 /// environment variable that holds it.
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Instance {
+    /// syncpool's id, from 1.
     pub id: i64,
+    /// Unique name.
     pub name: String,
+    /// `postgres`, `mysql` or `simulated`.
     pub kind: String,
+    /// Host name or address (the database kinds need one).
     pub host: Option<String>,
+    /// TCP port; the kind's default when null.
     pub port: Option<i64>,
+    /// Login user.
     pub username: Option<String>,
+    /// Database to connect to.
     pub database: Option<String>,
+    /// The worker environment variable (`SYNCPOOL_SECRET_*`) that holds the password.
     pub password_env: Option<String>,
     /// A file name in the worker's secrets folder that holds the password.
     pub password_file: Option<String>,
+    /// Kind-specific options (see `instances add --help`).
     #[schema(value_type = Object)]
     pub options: serde_json::Value,
+    /// Inactive instances are left out of `sync-all` and scheduled sessions.
     pub active: bool,
+    /// When it was registered.
     #[serde(with = "ts")]
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     #[serde(with = "ts")]
     pub updated_at: DateTime<Utc>,
 }
 
 impl Instance {
+    /// What a worker needs to sync it.
     pub fn spec(&self) -> syncpool_workers::InstanceSpec {
         syncpool_workers::InstanceSpec {
             id: self.id,
@@ -77,25 +94,34 @@ impl Instance {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInstance {
+    /// Unique name: 1 to 200 characters, no control characters, no space at either end.
     pub name: String,
+    /// `postgres`, `mysql` or `simulated`.
     pub kind: String,
+    /// Host name or address (the database kinds need one).
     #[serde(default)]
     pub host: Option<String>,
+    /// TCP port (1-65535); the kind's default when absent.
     #[serde(default)]
     pub port: Option<i64>,
+    /// Login user.
     #[serde(default)]
     pub username: Option<String>,
+    /// Database to connect to.
     #[serde(default)]
     pub database: Option<String>,
+    /// The worker environment variable (`SYNCPOOL_SECRET_*`) that holds the password.
     #[serde(default)]
     pub password_env: Option<String>,
     /// A file name in the worker's secrets folder (`SYNCPOOL_SECRETS_DIR`, default
     /// `/run/secrets`) that holds the password; read at sync time, never stored.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// Kind-specific options.
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub options: serde_json::Value,
+    /// Whether `sync-all` and scheduled sessions include it (default true).
     #[serde(default = "yes")]
     pub active: bool,
 }
@@ -107,11 +133,15 @@ fn yes() -> bool {
     true
 }
 
+/// Who started a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncType {
+    /// One instance, by hand.
     ManualSingle,
+    /// Several or all instances, by hand.
     ManualBatch,
+    /// The scheduler's cron.
     Scheduled,
 }
 
@@ -119,6 +149,7 @@ pub enum SyncType {
 pub const SYNC_TYPES: &[&str] = &["manual_single", "manual_batch", "scheduled"];
 
 impl SyncType {
+    /// Its stored and serialized name.
     pub fn as_str(self) -> &'static str {
         match self {
             SyncType::ManualSingle => "manual_single",
@@ -126,6 +157,7 @@ impl SyncType {
             SyncType::Scheduled => "scheduled",
         }
     }
+    /// The type with this name.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "manual_single" => SyncType::ManualSingle,
@@ -143,13 +175,16 @@ macro_rules! status_enum {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),* }
+        pub enum $name { $(#[doc = concat!("`", $text, "`")] $variant),* }
 
         impl $name {
+            /// Every status, in order.
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            /// Its stored and serialized name.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),* }
             }
+            /// The status with this name.
             pub fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some($name::$variant),)* _ => None }
             }
@@ -203,6 +238,7 @@ status_enum!(
 );
 
 impl RecordStatus {
+    /// Completed, failed or cancelled: nothing more happens to it.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -212,6 +248,7 @@ impl RecordStatus {
 }
 
 impl SessionStatus {
+    /// Anything but pending or running.
     pub fn is_finished(self) -> bool {
         !matches!(self, SessionStatus::Pending | SessionStatus::Running)
     }
@@ -229,6 +266,7 @@ impl SessionStatus {
     }
 }
 
+/// Every session status's name.
 pub const SESSION_STATUSES: &[&str] = &[
     "pending",
     "running",
@@ -237,27 +275,41 @@ pub const SESSION_STATUSES: &[&str] = &[
     "failed",
     "cancelled",
 ];
+/// The statuses of a finished session.
 pub const FINISHED_SESSION_STATUSES: &[&str] =
     &["completed", "completed_with_errors", "failed", "cancelled"];
 
 /// One sync session and its totals.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Session {
+    /// Row id.
     pub id: i64,
+    /// Public id.
     pub session_id: Uuid,
+    /// `manual_single`, `manual_batch` or `scheduled`.
     pub sync_type: String,
+    /// Where it is.
     pub status: SessionStatus,
+    /// Instances in it.
     pub total_instances: i64,
+    /// Records completed.
     pub successful_instances: i64,
+    /// Records failed.
     pub failed_instances: i64,
+    /// Records cancelled.
     pub cancelled_instances: i64,
+    /// A cancel was asked for; running records stop at their next renewal.
     pub cancel_requested: bool,
+    /// When it was enqueued.
     #[serde(with = "ts")]
     pub created_at: DateTime<Utc>,
+    /// When its first record started.
     #[serde(with = "ts::opt")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When its last record ended.
     #[serde(with = "ts::opt")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// When it last changed.
     #[serde(with = "ts")]
     pub updated_at: DateTime<Utc>,
     /// Seconds from start to finish (or to now while running); null before it starts.
@@ -267,6 +319,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether it has ended.
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
     }
@@ -287,53 +340,79 @@ impl Session {
 /// One instance's part in a session.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Record {
+    /// Row id.
     pub id: i64,
+    /// The instance synced.
     pub instance_id: i64,
+    /// Its name when the session was made.
     pub instance_name: String,
+    /// Where it is.
     pub status: RecordStatus,
+    /// Attempts started (1 for the first).
     pub attempts: i64,
+    /// The worker process that holds or held it.
     pub worker_id: Option<String>,
+    /// Time waited for the instance's lease, in milliseconds.
     pub lock_wait_ms: Option<i64>,
+    /// When its current attempt took the lease.
     #[serde(with = "ts::opt")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
     #[serde(with = "ts::opt")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// Accounts found on the instance.
     pub accounts_total: Option<i64>,
+    /// Accounts new (or back) since the last sync.
     pub accounts_added: Option<i64>,
+    /// Accounts gone since the last sync.
     pub accounts_removed: Option<i64>,
+    /// Accounts whose attributes or privileges changed.
     pub accounts_changed: Option<i64>,
+    /// Why its last attempt failed.
     pub error: Option<String>,
 }
 
 /// A session with its records, as `session ID --json` and the API show it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionDetail {
+    /// The session and its totals.
     #[serde(flatten)]
     pub session: Session,
+    /// One record per instance.
     pub records: Vec<Record>,
 }
 
 /// What `session_create` reports.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionCreated {
+    /// Its public id.
     pub session_id: Uuid,
+    /// Instances in it.
     pub total_instances: i64,
+    /// `pending` at first.
     pub status: String,
 }
 
 /// An account in syncpool's inventory.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StoredAccount {
+    /// User name.
     pub username: String,
+    /// Host part (MySQL); empty for PostgreSQL.
     pub host: String,
+    /// Attributes as the instance reports them (superuser, login, ...).
     #[schema(value_type = Object)]
     pub attributes: serde_json::Value,
+    /// Privileges granted to it.
     #[schema(value_type = Vec<Object>)]
     pub privileges: serde_json::Value,
+    /// The first sync that found it.
     #[serde(with = "ts")]
     pub first_seen_at: DateTime<Utc>,
+    /// The last sync that found it.
     #[serde(with = "ts")]
     pub last_seen_at: DateTime<Utc>,
+    /// When a sync found it gone; null while it exists.
     #[serde(with = "ts::opt")]
     pub deleted_at: Option<DateTime<Utc>>,
 }
@@ -341,19 +420,28 @@ pub struct StoredAccount {
 /// What `cleanup` deleted.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct CleanupCounts {
+    /// Finished sessions deleted.
     pub sessions_deleted: u64,
+    /// Their records.
     pub records_deleted: u64,
+    /// Finished queue jobs deleted.
     pub jobs_deleted: u64,
+    /// Expired leases deleted.
     pub locks_deleted: u64,
 }
 
 /// Fleet-wide numbers read from the database for the gauges.
 #[derive(Debug, Clone, Default)]
 pub struct FleetGauges {
+    /// Queue jobs waiting.
     pub jobs_pending: i64,
+    /// Queue jobs running.
     pub jobs_running: i64,
+    /// Queue jobs failed for good.
     pub jobs_failed: i64,
+    /// Live leases.
     pub locks_held: i64,
+    /// Sessions pending or running.
     pub sessions_running: i64,
     /// Every finished session ever, by type and status (never cleaned up).
     pub session_stats: Vec<SessionStat>,
@@ -365,6 +453,7 @@ pub struct FleetGauges {
     pub records_unleased: i64,
     /// Cron slots of the last 24 h that started a session / were skipped.
     pub slots_fired_24h: i64,
+    /// See `slots_fired_24h`.
     pub slots_skipped_24h: i64,
 }
 
@@ -377,9 +466,13 @@ pub const SESSION_DURATION_BUCKETS: &[u32] = &[
 /// The finished sessions of one type and status, as a cumulative histogram.
 #[derive(Debug, Clone, Default)]
 pub struct SessionStat {
+    /// The sessions' type.
     pub sync_type: String,
+    /// Their status.
     pub status: String,
+    /// How many finished so.
     pub finished: i64,
+    /// Their durations summed, in seconds.
     pub duration_sum: f64,
     /// Cumulative counts, one per [`SESSION_DURATION_BUCKETS`] entry.
     pub buckets: Vec<i64>,

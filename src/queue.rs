@@ -15,15 +15,21 @@ pub const APALIS_MAX_ATTEMPTS: i64 = 1;
 /// elsewhere, so that the lock-wait timeout counts from the first try.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobPayload {
+    /// The session's public id.
     pub session_id: String,
+    /// The record this job syncs.
     pub record_id: i64,
+    /// The instance whose lease it needs.
     pub instance_id: i64,
+    /// This attempt's number, from 1.
     pub attempt: i64,
+    /// Unix milliseconds of the first time the instance was found busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_since_ms: Option<i64>,
 }
 
 impl JobPayload {
+    /// The payload as stored in the queue (JSON).
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a struct of strings and integers always serialises")
     }
@@ -65,6 +71,7 @@ pub struct Every {
 }
 
 impl Every {
+    /// A strategy that fires every `period`.
     pub fn new(period: std::time::Duration) -> Self {
         Self {
             period,

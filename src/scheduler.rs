@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{SlotFired, Store};
 
+/// Counter of slots fired but skipped (the last session still ran, or nothing to sync).
 pub const SKIPPED: &str = "syncpool_schedule_skipped_total";
+/// Counter of slots that started their job.
 pub const FIRED: &str = "syncpool_schedule_fired_total";
 
 /// What a schedule does when its slot comes.
@@ -21,16 +23,24 @@ pub enum Job {
     /// A `scheduled` session over all active instances, unless the last one still runs.
     Sync,
     /// `cleanup --days N`.
-    Cleanup { days: i64 },
+    Cleanup {
+        /// Days of finished sessions to keep.
+        days: i64,
+    },
 }
 
+/// A named cron schedule and its job.
 #[derive(Debug, Clone)]
 pub struct Schedule {
+    /// Its name in `schedule_slots` and the logs (`sync`, `cleanup`).
     pub name: &'static str,
+    /// When its slots come.
     pub cron: Cron,
+    /// What each slot does.
     pub job: Job,
 }
 
+/// Reads a cron expression, with a message naming it when it is wrong.
 pub fn parse(expr: &str) -> Result<Cron, String> {
     expr.parse::<Cron>()
         .map_err(|e| format!("'{expr}' is not a cron expression: {e}"))
@@ -41,8 +51,11 @@ pub fn parse(expr: &str) -> Result<Cron, String> {
 pub enum Fired {
     /// Another replica had fired this slot already.
     Taken,
+    /// Claimed, but the job had nothing to do or its last run still went on.
     Skipped,
+    /// Claimed, and this session started.
     Started(uuid::Uuid),
+    /// Claimed, and the cleanup ran.
     CleanedUp,
 }
 

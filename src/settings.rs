@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::store::LeaseParams;
 
+/// The worker pipeline's timings and limits.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How long a lease lives without renewal.
@@ -27,6 +28,7 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// apalis worker heartbeat; the orphan timeout is this times `missed_heartbeats`.
     pub queue_heartbeat: Duration,
+    /// Heartbeats a worker may miss before its jobs are orphans.
     pub missed_heartbeats: usize,
     /// Time allowed to connect to an instance.
     pub connect_timeout: Duration,
@@ -55,6 +57,7 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The part the store needs to grant and renew leases.
     pub fn lease_params(&self) -> LeaseParams {
         LeaseParams {
             ttl: self.lease_ttl,
@@ -64,6 +67,7 @@ impl Settings {
         }
     }
 
+    /// The part a source needs to reach an instance.
     pub fn source_settings(&self) -> syncpool_workers::SourceSettings {
         syncpool_workers::SourceSettings {
             connect_timeout: self.connect_timeout,

@@ -8,19 +8,29 @@ use crate::store::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Longest retention, in days (100 years).
 pub const MAX_DAYS: i64 = 36_500;
+/// Largest page.
 pub const MAX_LIMIT: i64 = 1_000;
 /// Room for a PEM root certificate (`ssl_root_cert`) and the rest.
 pub const MAX_OPTIONS_BYTES: usize = 80 * 1024;
 
-pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
-    n.name = n.name.trim().to_string();
-    if n.name.is_empty() || n.name.chars().count() > 200 || n.name.chars().any(char::is_control) {
-        return Err(StoreError::invalid(
-            "name",
-            "name must be 1 to 200 printable characters",
-        ));
-    }
+/// Most characters in an instance name.
+pub const MAX_NAME: usize = 200;
+
+/// Checks an instance as a whole: each field by its own rule ([`instance_fields`]) and
+/// then the rules between fields ([`instance_consistency`]).
+pub fn new_instance(n: NewInstance) -> Result<NewInstance> {
+    instance_fields(&n)?;
+    instance_consistency(&n)?;
+    Ok(n)
+}
+
+/// The rules each field of an instance obeys on its own, whatever the others hold.
+/// A PATCH checks these first: a value wrong in itself is a 400, while a value that is
+/// wrong only beside the stored fields (options of another kind) is a conflict.
+pub fn instance_fields(n: &NewInstance) -> Result<()> {
+    name(&n.name)?;
     if !syncpool_workers::KINDS.contains(&n.kind.as_str()) {
         return Err(StoreError::invalid(
             "kind",
@@ -31,27 +41,24 @@ pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
             ),
         ));
     }
-    // Bounded like the servers bound them (a DNS name is at most 253 bytes; PostgreSQL
+    // Bounded like the servers bound them (a DNS name is at most 253 characters; PostgreSQL
     // and MySQL names are far shorter than 128), so a 900 KB "host" is an error, not a row.
+    // Counted in characters, as the OpenAPI document's maxLength counts them.
     for (field, value, max) in [
         ("host", &n.host, 253),
         ("username", &n.username, 128),
         ("database", &n.database, 128),
     ] {
         if let Some(v) = value
-            && (v.len() > max || v.chars().any(|c| c.is_control() || c.is_whitespace()))
+            && (v.chars().count() > max || v.chars().any(|c| c.is_control() || c.is_whitespace()))
         {
             return Err(StoreError::invalid(
                 field,
-                format!("{field} must be at most {max} bytes without spaces or control characters"),
+                format!(
+                    "{field} must be at most {max} characters without spaces or control characters"
+                ),
             ));
         }
-    }
-    if n.options.to_string().len() > MAX_OPTIONS_BYTES {
-        return Err(StoreError::invalid(
-            "options",
-            format!("options must be at most {MAX_OPTIONS_BYTES} bytes of JSON"),
-        ));
     }
     if let Some(p) = n.port
         && !(1..=65535).contains(&p)
@@ -69,19 +76,53 @@ pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
         syncpool_workers::check_secret_file(v)
             .map_err(|m| StoreError::invalid("password_file", m))?;
     }
+    if !n.options.is_object() {
+        return Err(StoreError::invalid(
+            "options",
+            "options must be a JSON object",
+        ));
+    }
+    if n.options.to_string().len() > MAX_OPTIONS_BYTES {
+        return Err(StoreError::invalid(
+            "options",
+            format!("options must be at most {MAX_OPTIONS_BYTES} bytes of JSON"),
+        ));
+    }
+    Ok(())
+}
+
+/// An instance name: 1 to 200 characters, no control characters, no space at either end.
+/// Not trimmed: a name is refused rather than silently changed.
+pub fn name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME
+        || name.chars().any(char::is_control)
+        || name.trim() != name
+    {
+        return Err(StoreError::invalid(
+            "name",
+            format!(
+                "name must be 1 to {MAX_NAME} printable characters, without spaces at either end"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The rules between fields: options fit the kind, a database kind has a host, and a
+/// password comes from one place.
+pub fn instance_consistency(n: &NewInstance) -> Result<()> {
     if n.password_env.is_some() && n.password_file.is_some() {
         return Err(StoreError::invalid(
             "password_file",
             "set password_env or password_file, not both",
         ));
     }
-    let serde_json::Value::Object(options) = &n.options else {
-        return Err(StoreError::invalid(
-            "options",
-            "options must be a JSON object",
-        ));
-    };
-    let options: BTreeMap<String, serde_json::Value> = options.clone().into_iter().collect();
+    let options: BTreeMap<String, serde_json::Value> = n
+        .options
+        .as_object()
+        .map(|o| o.clone().into_iter().collect())
+        .unwrap_or_default();
     syncpool_workers::validate_options(&n.kind, &options)
         .map_err(|m| StoreError::invalid("options", m))?;
     if matches!(n.kind.as_str(), "postgres" | "mysql")
@@ -92,9 +133,10 @@ pub fn new_instance(mut n: NewInstance) -> Result<NewInstance> {
             format!("a {} instance needs a host", n.kind),
         ));
     }
-    Ok(n)
+    Ok(())
 }
 
+/// A retention in days: 0 to [`MAX_DAYS`].
 pub fn days(d: i64) -> Result<i64> {
     if !(0..=MAX_DAYS).contains(&d) {
         return Err(StoreError::invalid(
@@ -105,6 +147,7 @@ pub fn days(d: i64) -> Result<i64> {
     Ok(d)
 }
 
+/// A page size: 1 to [`MAX_LIMIT`].
 pub fn limit(l: i64) -> Result<i64> {
     if !(1..=MAX_LIMIT).contains(&l) {
         return Err(StoreError::invalid(
@@ -115,6 +158,7 @@ pub fn limit(l: i64) -> Result<i64> {
     Ok(l)
 }
 
+/// A page offset: not negative.
 pub fn offset(o: i64) -> Result<i64> {
     if o < 0 {
         return Err(StoreError::invalid(
@@ -125,6 +169,7 @@ pub fn offset(o: i64) -> Result<i64> {
     Ok(o)
 }
 
+/// One of the session statuses.
 pub fn session_status(s: &str) -> Result<String> {
     if !crate::model::SESSION_STATUSES.contains(&s) {
         return Err(StoreError::invalid(

@@ -18,6 +18,7 @@ use crate::settings::Settings;
     after_help = "Exit codes: 0 success; 1 runtime failure; 2 bad usage or input; \
                   sync --wait: 3 completed_with_errors, 4 failed, 5 cancelled."
 )]
+/// The command line: a global database URL and one command.
 pub struct Cli {
     /// syncpool's own database: sqlite://PATH or postgres://USER@HOST/DB (default
     /// sqlite://syncpool.db; created by `migrate`, `instances add`, `worker`, `serve`)
@@ -31,6 +32,7 @@ pub struct Cli {
         global = true
     )]
     pub database_url: String,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +78,8 @@ pub struct TimingArgs {
 }
 
 impl TimingArgs {
+    /// The pipeline settings these flags describe, checked against each other
+    /// (a renewal shorter than the lease, a grace shorter than the timeout).
     pub fn settings(&self) -> Result<Settings, CliError> {
         if self.lease_renew >= self.lease_ttl {
             return Err(CliError::Usage(
@@ -99,6 +103,7 @@ impl TimingArgs {
     }
 }
 
+/// Reads `30s`, `500ms`, `2m`, `1h` or plain seconds; positive and at most 30 days.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
@@ -122,6 +127,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the database if missing and apply migrations (safe when several processes
@@ -137,6 +143,7 @@ pub enum Command {
         /// Names of registered instances (one: manual_single; several: manual_batch)
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+        /// How it reports.
         #[command(flatten)]
         opts: SyncOpts,
     },
@@ -148,6 +155,7 @@ pub enum Command {
         /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9187)
         #[arg(long, value_name = "ADDR")]
         metrics_bind: Option<String>,
+        /// Pipeline timings.
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -229,11 +237,13 @@ pub enum Command {
         /// In-process worker slots, 16 concurrent syncs each (1-64)
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true, value_name = "N")]
         workers: u16,
+        /// Pipeline timings.
         #[command(flatten)]
         timing: TimingArgs,
     },
 }
 
+/// How `sync` and `sync-all` report.
 #[derive(Args, Debug, Clone)]
 pub struct SyncOpts {
     /// Wait until the session finishes; the exit code tells how it ended
@@ -244,6 +254,7 @@ pub struct SyncOpts {
     pub json: bool,
 }
 
+/// The options of `serve`.
 #[derive(Args, Debug)]
 pub struct ServeOpts {
     /// Address to listen on; port 0 picks a free one (the bound address is logged)
@@ -289,10 +300,12 @@ pub struct ServeOpts {
     /// comma-separated for rotation); refused otherwise
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Timings of the in-process worker.
     #[command(flatten)]
     pub timing: TimingArgs,
 }
 
+/// The `instances` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum InstancesCmd {
     /// Register an instance

@@ -28,7 +28,12 @@ pub enum CliError {
     /// A waited-for session finished other than `completed`: its own exit code (3-5), so
     /// a script can tell a partial failure from a total one from a cancel.
     #[error("session {id} finished {status}")]
-    Unsuccessful { id: Uuid, status: SessionStatus },
+    Unsuccessful {
+        /// The session.
+        id: Uuid,
+        /// How it ended.
+        status: SessionStatus,
+    },
 }
 
 impl From<StoreError> for CliError {
@@ -42,6 +47,7 @@ impl From<StoreError> for CliError {
 }
 
 impl CliError {
+    /// The process exit code this error ends with (see `--help`).
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
@@ -135,6 +141,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, CliError> {
     Ok(store)
 }
 
+/// Runs one parsed command line to its end.
 pub async fn run(cli: Cli) -> Out {
     // Long-running commands catch SIGTERM from the start (see `shutdown_signal`); the
     // others keep the default action, so that a signal still ends them.

@@ -69,7 +69,7 @@ pub fn routes() -> Router<AppState> {
 pub fn open_routes() -> Router<AppState> {
     health_routes()
         // Tools need the document to talk to the API; it holds no secret.
-        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/openapi.json", get(super::openapi::serve))
 }
 
 /// Liveness and readiness, also served on a worker's metrics port for its orchestrator.
@@ -77,66 +77,6 @@ pub fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-}
-
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(
-        title = "syncpool",
-        description = "Sync sessions over a fleet's database accounts"
-    ),
-    paths(
-        session_create,
-        session_list,
-        session_get,
-        session_cancel,
-        instance_create,
-        instance_list,
-        instance_get,
-        instance_patch,
-        instance_delete,
-        instance_sync,
-        instance_accounts,
-        cleanup,
-        healthz,
-        readyz,
-        super::legacy::sync_all,
-        super::legacy::details,
-        super::legacy::cleanup
-    ),
-    components(schemas(super::error::ErrorBody, SyncType)),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-/// Declares the bearer scheme (`SYNCPOOL_API_TOKEN`) and requires it everywhere but on
-/// the routes that opt out (`security(())`: health, readiness, this document).
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
-        };
-        let mut http = Http::new(HttpAuthScheme::Bearer);
-        http.description = Some(
-            "One of the tokens in SYNCPOOL_API_TOKEN (comma-separated); needed only when it is set"
-                .into(),
-        );
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(http));
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
-
-/// The OpenAPI document, generated from the handlers' annotations and the types they return.
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "OK", body = Health)))]
@@ -177,9 +117,9 @@ pub(super) struct SessionRequest {
 }
 
 /// Most instances one request may name.
-const MAX_IDS: usize = 100_000;
+pub(super) const MAX_IDS: usize = 100_000;
 
-#[utoipa::path(post, path = "/api/v1/sessions", request_body = SessionRequest, responses((status = 202, description = "Accepted: the session is enqueued", body = SessionCreated), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = SessionRequest, responses((status = 202, description = "Accepted: the session is enqueued", body = SessionCreated), (status = 404, description = "An instance id names no instance (field instance_ids)", body = super::error::ErrorBody), (status = 409, description = "\"all\": true, but no instance is active", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_create(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SessionRequest>,
@@ -240,7 +180,10 @@ pub(super) async fn session_create(
         .session_create(kind, ids.as_deref())
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::NotFound(m) => ApiError::field("instance_ids", m),
+            crate::store::StoreError::NotFound(message) => ApiError::MissingReference {
+                field: "instance_ids".into(),
+                message,
+            },
             other => other.into(),
         })?;
     Ok((StatusCode::ACCEPTED, Json(created)))
@@ -252,11 +195,7 @@ pub(super) async fn session_list(
     q: Params,
 ) -> ApiResult<Json<SessionPage>> {
     let filter = SessionFilter {
-        status: q
-            .str("status")
-            .filter(|v| !v.is_empty())
-            .map(validate::session_status)
-            .transpose()?,
+        status: q.str("status").map(validate::session_status).transpose()?,
         limit: validate::limit(q.int("limit", 50)?)?,
         offset: validate::offset(q.int("offset", 0)?)?,
     };
@@ -338,7 +277,7 @@ pub(super) async fn instance_get(
 }
 
 /// Applies the fields present in the body; `null` clears an optional field.
-#[utoipa::path(patch, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), request_body = Object, responses((status = 200, description = "OK", body = Instance), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), request_body = Object, responses((status = 200, description = "OK", body = Instance), (status = 409, description = "A value clashes with the stored instance or the name is taken; the error names the field", body = super::error::ErrorBody), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_patch(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -399,7 +338,16 @@ pub(super) async fn instance_patch(
             other => return Err(ApiError::field(other, format!("unknown field '{other}'"))),
         }
     }
-    let new = validate::new_instance(new)?;
+    // Each value must be right on its own (400); a value that clashes only with what is
+    // stored (options of another kind, a database kind left without a host) is a 409.
+    validate::instance_fields(&new)?;
+    validate::instance_consistency(&new).map_err(|e| match e {
+        crate::store::StoreError::Invalid { field, message } => ApiError::ConflictingField {
+            field: field.into(),
+            message,
+        },
+        other => other.into(),
+    })?;
     Ok(Json(s.store.instance_update(current.id, &new).await?))
 }
 

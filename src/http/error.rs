@@ -9,33 +9,65 @@ use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
+/// Every way a request can fail, each with its status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: the request is malformed or a field is wrong.
     #[error("{message}")]
     BadRequest {
+        /// A stable machine-readable reason (`invalid_field`, `malformed_json`, ...).
         code: &'static str,
+        /// What is wrong, for a person.
         message: String,
+        /// The field at fault, where there is one.
         field: Option<String>,
     },
+    /// 404: no such resource or route.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request clashes with the current state (a taken name, no active instance).
     #[error("{0}")]
     Conflict(String),
+    /// A field of the body names something that does not exist (404, naming the field):
+    /// the request is well formed, the thing it refers to is missing.
+    #[error("{message}")]
+    MissingReference {
+        /// The field that names it.
+        field: String,
+        /// What is missing.
+        message: String,
+    },
+    /// A field whose value is fine on its own but not beside the resource's stored state
+    /// (409, naming the field), as when a PATCH gives options of another kind.
+    #[error("{message}")]
+    ConflictingField {
+        /// The field whose value clashes.
+        field: String,
+        /// With what.
+        message: String,
+    },
+    /// 401: no bearer token, or not one of the configured ones.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// 413: the body is over the limit.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// 503: the database does not answer.
     #[error("the database is not ready")]
     Unavailable,
+    /// 405: the route exists, not with this method.
     #[error("this route does not take {0}")]
     MethodNotAllowed(String),
+    /// 415: a body that is not declared as JSON.
     #[error("the body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    /// 500: anything else; logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl ApiError {
+    /// A 400 naming `field`.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         ApiError::BadRequest {
             code: "invalid_field",
@@ -79,6 +111,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            ApiError::MissingReference { field, .. } => {
+                (StatusCode::NOT_FOUND, "not_found", Some(field.clone()))
+            }
+            ApiError::ConflictingField { field, .. } => {
+                (StatusCode::CONFLICT, "conflict", Some(field.clone()))
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),

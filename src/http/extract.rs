@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use super::{ApiError, MAX_BODY};
 
-/// A JSON body, sent as `application/json` (or `*+json`; anything else is 415). An empty
-/// body reads as `{}`.
+/// A JSON object body, sent as `application/json` (or `*+json`; anything else is 415).
+/// An empty body reads as `{}`.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -49,8 +49,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         } else {
             bytes
         };
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
+                code: "malformed_json",
+                message: e.to_string(),
+                field: None,
+            })?;
+        // Every body of this API is an object; serde would also read a struct from an
+        // array (`[30]` as `{"days": 30}`), which no client means.
+        if !value.is_object() {
+            return Err(ApiError::BadRequest {
+                code: "invalid_body",
+                message: "the body must be a JSON object".into(),
+                field: None,
+            });
+        }
+        whole_numbers_as_integers(&mut value);
+        serde_path_to_error::deserialize(value)
             .map(ApiJson)
             .map_err(|e| {
                 let path = e.path().to_string();
@@ -65,17 +80,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                         .map(str::to_string),
                     _ => Some(path),
                 };
-                let code = if inner.is_syntax() || inner.is_eof() {
-                    "malformed_json"
-                } else {
-                    "invalid_field"
-                };
                 ApiError::BadRequest {
-                    code,
+                    code: "invalid_field",
                     message,
                     field,
                 }
             })
+    }
+}
+
+/// JSON has one number type: `7.0` is the integer 7 to JSON Schema (and so to the OpenAPI
+/// document), but serde reads it as a float and would refuse it for an `i64` field. Whole
+/// numbers within `i64` become integers before the body is read into its type.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f)
+            {
+                // In range and whole, so the cast is exact.
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
     }
 }
 
@@ -101,15 +132,15 @@ impl Params {
     pub fn int(&self, name: &str, default: i64) -> Result<i64, ApiError> {
         match self.0.get(name) {
             None => Ok(default),
-            Some(v) => v.trim().parse().map_err(|_| {
+            Some(v) => plain_int(v).ok_or_else(|| {
                 ApiError::field(name, format!("{name} must be an integer, got '{v}'"))
             }),
         }
     }
     pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
         match self.0.get(name).map(String::as_str) {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") | Some("") => Ok(true),
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
             Some(v) => Err(ApiError::field(
                 name,
                 format!("{name} must be true or false, got '{v}'"),
@@ -121,14 +152,28 @@ impl Params {
     }
 }
 
+/// A session id in the one form syncpool prints (`8-4-4-4-12` hex digits), as the OpenAPI
+/// document's pattern says; the braced, URN and hyphen-less forms `Uuid::parse_str` would
+/// also take are refused, so the document and the server agree on every string.
 pub fn session_id(s: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(s.trim())
-        .map_err(|_| ApiError::field("session_id", format!("'{s}' is not a session id (a UUID)")))
+    Some(s)
+        .filter(|s| s.len() == 36)
+        .and_then(|s| uuid::Uuid::try_parse(s).ok())
+        .ok_or_else(|| ApiError::field("session_id", format!("'{s}' is not a session id (a UUID)")))
+}
+
+/// An integer written plainly (`-12`, `7`): no `+`, no spaces, as JSON Schema's
+/// `integer` reads a parameter.
+fn plain_int(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 pub fn instance_id(s: &str) -> Result<i64, ApiError> {
-    s.parse::<i64>()
-        .ok()
+    plain_int(s)
         .filter(|i| *i > 0)
         .ok_or_else(|| ApiError::field("id", format!("'{s}' is not an instance id")))
 }

@@ -20,7 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/account-sync-optimized/cleanup", post(cleanup))
 }
 
-#[utoipa::path(post, path = "/account-sync-optimized/sync-all", responses((status = 200, description = "OK", body = Object), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/account-sync-optimized/sync-all", responses((status = 200, description = "OK", body = Object), (status = 409, description = "No instance is active", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let created = s.store.session_create(SyncType::ManualBatch, None).await?;
     Ok(Json(json!({

@@ -27,6 +27,8 @@ struct Refresh {
     sessions: String,
 }
 
+/// `/metrics` for Prometheus: this process's metrics plus the fleet-wide figures read
+/// from the database (at most once a second, however often it is scraped).
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
     let state = MetricsState {
         store,

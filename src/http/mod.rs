@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod legacy;
 mod metrics;
+mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +25,10 @@ use crate::store::Store;
 /// Request bodies above this are refused with 413 before they are parsed.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// syncpool's database.
     pub store: Arc<dyn Store>,
     /// The accepted bearer tokens (`SYNCPOOL_API_TOKEN`, comma-separated so that a new
     /// token can be rolled out before the old one is retired); empty: no auth.

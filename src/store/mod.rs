@@ -26,15 +26,21 @@ use crate::queue::JobPayload;
 /// exit code 2); everything else is unexpected.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Bad input: the field and why (400 / exit code 2).
     #[error("{message}")]
     Invalid {
+        /// The field at fault.
         field: &'static str,
+        /// What is wrong.
         message: String,
     },
+    /// What was asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Clashes with the current state (a taken name).
     #[error("{0}")]
     Conflict(String),
+    /// A database URL of no supported kind.
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     /// The database is missing or has no (or an older) syncpool schema; the message says
@@ -46,10 +52,13 @@ pub enum StoreError {
     NoInstances,
     // Not marked as sources: sqlx's errors repeat their causes in their own text, so a
     // chain would print the same words three times. The text is in the message, once.
+    /// The database failed.
     #[error("database error: {}", describe(.0))]
     Database(sqlx::Error),
+    /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// Anything else.
     #[error("{0}")]
     Other(String),
 }
@@ -84,6 +93,7 @@ pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> us
 }
 
 impl StoreError {
+    /// An [`StoreError::Invalid`] naming `field`.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         StoreError::Invalid {
             field,
@@ -139,23 +149,29 @@ impl StoreError {
     }
 }
 
+/// Results at the storage boundary.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Which database a store talks to, with its pool, for the code that must build a
 /// database-specific apalis backend.
 #[derive(Clone, Debug)]
 pub enum DbPool {
+    /// syncpool on SQLite.
     Sqlite(sqlx::SqlitePool),
+    /// syncpool on PostgreSQL.
     Postgres(sqlx::PgPool),
 }
 
 /// Timings the pipeline's batch steps need; they come from [`crate::settings::Settings`].
 #[derive(Debug, Clone)]
 pub struct LeaseParams {
+    /// How long a lease lives without renewal.
     pub ttl: Duration,
     /// Delay before a job whose instance is leased elsewhere is tried again.
     pub busy_retry: Duration,
+    /// How long a job may wait for a busy instance.
     pub lock_wait_timeout: Duration,
+    /// Attempts per record.
     pub max_attempts: i64,
 }
 
@@ -165,7 +181,9 @@ pub struct GrantRequest {
     /// Unique per request, kept across retries of it: a retry after a commit whose
     /// outcome was unknown finds it on the record and replays the grant.
     pub request_id: String,
+    /// The apalis job being run.
     pub job_id: String,
+    /// What it carries.
     pub payload: JobPayload,
     /// The worker process's id, stored as the lease owner and the record's worker_id.
     pub owner: String,
@@ -173,15 +191,20 @@ pub struct GrantRequest {
     pub lock_wait_ms: i64,
 }
 
+/// What a grant request got.
 #[derive(Debug, Clone)]
 pub enum GrantOutcome {
     /// The lease is ours: sync, then finish with `token`.
     Granted {
+        /// The fencing token every later write of this sync carries.
         token: i64,
         /// Boxed: the other outcomes are small, and batches hold many of them.
         instance: Box<Instance>,
+        /// This attempt's number.
         attempt: i64,
+        /// The lease was taken over from an expired holder.
         takeover: bool,
+        /// Time waited for the lease.
         lock_wait_ms: i64,
     },
     /// Another owner holds a live lease: the job was re-pushed with a delay and acked.
@@ -190,12 +213,16 @@ pub enum GrantOutcome {
     Stale,
     /// The session was cancelled: the record is now cancelled; acked.
     Cancelled {
+        /// Set when this cancel ended the session.
         session_finished: Option<SessionFinished>,
     },
     /// The record failed without a sync (lock-wait timeout, too many lost workers): acked.
     Failed {
+        /// Why.
         error: String,
+        /// It waited longer than the lock-wait timeout.
         lock_timeout: bool,
+        /// Set when this failure ended the session.
         session_finished: Option<SessionFinished>,
     },
 }
@@ -215,11 +242,15 @@ impl GrantOutcome {
 /// Step 4's heartbeat: extend the lease if it is still ours.
 #[derive(Debug, Clone)]
 pub struct RenewRequest {
+    /// The leased instance.
     pub instance_id: i64,
+    /// The token the lease was granted with.
     pub token: i64,
+    /// The record being synced.
     pub record_id: i64,
 }
 
+/// What a renewal found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RenewOutcome {
     /// False when the token is no longer current: stop and write nothing.
@@ -231,42 +262,64 @@ pub struct RenewOutcome {
 /// How one sync ended, as the worker reports it in step 5.
 #[derive(Debug, Clone)]
 pub enum SyncResult {
+    /// The accounts found on the instance.
     Completed(Vec<Account>),
     /// `retry_after` is set when another attempt is allowed and wanted.
     Failed {
+        /// Why.
         error: String,
+        /// When set, the next attempt after this delay.
         retry_after: Option<Duration>,
     },
+    /// The session was cancelled during the sync.
     Cancelled,
     /// The worker is shutting down: give the record and its job back untouched.
     HandedBack,
 }
 
+/// Step 5: a sync's outcome, fenced by its token.
 #[derive(Debug, Clone)]
 pub struct FinishRequest {
     /// Unique per request, kept across retries of it (see [`GrantRequest::request_id`]).
     pub request_id: String,
+    /// The apalis job being run.
     pub job_id: String,
+    /// The record synced.
     pub record_id: i64,
+    /// The instance synced.
     pub instance_id: i64,
+    /// Its session's public id.
     pub session_id: String,
+    /// The token of the lease the sync ran under.
     pub token: i64,
+    /// How the sync ended.
     pub result: SyncResult,
 }
 
+/// What a finish wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
+    /// The record completed with these account counts.
     Completed {
+        /// Accounts found.
         total: i64,
+        /// Accounts new since the last sync.
         added: i64,
+        /// Accounts gone.
         removed: i64,
+        /// Accounts changed.
         changed: i64,
     },
+    /// The record failed for good.
     Failed,
+    /// Another attempt is enqueued.
     Retrying {
+        /// Its number.
         next_attempt: i64,
     },
+    /// The record was cancelled.
     Cancelled,
+    /// The record and its job were given back for another worker.
     HandedBack,
     /// The token was stale: a newer holder owns the instance; nothing was written.
     Fenced,
@@ -275,15 +328,22 @@ pub enum RecordOutcome {
 /// Reported once, by the finish that made a session's last record terminal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionFinished {
+    /// The session's type.
     pub sync_type: String,
+    /// How it ended.
     pub status: SessionStatus,
+    /// Start to finish, in seconds.
     pub duration_seconds: f64,
+    /// Completed records over all records.
     pub success_rate: f64,
 }
 
+/// What a finish did.
 #[derive(Debug, Clone)]
 pub struct FinishOutcome {
+    /// To the record.
     pub record: RecordOutcome,
+    /// Set when it ended the session.
     pub session_finished: Option<SessionFinished>,
 }
 
@@ -296,37 +356,50 @@ pub struct RescueOutcome {
     pub failed: u64,
     /// Cancelled: their session was cancelled.
     pub cancelled: u64,
+    /// Sessions these changes ended.
     pub sessions_finished: Vec<SessionFinished>,
 }
 
 /// What firing a scheduled sync's cron slot did.
 #[derive(Debug, Clone)]
 pub enum SlotFired {
+    /// Another replica claimed the slot first.
     Taken,
+    /// Claimed; the last scheduled session still runs, so none was started.
     Skipped,
     /// Claimed, but there is no active instance to sync: recorded as skipped.
     NothingToSync,
+    /// Claimed; this session started.
     Started(SessionCreated),
 }
 
 /// A cancelled session, and whether the cancel finished it.
 #[derive(Debug, Clone)]
 pub struct Cancelled {
+    /// The session after the cancel.
     pub session: Session,
+    /// Set when the cancel ended it.
     pub finished: Option<SessionFinished>,
 }
 
 /// Filters for `session_list`.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
+    /// Only sessions with this status.
     pub status: Option<String>,
+    /// Page size.
     pub limit: i64,
+    /// Sessions to skip.
     pub offset: i64,
 }
 
+/// syncpool's storage: one implementation per database, one conformance suite run
+/// against both (`tests/conformance.rs`). Every SQL statement lives behind it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The pool, for the apalis backend of the same database.
     fn pool(&self) -> DbPool;
+    /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 
     /// Applies syncpool's and apalis' migrations; safe when several processes start at once.
@@ -336,12 +409,17 @@ pub trait Store: Send + Sync + 'static {
     /// Refreshes the query planner's statistics (SQLite needs them; docs/APALIS.md, "Planner statistics").
     async fn analyze(&self) -> Result<()>;
 
+    /// Registers an instance; a taken name is a conflict.
     async fn instance_insert(&self, new: &NewInstance) -> Result<Instance>;
     /// All or nothing: a duplicate name rejects the whole list.
     async fn instance_insert_many(&self, new: &[NewInstance]) -> Result<u64>;
+    /// Every instance, by name.
     async fn instance_list(&self) -> Result<Vec<Instance>>;
+    /// One instance by id.
     async fn instance_get(&self, id: i64) -> Result<Option<Instance>>;
+    /// One instance by name.
     async fn instance_get_by_name(&self, name: &str) -> Result<Option<Instance>>;
+    /// Deletes an instance and its accounts; false when there was none.
     async fn instance_delete(&self, id: i64) -> Result<bool>;
     /// Replaces an instance's fields (already validated).
     async fn instance_update(&self, id: i64, new: &NewInstance) -> Result<Instance>;
@@ -352,22 +430,27 @@ pub trait Store: Send + Sync + 'static {
         sync_type: SyncType,
         instance_ids: Option<&[i64]>,
     ) -> Result<SessionCreated>;
+    /// A session with all its records.
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>>;
+    /// A page of sessions, newest first, and how many match in all.
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
     /// Cancels pending records, and running ones whose lease is gone, now; running ones
     /// with a live lease stop at their next heartbeat.
     async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>>;
 
+    /// Step 3 for a batch of jobs, in one transaction.
     async fn lease_grant_batch(
         &self,
         params: &LeaseParams,
         reqs: &[GrantRequest],
     ) -> Result<Vec<GrantOutcome>>;
+    /// Heartbeats for a batch of leases, in one transaction.
     async fn lease_renew_batch(
         &self,
         params: &LeaseParams,
         reqs: &[RenewRequest],
     ) -> Result<Vec<RenewOutcome>>;
+    /// Step 5 for a batch of syncs, in one transaction; each fenced by its token.
     async fn record_finish_batch(
         &self,
         params: &LeaseParams,
@@ -401,12 +484,15 @@ pub trait Store: Send + Sync + 'static {
     /// Puts the apalis jobs still locked by these worker names back to pending.
     async fn jobs_handback(&self, worker_names: &[String]) -> Result<u64>;
 
+    /// The stored accounts of an instance (deleted ones on request).
     async fn accounts_list(
         &self,
         instance_id: i64,
         include_deleted: bool,
     ) -> Result<Vec<StoredAccount>>;
+    /// Deletes finished sessions older than `days`, their records and jobs, and expired leases.
     async fn cleanup(&self, days: i64) -> Result<CleanupCounts>;
+    /// The fleet-wide figures for the gauges.
     async fn fleet_gauges(&self) -> Result<FleetGauges>;
     /// How many of syncpool's migrations are not applied; `None` without any syncpool
     /// table.
@@ -585,7 +671,9 @@ pub fn final_status(
 /// Compares the accounts found on an instance with the stored ones (keyed by
 /// `(username, host)`): what to insert, what to update, what to mark deleted.
 pub struct AccountDiff<'a> {
+    /// Accounts new to the inventory.
     pub added: Vec<&'a Account>,
+    /// Accounts whose attributes or privileges changed.
     pub changed: Vec<&'a Account>,
     /// `(username, host)` of stored, not-deleted accounts no longer on the instance.
     pub removed: Vec<(String, String)>,
@@ -630,6 +718,7 @@ impl<'a> AccountDiff<'a> {
         }
         diff
     }
+    /// Nothing to write.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()
             && self.changed.is_empty()

@@ -24,8 +24,11 @@ use crate::store::*;
 
 /// Shared by every handler of one worker process.
 pub struct Pipeline {
+    /// syncpool's database.
     pub store: Arc<dyn Store>,
+    /// Batches this process's lease and record writes.
     pub writer: Writer,
+    /// Timings and limits.
     pub settings: Settings,
     /// This process's id: the lease owner and the records' `worker_id`.
     pub owner: String,
@@ -57,6 +60,7 @@ enum Stop {
 }
 
 impl Pipeline {
+    /// A pipeline whose leases name `owner` as their holder.
     pub fn new(store: Arc<dyn Store>, writer: Writer, settings: Settings, owner: String) -> Self {
         Self {
             store,
@@ -70,10 +74,12 @@ impl Pipeline {
         }
     }
 
+    /// Stops taking new syncs; running ones get the shutdown grace.
     pub fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// Whether [`Self::begin_shutdown`] was called.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -118,6 +124,8 @@ impl Pipeline {
         None
     }
 
+    /// Runs one job: decode, lease, sync, finish. Errors are for apalis's log only;
+    /// the record holds the outcome.
     pub async fn handle(&self, job_id: String, bytes: Vec<u8>) -> Result<(), BoxDynError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(self);

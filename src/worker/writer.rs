@@ -34,6 +34,8 @@ enum Op {
     Finish(FinishRequest, Reply<FinishOutcome>),
 }
 
+/// The handle to this process's write batcher: requests from many syncs go to the
+/// database together, one transaction per round.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Op>,
@@ -62,16 +64,19 @@ impl Writer {
         (Self { tx, renew_tx }, handle)
     }
 
+    /// Asks for an instance's lease (in the next round).
     pub async fn grant(&self, req: GrantRequest) -> Result<GrantOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Op::Grant(req, tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
+    /// Extends a held lease (in the next round).
     pub async fn renew(&self, req: RenewRequest) -> Result<RenewOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.renew_tx.send((req, tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
+    /// Writes a sync's outcome, fenced by its token (in the next round).
     pub async fn finish(&self, req: FinishRequest) -> Result<FinishOutcome, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Op::Finish(req, tx)).map_err(|_| stopped())?;

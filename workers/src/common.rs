@@ -50,11 +50,20 @@ pub fn secrets_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| "/run/secrets".into())
 }
 
+/// [`check_secret_env`] as a regular expression, for the API's schema.
+pub const SECRET_ENV_PATTERN: &str = "^SYNCPOOL_SECRET_[A-Z0-9_]+$";
+
+/// [`check_secret_file`] as a regular expression, for the API's schema.
+pub const SECRET_FILE_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$";
+
+/// Longest `password_env` or `password_file`.
+pub const MAX_SECRET_NAME: usize = 128;
+
 /// The rule for `password_env`, in words a user can act on.
 pub fn check_secret_env(var: &str) -> Result<(), String> {
     let rest = var.strip_prefix(SECRET_ENV_PREFIX).unwrap_or("");
     let ok = !rest.is_empty()
-        && var.len() <= 128
+        && var.len() <= MAX_SECRET_NAME
         && rest
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
@@ -71,7 +80,7 @@ pub fn check_secret_env(var: &str) -> Result<(), String> {
 /// The rule for `password_file`: a plain file name inside the secrets folder.
 pub fn check_secret_file(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 128
+        && name.len() <= MAX_SECRET_NAME
         && !name.starts_with('.')
         && name
             .chars()

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use common::{SECRET_ENV_PREFIX, check_secret_env, check_secret_file, password, secrets_dir};
+pub use common::{
+    MAX_SECRET_NAME, SECRET_ENV_PATTERN, SECRET_ENV_PREFIX, SECRET_FILE_PATTERN, check_secret_env,
+    check_secret_file, password, secrets_dir,
+};
 pub use mysql::{MysqlSource, parse_grant};
 pub use postgres::PostgresSource;
 pub use simulated::SimulatedSource;
@@ -134,6 +137,16 @@ pub fn source_for(kind: &str) -> Option<Box<dyn AccountSource>> {
         "simulated" => Some(Box::new(SimulatedSource)),
         "postgres" => Some(Box::new(PostgresSource)),
         "mysql" => Some(Box::new(MysqlSource)),
+        _ => None,
+    }
+}
+
+/// The JSON Schema of a kind's options: the same rules as [`validate_options`], for the
+/// API's OpenAPI document (the schemathesis run in the tests holds the two together).
+pub fn options_schema(kind: &str) -> Option<serde_json::Value> {
+    match kind {
+        "simulated" => Some(simulated::options_schema()),
+        "postgres" | "mysql" => Some(tls::db_options_schema(kind)),
         _ => None,
     }
 }

@@ -69,6 +69,22 @@ fn parse(options: &serde_json::Value) -> Result<Options, String> {
     })
 }
 
+pub(crate) fn options_schema() -> serde_json::Value {
+    let count = |max: u64| json!({"type": ["integer", "null"], "minimum": 0, "maximum": max});
+    let rate = json!({"type": ["number", "null"], "minimum": 0, "maximum": 1});
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "latency_ms": count(MAX_LATENCY_MS),
+            "jitter_ms": count(MAX_LATENCY_MS),
+            "accounts": count(MAX_ACCOUNTS),
+            "fail_rate": rate,
+            "panic_rate": rate,
+        }
+    })
+}
+
 pub(crate) fn validate_options(
     options: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), String> {
@@ -86,6 +102,11 @@ pub(crate) fn validate_options(
                 "unknown option '{key}' for kind simulated (expected latency_ms, jitter_ms, fail_rate, accounts, panic_rate)"
             ));
         }
+    }
+    // At the door, numbers are numbers: text like "10" is read by `parse` only for
+    // instances stored before this check, so the API's schema can say `integer` exactly.
+    if let Some((key, _)) = options.iter().find(|(_, v)| v.is_string()) {
+        return Err(format!("option '{key}' must be a number, not text"));
     }
     let value = serde_json::Value::Object(options.clone().into_iter().collect());
     parse(&value).map(|_| ())

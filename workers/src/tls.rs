@@ -115,6 +115,40 @@ fn is_pem(text: &str) -> bool {
     text.trim_start().starts_with("-----BEGIN CERTIFICATE-----")
 }
 
+/// The options of `kind` as JSON Schema, the same rules as [`validate_db_options`].
+pub(crate) fn db_options_schema(kind: &str) -> Value {
+    let text = serde_json::json!({"type": "string", "maxLength": 1024});
+    let mut properties = serde_json::Map::new();
+    if kind == "postgres" {
+        properties.insert("role_like".into(), text);
+        properties.insert(
+            "exclude_system_roles".into(),
+            serde_json::json!({"type": "boolean"}),
+        );
+    } else {
+        properties.insert("user_like".into(), text);
+    }
+    properties.insert("ssl_mode".into(), serde_json::json!({"enum": SSL_MODES}));
+    properties.insert(
+        "ssl_root_cert".into(),
+        serde_json::json!({
+            "type": "string",
+            "maxLength": MAX_TEXT,
+            "pattern": "^(/|\\s*-----BEGIN CERTIFICATE-----)",
+        }),
+    );
+    serde_json::json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": properties,
+        // A root certificate goes with a verifying mode.
+        "anyOf": [
+            {"not": {"required": ["ssl_root_cert"]}},
+            {"required": ["ssl_mode"], "properties": {"ssl_mode": {"enum": ["verify-ca", "verify-full"]}}},
+        ],
+    })
+}
+
 /// Checks the options of a `postgres` or `mysql` instance: only known keys, each of the
 /// right type, so a typo (`role_lik`) is an error at the door instead of a silent no-op.
 pub(crate) fn validate_db_options(
@@ -145,8 +179,12 @@ pub(crate) fn validate_db_options(
         match (*ty, value) {
             ("bool", Value::Bool(_)) => {}
             ("bool", _) => return Err(format!("option {key} must be true or false")),
-            ("text", Value::String(s)) if s.len() <= 1024 => {}
-            ("text", _) => return Err(format!("option {key} must be text of at most 1024 bytes")),
+            ("text", Value::String(s)) if s.chars().count() <= 1024 => {}
+            ("text", _) => {
+                return Err(format!(
+                    "option {key} must be text of at most 1024 characters"
+                ));
+            }
             ("mode", Value::String(s)) if SSL_MODES.contains(&s.as_str()) => {}
             ("mode", _) => {
                 return Err(format!(
@@ -155,7 +193,7 @@ pub(crate) fn validate_db_options(
                 ));
             }
             ("cert", Value::String(s))
-                if s.len() <= MAX_TEXT && (is_pem(s) || s.starts_with('/')) => {}
+                if s.chars().count() <= MAX_TEXT && (is_pem(s) || s.starts_with('/')) => {}
             _ => {
                 return Err(
                     "option ssl_root_cert must be an absolute path on the workers or a PEM \

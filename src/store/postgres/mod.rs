@@ -42,11 +42,13 @@ macro_rules! unleased_running {
 }
 pub(crate) use unleased_running;
 
+/// The [`Store`] on PostgreSQL: several hosts share one database.
 pub struct PgStore {
     pool: PgPool,
 }
 
 impl PgStore {
+    /// Connects with syncpool's session settings (timeouts, keepalives) and the queue's pool.
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = connect_options(url)?;
         // A pool retries a refused connection until its acquire timeout (30 s) and then

@@ -47,6 +47,7 @@ pub(crate) use unleased_running;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The [`Store`] on one SQLite file: several processes of one host share it.
 pub struct SqliteStore {
     pool: SqlitePool,
     path: Option<std::path::PathBuf>,
