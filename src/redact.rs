@@ -23,22 +23,43 @@ pub fn url(s: &str) -> String {
     }
 }
 
+/// Where the URL whose `://` is at `sep` begins, if a URL begins there: a non-empty
+/// scheme at the start of the text or after a space or opening punctuation. (A `://`
+/// inside a password follows the user name and a colon, so it starts no URL.)
+fn url_start(s: &str, sep: usize) -> Option<usize> {
+    let start = s[..sep]
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        .last()?
+        .0;
+    let before = s[..start].chars().next_back();
+    before
+        .is_none_or(|c| {
+            c.is_whitespace() || matches!(c, '(' | '<' | '"' | '\'' | '=' | ',' | ';' | '[')
+        })
+        .then_some(start)
+}
+
 /// Replaces every occurrence of each secret in `text` with `***`, and any URL password.
+/// A URL is taken to run to the next URL or the end of the text, not to the next space:
+/// a password may hold spaces, and hiding too much of a message is the safe mistake.
 pub fn text(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_string();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         out = out.replace(secret, "***");
     }
-    out.split(' ')
-        .map(|w| {
-            if w.contains("://") {
-                url(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let starts: Vec<usize> = out
+        .match_indices("://")
+        .filter_map(|(sep, _)| url_start(&out, sep))
+        .collect();
+    let mut shown = String::with_capacity(out.len());
+    shown.push_str(&out[..starts.first().copied().unwrap_or(out.len())]);
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(out.len());
+        shown.push_str(&url(&out[start..end]));
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -56,6 +77,17 @@ mod tests {
         assert_eq!(
             super::text("login failed for s3cret", &["s3cret"]),
             "login failed for ***"
+        );
+    }
+
+    #[test]
+    fn a_password_with_spaces_in_a_message_is_hidden_whole() {
+        assert_eq!(
+            super::text(
+                "cannot connect to postgres://u:a b/c@db:5432/x, then mysql://r:s@h/y failed",
+                &[]
+            ),
+            "cannot connect to postgres://u:***@db:5432/x, then mysql://r:***@h/y failed"
         );
     }
 
