@@ -14,6 +14,8 @@
 //! - [`validate`]: input rules shared by the CLI and the API (one message, one field).
 //! - [`metrics`]: metric names, per-process recording, fleet-wide rendering from the
 //!   database.
+//! - [`history`]: account change history (the diff of a sync as audit rows, and which
+//!   changes are privilege-sensitive); written by the store's finish step.
 //! - [`settings`], [`model`], [`redact`]: timings, the shared types, secret scrubbing.
 //! - `sqlite_busy`: the SQLite busy handler that counts waits (the one `unsafe`).
 //!
@@ -22,6 +24,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -52,6 +52,8 @@ pub const DB_POOL: &str = "syncpool_db_pool_connections";
 pub const DB_BUSY: &str = "syncpool_db_busy_total";
 /// Counter of records the rescuer handed on after their lease expired.
 pub const RECORDS_RESCUED: &str = "syncpool_records_rescued_total";
+/// Counter of account changes recorded in the history, by kind and sensitivity.
+pub const ACCOUNT_CHANGES: &str = "syncpool_account_changes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -149,6 +151,10 @@ fn register() {
         "Leases this process lost (renewal refused or deadline passed) while syncing"
     );
     describe_counter!(
+        ACCOUNT_CHANGES,
+        "Account changes this process recorded in the history, by kind (baseline, added, removed, changed) and sensitive (true: superuser, CREATEROLE, BYPASSRLS, REPLICATION, ALL PRIVILEGES ON *.*, SUPER, grant option or unlock gained)"
+    );
+    describe_counter!(
         DB_BUSY,
         "Times this process waited on SQLite's write lock (busy handler calls)"
     );
@@ -173,6 +179,11 @@ fn register() {
     gauge!(RECORDS_UNLEASED).set(0.0);
     for outcome in ["fired", "skipped"] {
         gauge!(SCHEDULE_SLOTS, "outcome" => outcome).set(0.0);
+    }
+    for kind in crate::history::ChangeKind::NAMES {
+        for sensitive in ["true", "false"] {
+            counter!(ACCOUNT_CHANGES, "kind" => *kind, "sensitive" => sensitive).absolute(0);
+        }
     }
     counter!(LOCK_TAKEOVERS).absolute(0);
     counter!(LOCK_LOST).absolute(0);
@@ -260,6 +271,14 @@ pub fn instance_synced(kind: &str, result: &'static str, seconds: f64) {
     // `kind` comes from a fixed set (postgres, mysql, simulated), never from user text.
     histogram!(INSTANCE_SYNC_DURATION, "kind" => kind.to_string(), "result" => result)
         .record(seconds);
+}
+
+/// Counts the account changes a committed finish recorded.
+pub fn account_changes(tally: &crate::history::ChangeTally) {
+    for ((kind, sensitive), n) in &tally.0 {
+        let sensitive = if *sensitive { "true" } else { "false" };
+        counter!(ACCOUNT_CHANGES, "kind" => kind.as_str(), "sensitive" => sensitive).increment(*n);
+    }
 }
 
 /// Sets the fleet-wide gauges from one read of the database.

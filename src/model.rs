@@ -70,6 +70,10 @@ pub struct Instance {
     /// When it last changed.
     #[serde(with = "ts")]
     pub updated_at: DateTime<Utc>,
+    /// When its change history began: the sync that recorded its baseline (null before
+    /// its first completed sync).
+    #[serde(with = "ts::opt")]
+    pub history_since: Option<DateTime<Utc>>,
 }
 
 impl Instance {
@@ -428,6 +432,8 @@ pub struct CleanupCounts {
     pub jobs_deleted: u64,
     /// Expired leases deleted.
     pub locks_deleted: u64,
+    /// Account history rows past their retention deleted.
+    pub changes_deleted: u64,
 }
 
 /// Fleet-wide numbers read from the database for the gauges.
@@ -476,4 +482,57 @@ pub struct SessionStat {
     pub duration_sum: f64,
     /// Cumulative counts, one per [`SESSION_DURATION_BUCKETS`] entry.
     pub buckets: Vec<i64>,
+}
+
+/// One recorded change of one account (see [`crate::history`]).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccountChange {
+    /// Increasing with time; the `after` cursor of the next page.
+    pub id: i64,
+    /// The instance's id when the change was recorded.
+    pub instance_id: i64,
+    /// The instance's name when the change was recorded.
+    pub instance_name: String,
+    /// The session whose sync found it.
+    pub session_id: String,
+    /// The record of that sync.
+    pub record_id: i64,
+    /// User name.
+    pub username: String,
+    /// Host part (MySQL); empty for PostgreSQL.
+    pub host: String,
+    /// `baseline`, `added`, `removed` or `changed`.
+    pub kind: String,
+    /// What changed: for `changed`, only the differences (`attributes`: name to
+    /// `{from, to}`; `privileges`: `granted` and `revoked` single grants); otherwise the
+    /// account's attributes and privileges.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+    /// Why it is privilege-sensitive (`superuser`, `create_role`, `bypass_rls`,
+    /// `replication`, `all_privileges`, `super`, `grant_option`, `unlocked`).
+    pub flags: Vec<String>,
+    /// Whether `flags` is not empty.
+    pub sensitive: bool,
+    /// When the sync that found it committed.
+    #[serde(with = "ts")]
+    pub changed_at: DateTime<Utc>,
+}
+
+/// A page of the change history, as the API and `changes --json` print it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChangePage {
+    /// Newest first.
+    pub items: Vec<AccountChange>,
+    /// The `after` of the next page; null on the last one.
+    pub next_after: Option<i64>,
+}
+
+impl ChangePage {
+    /// A page of at most `limit` items: a full page may have a next one.
+    pub fn new(items: Vec<AccountChange>, limit: i64) -> Self {
+        let next_after = (items.len() as i64 == limit)
+            .then(|| items.last().map(|c| c.id))
+            .flatten();
+        ChangePage { items, next_after }
+    }
 }

@@ -26,6 +26,8 @@ pub enum Job {
     Cleanup {
         /// Days of finished sessions to keep.
         days: i64,
+        /// Days of account change history to keep.
+        history_days: i64,
     },
 }
 
@@ -86,12 +88,12 @@ pub async fn fire(
                 Ok(Fired::Started(created.session_id))
             }
         },
-        Job::Cleanup { days } => {
+        Job::Cleanup { days, history_days } => {
             if !store.schedule_slot_claim(schedule.name, slot).await? {
                 return Ok(Fired::Taken);
             }
             metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
-            let c = store.cleanup(days).await?;
+            let c = store.cleanup(days, history_days).await?;
             tracing::info!(%slot, sessions = c.sessions_deleted, "scheduled cleanup done");
             Ok(Fired::CleanedUp)
         }

@@ -147,6 +147,78 @@ pub fn days(d: i64) -> Result<i64> {
     Ok(d)
 }
 
+/// A history retention in days: 0 to [`MAX_DAYS`], named `history_days`.
+pub fn history_days(d: i64) -> Result<i64> {
+    days(d).map_err(|_| {
+        StoreError::invalid(
+            "history_days",
+            format!("history_days must be between 0 and {MAX_DAYS}, got {d}"),
+        )
+    })
+}
+
+/// The start of a history query: an RFC 3339 time, or a duration back from `now`
+/// (`90s`, `30m`, `24h`, `7d`; at most six digits).
+pub fn since(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let back = s.char_indices().last().and_then(|(at, _)| {
+        let (digits, unit) = s.split_at(at);
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        let plain = (1..=6).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+        Some(chrono::Duration::seconds(
+            digits.parse::<i64>().ok().filter(|_| plain)? * seconds,
+        ))
+    });
+    back.map(|d| now - d).ok_or_else(|| {
+        StoreError::invalid(
+            "since",
+            format!("since must be an RFC 3339 time or a duration like 30m, 24h, 7d; got '{s}'"),
+        )
+    })
+}
+
+/// An instance name to filter by: a name as [`name`] accepts it (no other can match),
+/// reported as `field`.
+pub fn name_filter(field: &'static str, s: &str) -> Result<String> {
+    name(s).map(|_| s.to_string()).map_err(|e| match e {
+        StoreError::Invalid { message, .. } => StoreError::Invalid { field, message },
+        other => other,
+    })
+}
+
+/// A change kind: `baseline`, `added`, `removed` or `changed`.
+pub fn change_kind(s: &str) -> Result<String> {
+    if !crate::history::ChangeKind::NAMES.contains(&s) {
+        return Err(StoreError::invalid(
+            "kind",
+            format!(
+                "unknown kind '{s}' (expected one of: {})",
+                crate::history::ChangeKind::NAMES.join(", ")
+            ),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A keyset cursor: a positive id.
+pub fn after(a: i64) -> Result<i64> {
+    if a < 1 {
+        return Err(StoreError::invalid(
+            "after",
+            format!("after must be a positive id, got {a}"),
+        ));
+    }
+    Ok(a)
+}
+
 /// A page size: 1 to [`MAX_LIMIT`].
 pub fn limit(l: i64) -> Result<i64> {
     if !(1..=MAX_LIMIT).contains(&l) {

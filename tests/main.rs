@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod conformance;
 mod fault_soak;
+mod history;
 mod http_rules;
 mod lease_faults;
 mod pg_faults;

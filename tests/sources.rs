@@ -39,7 +39,7 @@ async fn pg(server: &crate::private_pg::PrivatePg, sql: &str) {
     }
 }
 
-fn maria(sql: &str) {
+pub(crate) fn maria(sql: &str) {
     let out = Command::new("mariadb")
         .args(["-h", "127.0.0.1", "-uroot", "-e", sql])
         .output()

@@ -186,6 +186,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Account change history, newest first: who gained or lost what, and when
+    Changes(ChangesArgs),
     /// Show one session with its records
     Session {
         /// The session's id (a UUID, as `sync` and `sessions` print it)
@@ -212,6 +214,15 @@ pub enum Command {
             value_name = "N"
         )]
         days: i64,
+        /// Age in days of the newest account change history to delete (0-36500); kept
+        /// apart from sessions because audits look back further
+        #[arg(
+            long,
+            default_value_t = 365,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        history_days: i64,
         /// Print what was deleted as JSON
         #[arg(long)]
         json: bool,
@@ -296,6 +307,16 @@ pub struct ServeOpts {
         value_name = "N"
     )]
     pub retention_days: i64,
+    /// Days of account change history the scheduled cleanup keeps (0-36500)
+    #[arg(
+        long,
+        env = "SYNCPOOL_HISTORY_DAYS",
+        hide_env_values = true,
+        default_value_t = 365,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub history_days: i64,
     /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
     /// comma-separated for rotation); refused otherwise
     #[arg(long)]
@@ -375,4 +396,37 @@ pub struct AddArgs {
     /// latency_ms, jitter_ms, fail_rate, accounts, panic_rate
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+}
+
+/// The arguments of `changes`.
+#[derive(Args, Debug)]
+pub struct ChangesArgs {
+    /// Only this instance (by the name it had when the change was recorded)
+    #[arg(value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Only changes since a time (RFC 3339, e.g. 2026-11-25T00:00:00Z) or for a duration
+    /// back from now (30m, 24h, 7d)
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+    /// Only changes of this kind: baseline, added, removed, changed
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only privilege-sensitive changes (superuser, CREATEROLE, BYPASSRLS, REPLICATION,
+    /// ALL PRIVILEGES ON *.*, SUPER, grant option, unlock)
+    #[arg(long)]
+    pub sensitive: bool,
+    /// How many to list (1-1000)
+    #[arg(
+        long,
+        default_value_t = 50,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub limit: i64,
+    /// Only changes older than this id (the `next_after` of the previous page)
+    #[arg(long, allow_negative_numbers = true, value_name = "ID")]
+    pub after: Option<i64>,
+    /// Print {"items": [...], "next_after": ID|null} as JSON, as the API does
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,6 +3,7 @@
 //! 2 for bad usage or bad input (one line on stderr), 1 for a runtime failure.
 
 mod args;
+mod changes;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -97,8 +98,11 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
             }
             validate::limit(*limit)?;
         }
-        Command::Cleanup { days, .. } => {
+        Command::Cleanup {
+            days, history_days, ..
+        } => {
             validate::days(*days)?;
+            validate::history_days(*history_days)?;
         }
         Command::Worker {
             metrics_bind,
@@ -125,6 +129,9 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
         }
         Command::Instances(InstancesCmd::Import { file }) => {
             read_import(file)?;
+        }
+        Command::Changes(a) => {
+            changes::filter(a)?;
         }
         _ => {}
     }
@@ -267,21 +274,29 @@ pub async fn run(cli: Cli) -> Out {
             );
             Ok(())
         }
-        Command::Cleanup { days, json } => {
-            let counts = store.cleanup(validate::days(days)?).await?;
+        Command::Cleanup {
+            days,
+            history_days,
+            json,
+        } => {
+            let counts = store
+                .cleanup(validate::days(days)?, validate::history_days(history_days)?)
+                .await?;
             if json {
                 print_json(&counts);
             } else {
                 println!(
-                    "deleted {} sessions, {} records, {} jobs, {} locks",
+                    "deleted {} sessions, {} records, {} jobs, {} locks, {} history rows",
                     counts.sessions_deleted,
                     counts.records_deleted,
                     counts.jobs_deleted,
-                    counts.locks_deleted
+                    counts.locks_deleted,
+                    counts.changes_deleted
                 );
             }
             Ok(())
         }
+        Command::Changes(a) => changes::run(store.as_ref(), &a).await,
         Command::Accounts {
             name,
             json,
@@ -610,6 +625,7 @@ fn serve_checks(
         cron: scheduler::parse(&opts.cleanup_schedule).map_err(CliError::Usage)?,
         job: Job::Cleanup {
             days: validate::days(opts.retention_days)?,
+            history_days: validate::history_days(opts.history_days)?,
         },
     }];
     if let Some(expr) = opts.schedule.as_deref().filter(|s| !s.trim().is_empty()) {

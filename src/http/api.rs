@@ -63,6 +63,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/instances/{id}/sync", post(instance_sync))
         .route("/api/v1/instances/{id}/accounts", get(instance_accounts))
         .route("/api/v1/maintenance/cleanup", post(cleanup))
+        .route("/api/v1/changes", get(changes_list))
 }
 
 /// Routes that never need the token.
@@ -393,9 +394,14 @@ pub(super) async fn instance_accounts(
 pub(super) struct CleanupRequest {
     #[serde(default = "seven")]
     pub days: i64,
+    #[serde(default = "a_year")]
+    pub history_days: i64,
 }
 fn seven() -> i64 {
     7
+}
+fn a_year() -> i64 {
+    365
 }
 
 #[utoipa::path(post, path = "/api/v1/maintenance/cleanup", request_body = CleanupRequest, responses((status = 200, description = "OK", body = CleanupCounts), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
@@ -403,5 +409,35 @@ pub(super) async fn cleanup(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<CleanupRequest>,
 ) -> ApiResult<Json<CleanupCounts>> {
-    Ok(Json(s.store.cleanup(validate::days(req.days)?).await?))
+    Ok(Json(
+        s.store
+            .cleanup(
+                validate::days(req.days)?,
+                validate::history_days(req.history_days)?,
+            )
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/changes", params(("instance" = Option<String>, Query, description = "Only this instance, by the name it had then"), ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration back from now: 30m, 24h, 7d"), ("kind" = Option<String>, Query), ("sensitive" = Option<bool>, Query, description = "Only privilege-sensitive changes"), ("limit" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "The next_after of the previous page")), responses((status = 200, description = "Account changes, newest first", body = crate::model::ChangePage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn changes_list(
+    State(s): State<AppState>,
+    q: Params,
+) -> ApiResult<Json<crate::model::ChangePage>> {
+    let filter = crate::store::ChangeFilter {
+        instance: q
+            .str("instance")
+            .map(|n| validate::name_filter("instance", n))
+            .transpose()?,
+        since: q
+            .str("since")
+            .map(|v| validate::since(v, chrono::Utc::now()))
+            .transpose()?,
+        kind: q.str("kind").map(validate::change_kind).transpose()?,
+        sensitive_only: q.bool("sensitive")?,
+        limit: validate::limit(q.int("limit", 50)?)?,
+        after: q.opt_int("after")?.map(validate::after).transpose()?,
+    };
+    let items = s.store.changes_list(&filter).await?;
+    Ok(Json(crate::model::ChangePage::new(items, filter.limit)))
 }

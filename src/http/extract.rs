@@ -137,6 +137,10 @@ impl Params {
             }),
         }
     }
+    /// An optional integer parameter.
+    pub fn opt_int(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.0.get(name).map(|_| self.int(name, 0)).transpose()
+    }
     pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
         match self.0.get(name).map(String::as_str) {
             None | Some("false") => Ok(false),

@@ -69,7 +69,13 @@ pub(super) async fn cleanup(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<CleanupRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let counts = s.store.cleanup(validate::days(req.days)?).await?;
+    let counts = s
+        .store
+        .cleanup(
+            validate::days(req.days)?,
+            validate::history_days(req.history_days)?,
+        )
+        .await?;
     Ok(Json(
         json!({"success": true, "message": format!("deleted {} sessions", counts.sessions_deleted), "data": counts}),
     ))

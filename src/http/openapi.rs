@@ -30,6 +30,7 @@ use crate::validate;
         super::api::instance_sync,
         super::api::instance_accounts,
         super::api::cleanup,
+        super::api::changes_list,
         super::api::healthz,
         super::api::readyz,
         super::legacy::sync_all,
@@ -239,6 +240,13 @@ fn make_exact(doc: &mut Value) {
             "maximum": validate::MAX_DAYS,
             "default": 7,
             "description": "Keep sessions that finished fewer than this many days ago",
+        },
+        "history_days": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": validate::MAX_DAYS,
+            "default": 365,
+            "description": "Keep account change history younger than this many days",
         }},
     });
     let Some(paths) = doc["paths"].as_object_mut() else {
@@ -283,7 +291,21 @@ fn constrain_parameter(param: &mut Value) {
             json!({"type": "integer", "minimum": 0, "maximum": i64::MAX, "default": 0})
         }
         Some("status") => json!({"type": "string", "enum": crate::model::SESSION_STATUSES}),
-        Some("include_deleted") => json!({"type": "boolean", "default": false}),
+        Some("include_deleted" | "sensitive") => json!({"type": "boolean", "default": false}),
+        Some("after") => {
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
+        }
+        Some("instance") => json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": validate::MAX_NAME,
+            "pattern": name_pattern(),
+        }),
+        Some("kind") => json!({"type": "string", "enum": crate::history::ChangeKind::NAMES}),
+        Some("since") => json!({
+            "type": "string",
+            "anyOf": [{"format": "date-time"}, {"pattern": "^[0-9]{1,6}[smhd]$"}],
+        }),
         _ => return,
     };
     param["schema"] = schema;

@@ -234,6 +234,19 @@ pub(crate) trait BatchOps: Send {
     async fn accounts_update(&mut self, rows: &[(i64, &Account)]) -> Result<()>;
     /// Marks `(instance_id, username, host)` accounts deleted, in one statement.
     async fn accounts_mark_deleted(&mut self, rows: &[(i64, &str, &str)]) -> Result<()>;
+    /// Appends to the account change history, in one statement.
+    async fn changes_insert(&mut self, rows: &[NewChange]) -> Result<()>;
+    /// Marks these instances' history as begun (their baseline is in this transaction).
+    async fn instances_history_start(&mut self, ids: &[i64]) -> Result<()>;
+}
+
+/// A history row with the sync it came from.
+pub(crate) struct NewChange {
+    pub instance_id: i64,
+    pub instance_name: String,
+    pub session_id: String,
+    pub record_id: i64,
+    pub change: crate::history::AccountChangeRow,
 }
 
 fn sorted_unique(mut v: Vec<i64>) -> Vec<i64> {
@@ -472,6 +485,7 @@ pub(crate) async fn finish<O: BatchOps>(
         .map(|_| FinishOutcome {
             record: RecordOutcome::Fenced,
             session_finished: None,
+            changes: Default::default(),
         })
         .collect();
     let mut seen_records = HashSet::new();
@@ -532,12 +546,31 @@ pub(crate) async fn finish<O: BatchOps>(
     let mut updates: Vec<(i64, &Account)> = vec![];
     let mut deletes: Vec<(i64, String, String)> = vec![];
     let mut completes = vec![];
+    let mut changes: Vec<NewChange> = vec![];
+    let mut history_start = vec![];
     for &i in &completed {
         let SyncResult::Completed(found) = &reqs[i].result else {
             continue;
         };
         let iid = reqs[i].instance_id;
-        let diff = AccountDiff::compute(found, stored.remove(&iid).as_deref().unwrap_or(&[]));
+        let stored_here = stored.remove(&iid).unwrap_or_default();
+        let diff = AccountDiff::compute(found, &stored_here);
+        // History in the inventory's own transaction, so it is fenced by the same token
+        // and a replayed finish (same request id) cannot record it twice.
+        let instance = &completed_instances[&iid];
+        let baseline = instance.history_since.is_none();
+        if baseline {
+            history_start.push(iid);
+        }
+        let rows = crate::history::rows_for_sync(found, &stored_here, &diff, baseline);
+        out[i].changes = crate::history::ChangeTally::of(&rows);
+        changes.extend(rows.into_iter().map(|change| NewChange {
+            instance_id: iid,
+            instance_name: instance.name.clone(),
+            session_id: reqs[i].session_id.clone(),
+            record_id: reqs[i].record_id,
+            change,
+        }));
         inserts.extend(diff.added.iter().map(|a| (iid, *a)));
         updates.extend(diff.changed.iter().chain(&diff.revived).map(|a| (iid, *a)));
         deletes.extend(
@@ -566,6 +599,8 @@ pub(crate) async fn finish<O: BatchOps>(
         .map(|(i, u, h)| (*i, u.as_str(), h.as_str()))
         .collect();
     ops.accounts_mark_deleted(&deletes).await?;
+    ops.changes_insert(&changes).await?;
+    ops.instances_history_start(&history_start).await?;
 
     let mut ended = vec![];
     let mut retries = vec![];

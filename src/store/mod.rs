@@ -345,6 +345,9 @@ pub struct FinishOutcome {
     pub record: RecordOutcome,
     /// Set when it ended the session.
     pub session_finished: Option<SessionFinished>,
+    /// The account changes it recorded, counted (empty on a replay: the first commit
+    /// counted them).
+    pub changes: crate::history::ChangeTally,
 }
 
 /// What the rescuer did with running records that had no live lease.
@@ -391,6 +394,23 @@ pub struct SessionFilter {
     pub limit: i64,
     /// Sessions to skip.
     pub offset: i64,
+}
+
+/// Filters for `changes_list`; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeFilter {
+    /// Only changes of the instance of this name (as it was named then).
+    pub instance: Option<String>,
+    /// Only changes recorded at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only changes of this kind (`baseline`, `added`, `removed`, `changed`).
+    pub kind: Option<String>,
+    /// Only privilege-sensitive changes.
+    pub sensitive_only: bool,
+    /// Page size.
+    pub limit: i64,
+    /// Keyset cursor: only changes with a smaller id (the last id of the previous page).
+    pub after: Option<i64>,
 }
 
 /// syncpool's storage: one implementation per database, one conformance suite run
@@ -490,10 +510,13 @@ pub trait Store: Send + Sync + 'static {
         instance_id: i64,
         include_deleted: bool,
     ) -> Result<Vec<StoredAccount>>;
-    /// Deletes finished sessions older than `days`, their records and jobs, and expired leases.
-    async fn cleanup(&self, days: i64) -> Result<CleanupCounts>;
+    /// Deletes finished sessions older than `days`, their records and jobs, expired
+    /// leases, and account history older than `history_days`.
+    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts>;
     /// The fleet-wide figures for the gauges.
     async fn fleet_gauges(&self) -> Result<FleetGauges>;
+    /// A page of the account change history, newest first.
+    async fn changes_list(&self, filter: &ChangeFilter) -> Result<Vec<AccountChange>>;
     /// How many of syncpool's migrations are not applied; `None` without any syncpool
     /// table.
     async fn migrations_pending(&self) -> Result<Option<usize>>;

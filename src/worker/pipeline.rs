@@ -370,6 +370,8 @@ impl Pipeline {
             return;
         };
         let secs = started.elapsed().as_secs_f64();
+        // After the commit, never before: a rolled-back finish recorded nothing.
+        metrics::account_changes(&outcome.changes);
         match outcome.record {
             RecordOutcome::Completed { .. } => {
                 metrics::instance_synced(&instance.kind, "completed", secs)

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::*;
 use pipeline::PgOps;
 
+mod history;
 mod pipeline;
 use crate::queue;
 
@@ -112,6 +113,7 @@ pub(super) fn instance_from_row(row: &PgRow) -> Result<Instance> {
         active: row.try_get("active")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        history_since: row.try_get("history_since")?,
     })
 }
 
@@ -469,6 +471,10 @@ impl Store for PgStore {
         Ok(n)
     }
 
+    async fn changes_list(&self, filter: &ChangeFilter) -> Result<Vec<AccountChange>> {
+        history::changes_list(&self.pool, filter).await
+    }
+
     async fn accounts_list(
         &self,
         instance_id: i64,
@@ -497,7 +503,7 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn cleanup(&self, days: i64) -> Result<CleanupCounts> {
+    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts> {
         let cutoff = Utc::now() - chrono::Duration::days(days);
         let mut counts = CleanupCounts::default();
         // Small batches, one short transaction each, so cleanup never holds the write
@@ -556,6 +562,23 @@ impl Store for PgStore {
             .rows_affected();
             tx.commit().await?;
             counts.locks_deleted += n;
+            if n < 1000 {
+                break;
+            }
+        }
+        let history_cutoff = Utc::now() - chrono::Duration::days(history_days);
+        loop {
+            let mut tx = self.begin().await?;
+            let n = sqlx::query(
+                "DELETE FROM account_changes WHERE id IN \
+                 (SELECT id FROM account_changes WHERE changed_at < $1 LIMIT 1000)",
+            )
+            .bind(history_cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            counts.changes_deleted += n;
             if n < 1000 {
                 break;
             }

@@ -569,4 +569,57 @@ impl BatchOps for PgOps<'_> {
         .await?;
         Ok(())
     }
+
+    async fn changes_insert(&mut self, rows: &[NewChange]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inst: Vec<i64> = rows.iter().map(|r| r.instance_id).collect();
+        let name: Vec<&str> = rows.iter().map(|r| r.instance_name.as_str()).collect();
+        let session: Vec<&str> = rows.iter().map(|r| r.session_id.as_str()).collect();
+        let record: Vec<i64> = rows.iter().map(|r| r.record_id).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.change.username.as_str()).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.change.host.as_str()).collect();
+        let kind: Vec<&str> = rows.iter().map(|r| r.change.kind.as_str()).collect();
+        let detail: Vec<&serde_json::Value> = rows.iter().map(|r| &r.change.detail).collect();
+        let flags: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!(r.change.flags))
+            .collect();
+        sqlx::query(concat!(
+            "INSERT INTO account_changes (instance_id, instance_name, session_id, record_id, ",
+            "username, host, kind, detail, flags, sensitive, changed_at) ",
+            "SELECT i, n, s, r, u, h, k, d, f, jsonb_array_length(f) > 0, ",
+            now!(),
+            " FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], ",
+            "$6::text[], $7::text[], $8::jsonb[], $9::jsonb[]) AS v(i, n, s, r, u, h, k, d, f)"
+        ))
+        .bind(&inst)
+        .bind(&name)
+        .bind(&session)
+        .bind(&record)
+        .bind(&user)
+        .bind(&host)
+        .bind(&kind)
+        .bind(&detail)
+        .bind(&flags)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn instances_history_start(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(concat!(
+            "UPDATE instances SET history_since = ",
+            now!(),
+            " WHERE id = ANY($1) AND history_since IS NULL"
+        ))
+        .bind(ids)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
 }

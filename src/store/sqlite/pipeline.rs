@@ -527,4 +527,55 @@ impl BatchOps for SqliteOps<'_> {
         .await?;
         Ok(())
     }
+
+    async fn changes_insert(&mut self, rows: &[NewChange]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let c = &r.change;
+                json!([
+                    r.instance_id,
+                    r.instance_name,
+                    r.session_id,
+                    r.record_id,
+                    c.username,
+                    c.host,
+                    c.kind.as_str(),
+                    c.detail,
+                    c.flags,
+                    !c.flags.is_empty(),
+                ])
+            })
+            .collect();
+        sqlx::query(concat!(
+            "INSERT INTO account_changes (instance_id, instance_name, session_id, record_id, ",
+            "username, host, kind, detail, flags, sensitive, changed_at) ",
+            "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, ",
+            "value->7, value->8, value->>9, ",
+            now!(),
+            " FROM json_each(?1)"
+        ))
+        .bind(arr(&rows))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn instances_history_start(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(concat!(
+            "UPDATE instances SET history_since = ",
+            now!(),
+            " WHERE id IN (SELECT value FROM json_each(?1)) AND history_since IS NULL"
+        ))
+        .bind(arr(ids))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
 }
