@@ -469,4 +469,32 @@ async fn a_fenced_finish_records_no_history_and_a_replayed_one_records_it_once(b
     assert_eq!(out[0].record, syncpool::store::RecordOutcome::Fenced);
     assert!(new_changes(store.as_ref(), &mut seen).await.is_empty());
     assert!(out[0].changes.0.is_empty());
+
+    // Retention: history is kept for its own period, not the sessions'. The baseline is
+    // dated 2025-01-01 (over a year ago); a cleanup keeping 0 days of sessions and 365 of history deletes
+    // the finished sessions and only that history row.
+    crate::conformance::exec(
+        store.as_ref(),
+        "UPDATE account_changes SET changed_at = '2025-01-01T00:00:00.000Z' WHERE kind = 'baseline'",
+        &[],
+    )
+    .await;
+    let counts = store.cleanup(0, 365).await.unwrap();
+    assert_eq!(
+        (counts.sessions_deleted, counts.changes_deleted),
+        (2, 1),
+        "{counts:?}"
+    );
+    let left = store
+        .changes_list(&ChangeFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].kind.as_str(), left[0].username.as_str()),
+        ("added", "b")
+    );
 }
