@@ -37,7 +37,7 @@ pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
         return Ok(());
     }
     println!(
-        "{:<24}  {:<16}  {:<24}  {:<8}  WHAT",
+        "{:<27}  {:<16}  {:<24}  {:<8}  WHAT",
         "WHEN", "INSTANCE", "ACCOUNT", "KIND"
     );
     for c in &page.items {
@@ -52,7 +52,7 @@ pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
             format!("  [SENSITIVE: {}]", c.flags.join(", "))
         };
         println!(
-            "{:<24}  {:<16}  {:<24}  {:<8}  {}{flags}",
+            "{:<27}  {:<16}  {:<24}  {:<8}  {}{flags}",
             ts::format(&c.changed_at),
             c.instance_name,
             who,
