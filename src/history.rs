@@ -209,11 +209,9 @@ pub fn changed(
 
 /// The history rows of one completed sync: with `baseline` (the instance's first), every
 /// account found; otherwise one row per account the diff added, revived, changed or
-/// removed. `stored` is the inventory before the sync: `(username, host, attributes,
-/// privileges, deleted)`.
+/// removed.
 pub fn rows_for_sync(
     found_accounts: &[Account],
-    stored: &[(String, String, Value, Value, bool)],
     diff: &crate::store::AccountDiff<'_>,
     baseline: bool,
 ) -> Vec<AccountChangeRow> {
@@ -223,25 +221,22 @@ pub fn rows_for_sync(
             .map(|a| found(a, ChangeKind::Baseline))
             .collect();
     }
-    let index: std::collections::HashMap<(&str, &str), (&Value, &Value)> = stored
-        .iter()
-        .map(|(u, h, a, p, _)| ((u.as_str(), h.as_str()), (a, p)))
-        .collect();
-    let before = |user: &str, host: &str| index.get(&(user, host)).copied();
     let mut rows: Vec<AccountChangeRow> = diff
         .added
         .iter()
         .chain(&diff.revived)
         .map(|a| found(a, ChangeKind::Added))
         .collect();
-    rows.extend(diff.changed.iter().filter_map(|a| {
-        let (attrs, privs) = before(&a.username, &a.host)?;
-        changed(attrs, privs, a)
-    }));
-    rows.extend(diff.removed.iter().filter_map(|(user, host)| {
-        let (attrs, privs) = before(user, host)?;
-        Some(removed(user, host, attrs, privs))
-    }));
+    rows.extend(
+        diff.changed
+            .iter()
+            .filter_map(|(a, (_, _, attrs, privs, _))| changed(attrs, privs, a)),
+    );
+    rows.extend(
+        diff.removed
+            .iter()
+            .map(|(user, host, attrs, privs, _)| removed(user, host, attrs, privs)),
+    );
     rows
 }
 

@@ -138,10 +138,14 @@ pub fn instance_consistency(n: &NewInstance) -> Result<()> {
 
 /// A retention in days: 0 to [`MAX_DAYS`].
 pub fn days(d: i64) -> Result<i64> {
+    days_named("days", d)
+}
+
+fn days_named(field: &'static str, d: i64) -> Result<i64> {
     if !(0..=MAX_DAYS).contains(&d) {
         return Err(StoreError::invalid(
-            "days",
-            format!("days must be between 0 and {MAX_DAYS}, got {d}"),
+            field,
+            format!("{field} must be between 0 and {MAX_DAYS}, got {d}"),
         ));
     }
     Ok(d)
@@ -149,12 +153,7 @@ pub fn days(d: i64) -> Result<i64> {
 
 /// A history retention in days: 0 to [`MAX_DAYS`], named `history_days`.
 pub fn history_days(d: i64) -> Result<i64> {
-    days(d).map_err(|_| {
-        StoreError::invalid(
-            "history_days",
-            format!("history_days must be between 0 and {MAX_DAYS}, got {d}"),
-        )
-    })
+    days_named("history_days", d)
 }
 
 /// The start of a history query: an RFC 3339 time, or a duration back from `now`
@@ -191,6 +190,34 @@ pub fn name_filter(field: &'static str, s: &str) -> Result<String> {
     name(s).map(|_| s.to_string()).map_err(|e| match e {
         StoreError::Invalid { message, .. } => StoreError::Invalid { field, message },
         other => other,
+    })
+}
+
+/// The raw inputs of a history query, from the CLI's flags or the API's parameters.
+pub struct ChangeQuery<'a> {
+    /// `instance`: a name.
+    pub instance: Option<&'a str>,
+    /// `since`: an RFC 3339 time or a duration back from now.
+    pub since: Option<&'a str>,
+    /// `kind`: a change kind.
+    pub kind: Option<&'a str>,
+    /// `sensitive`.
+    pub sensitive: bool,
+    /// `limit`.
+    pub limit: i64,
+    /// `after`: a keyset cursor.
+    pub after: Option<i64>,
+}
+
+/// Checks a history query and makes it a store filter.
+pub fn change_filter(q: ChangeQuery) -> Result<crate::store::ChangeFilter> {
+    Ok(crate::store::ChangeFilter {
+        instance: q.instance.map(|n| name_filter("instance", n)).transpose()?,
+        since: q.since.map(|s| since(s, chrono::Utc::now())).transpose()?,
+        kind: q.kind.map(change_kind).transpose()?,
+        sensitive_only: q.sensitive,
+        limit: limit(q.limit)?,
+        after: q.after.map(after).transpose()?,
     })
 }
 

@@ -7,22 +7,14 @@ use crate::validate;
 
 /// The filter the arguments describe; every check needs no database.
 pub(super) fn filter(a: &super::ChangesArgs) -> Result<ChangeFilter, CliError> {
-    Ok(ChangeFilter {
-        instance: a
-            .instance
-            .as_deref()
-            .map(|n| validate::name_filter("instance", n))
-            .transpose()?,
-        since: a
-            .since
-            .as_deref()
-            .map(|s| validate::since(s, chrono::Utc::now()))
-            .transpose()?,
-        kind: a.kind.as_deref().map(validate::change_kind).transpose()?,
-        sensitive_only: a.sensitive,
-        limit: validate::limit(a.limit)?,
-        after: a.after.map(validate::after).transpose()?,
-    })
+    Ok(validate::change_filter(validate::ChangeQuery {
+        instance: a.instance.as_deref(),
+        since: a.since.as_deref(),
+        kind: a.kind.as_deref(),
+        sensitive: a.sensitive,
+        limit: a.limit,
+        after: a.after,
+    })?)
 }
 
 pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {

@@ -424,20 +424,14 @@ pub(super) async fn changes_list(
     State(s): State<AppState>,
     q: Params,
 ) -> ApiResult<Json<crate::model::ChangePage>> {
-    let filter = crate::store::ChangeFilter {
-        instance: q
-            .str("instance")
-            .map(|n| validate::name_filter("instance", n))
-            .transpose()?,
-        since: q
-            .str("since")
-            .map(|v| validate::since(v, chrono::Utc::now()))
-            .transpose()?,
-        kind: q.str("kind").map(validate::change_kind).transpose()?,
-        sensitive_only: q.bool("sensitive")?,
-        limit: validate::limit(q.int("limit", 50)?)?,
-        after: q.opt_int("after")?.map(validate::after).transpose()?,
-    };
+    let filter = validate::change_filter(validate::ChangeQuery {
+        instance: q.str("instance"),
+        since: q.str("since"),
+        kind: q.str("kind"),
+        sensitive: q.bool("sensitive")?,
+        limit: q.int("limit", 50)?,
+        after: q.opt_int("after")?,
+    })?;
     let items = s.store.changes_list(&filter).await?;
     Ok(Json(crate::model::ChangePage::new(items, filter.limit)))
 }

@@ -148,13 +148,11 @@ fn one_password_source() -> Value {
 fn new_instance_schema() -> Value {
     let branches: Vec<Value> = syncpool_workers::KINDS
         .iter()
-        .map(|kind| {
+        .filter_map(|kind| Some((kind, syncpool_workers::options_schema(kind)?)))
+        .map(|(kind, options)| {
             let mut properties = instance_properties();
             properties.insert("kind".into(), json!({"const": kind}));
-            properties.insert(
-                "options".into(),
-                syncpool_workers::options_schema(kind).expect("every kind has an options schema"),
-            );
+            properties.insert("options".into(), options);
             let mut required = vec!["name", "kind"];
             if *kind != "simulated" {
                 let mut host = nullable_word(253);

@@ -41,9 +41,6 @@ pub(crate) struct LockState {
     pub holder_running: bool,
 }
 
-/// `(username, host, attributes, privileges, deleted)` of a stored account.
-pub(crate) type StoredAccountRow = (String, String, serde_json::Value, serde_json::Value, bool);
-
 /// A session's totals right after a change to them.
 pub(crate) struct SessionTotals {
     pub total: i64,
@@ -224,10 +221,8 @@ pub(crate) trait BatchOps: Send {
         session_row: i64,
         status: SessionStatus,
     ) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>)>;
-    async fn accounts_load(
-        &mut self,
-        instance_ids: &[i64],
-    ) -> Result<HashMap<i64, Vec<StoredAccountRow>>>;
+    async fn accounts_load(&mut self, instance_ids: &[i64])
+    -> Result<HashMap<i64, Vec<StoredRow>>>;
     async fn accounts_insert(&mut self, rows: &[(i64, &Account)]) -> Result<()>;
     /// Updates accounts' attributes and privileges and clears `deleted_at`: one
     /// statement for any number, so a large diff is not a statement per account.
@@ -537,7 +532,7 @@ pub(crate) async fn finish<O: BatchOps>(
         .copied()
         .filter(|&i| matches!(reqs[i].result, SyncResult::Completed(_)) && !gone.contains(&i))
         .collect();
-    let mut stored = ops
+    let stored = ops
         .accounts_load(&sorted_unique(
             completed.iter().map(|&i| reqs[i].instance_id).collect(),
         ))
@@ -553,8 +548,7 @@ pub(crate) async fn finish<O: BatchOps>(
             continue;
         };
         let iid = reqs[i].instance_id;
-        let stored_here = stored.remove(&iid).unwrap_or_default();
-        let diff = AccountDiff::compute(found, &stored_here);
+        let diff = AccountDiff::compute(found, stored.get(&iid).map_or(&[], Vec::as_slice));
         // History in the inventory's own transaction, so it is fenced by the same token
         // and a replayed finish (same request id) cannot record it twice.
         let instance = &completed_instances[&iid];
@@ -562,7 +556,7 @@ pub(crate) async fn finish<O: BatchOps>(
         if baseline {
             history_start.push(iid);
         }
-        let rows = crate::history::rows_for_sync(found, &stored_here, &diff, baseline);
+        let rows = crate::history::rows_for_sync(found, &diff, baseline);
         out[i].changes = crate::history::ChangeTally::of(&rows);
         changes.extend(rows.into_iter().map(|change| NewChange {
             instance_id: iid,
@@ -572,11 +566,17 @@ pub(crate) async fn finish<O: BatchOps>(
             change,
         }));
         inserts.extend(diff.added.iter().map(|a| (iid, *a)));
-        updates.extend(diff.changed.iter().chain(&diff.revived).map(|a| (iid, *a)));
+        updates.extend(
+            diff.changed
+                .iter()
+                .map(|(a, _)| *a)
+                .chain(diff.revived.iter().copied())
+                .map(|a| (iid, a)),
+        );
         deletes.extend(
             diff.removed
                 .iter()
-                .map(|(u, h)| (iid, u.clone(), h.clone())),
+                .map(|(u, h, ..)| (iid, u.clone(), h.clone())),
         );
         let (total, added, removed, changed) = (
             found.len() as i64,

@@ -696,24 +696,26 @@ pub fn final_status(
 pub struct AccountDiff<'a> {
     /// Accounts new to the inventory.
     pub added: Vec<&'a Account>,
-    /// Accounts whose attributes or privileges changed.
-    pub changed: Vec<&'a Account>,
-    /// `(username, host)` of stored, not-deleted accounts no longer on the instance.
-    pub removed: Vec<(String, String)>,
+    /// Accounts whose attributes or privileges changed, each with its stored row (the
+    /// history records the difference).
+    pub changed: Vec<(&'a Account, &'a StoredRow)>,
+    /// Stored, not-deleted accounts no longer on the instance.
+    pub removed: Vec<&'a StoredRow>,
     /// Accounts previously marked deleted that came back: they count as added.
     pub revived: Vec<&'a Account>,
 }
 
+/// An account as the inventory holds it: `(username, host, attributes, privileges,
+/// deleted)`.
+pub type StoredRow = (String, String, serde_json::Value, serde_json::Value, bool);
+
 impl<'a> AccountDiff<'a> {
-    /// `stored` holds `(username, host, attributes, privileges, deleted)`.
-    pub fn compute(
-        found: &'a [Account],
-        stored: &[(String, String, serde_json::Value, serde_json::Value, bool)],
-    ) -> Self {
+    /// Compares `found` with the inventory's `stored` rows of the same instance.
+    pub fn compute(found: &'a [Account], stored: &'a [StoredRow]) -> Self {
         use std::collections::HashMap;
-        let index: HashMap<(&str, &str), (&serde_json::Value, &serde_json::Value, bool)> = stored
+        let index: HashMap<(&str, &str), &StoredRow> = stored
             .iter()
-            .map(|(u, h, a, p, d)| ((u.as_str(), h.as_str()), (a, p, *d)))
+            .map(|row| ((row.0.as_str(), row.1.as_str()), row))
             .collect();
         let mut diff = AccountDiff {
             added: vec![],
@@ -726,17 +728,17 @@ impl<'a> AccountDiff<'a> {
             seen.insert((acc.username.as_str(), acc.host.as_str()));
             match index.get(&(acc.username.as_str(), acc.host.as_str())) {
                 None => diff.added.push(acc),
-                Some((_, _, true)) => diff.revived.push(acc),
-                Some((a, p, false)) => {
-                    if *a != &acc.attributes || *p != &acc.privileges {
-                        diff.changed.push(acc)
+                Some((.., true)) => diff.revived.push(acc),
+                Some(row) => {
+                    if row.2 != acc.attributes || row.3 != acc.privileges {
+                        diff.changed.push((acc, row))
                     }
                 }
             }
         }
-        for (u, h, _, _, deleted) in stored {
-            if !deleted && !seen.contains(&(u.as_str(), h.as_str())) {
-                diff.removed.push((u.clone(), h.clone()));
+        for row in stored {
+            if !row.4 && !seen.contains(&(row.0.as_str(), row.1.as_str())) {
+                diff.removed.push(row);
             }
         }
         diff

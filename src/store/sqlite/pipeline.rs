@@ -443,8 +443,8 @@ impl BatchOps for SqliteOps<'_> {
     async fn accounts_load(
         &mut self,
         instance_ids: &[i64],
-    ) -> Result<HashMap<i64, Vec<StoredAccountRow>>> {
-        let mut out: HashMap<i64, Vec<StoredAccountRow>> = HashMap::new();
+    ) -> Result<HashMap<i64, Vec<StoredRow>>> {
+        let mut out: HashMap<i64, Vec<StoredRow>> = HashMap::new();
         if instance_ids.is_empty() {
             return Ok(out);
         }
