@@ -8,7 +8,9 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-extern "C" fn busy_handler(_arg: *mut c_void, count: c_int) -> c_int {
+/// Whether to try again after `count` busy retries (sleeping first); shared by the
+/// sqlx pool's connections and the pipeline's writer connection.
+pub fn retry(count: i32) -> bool {
     // SQLite's own handler sleeps 1, 2, 5, 10 ... 100 ms between tries: under steady
     // contention a waiter then sleeps long after the lock was freed (writes here hold it
     // for well under a millisecond). Short, growing waits capped at 1 ms keep the lock
@@ -18,13 +20,18 @@ extern "C" fn busy_handler(_arg: *mut c_void, count: c_int) -> c_int {
     let waited = Duration::from_micros(50 * ((1u64 << count.min(5)) - 1))
         + Duration::from_millis(count.saturating_sub(5) as u64);
     if waited > TIMEOUT {
-        return 0;
+        return false;
     }
     metrics::counter!(crate::metrics::DB_BUSY).increment(1);
-    // This runs on sqlx's dedicated SQLite worker thread, never on a tokio worker, so a
-    // blocking sleep is what SQLite's own handler would do here too.
+    // This runs on a connection's own thread (sqlx's SQLite worker, or the pipeline's
+    // writer), never on a tokio worker, so a blocking sleep is what SQLite's own handler
+    // would do here too.
     std::thread::sleep(delay);
-    1
+    true
+}
+
+extern "C" fn busy_handler(_arg: *mut c_void, count: c_int) -> c_int {
+    retry(count) as c_int
 }
 
 /// Installs the counting busy handler on a fresh connection.

@@ -55,12 +55,21 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {}", describe(.0))]
     Database(sqlx::Error),
+    /// The database failed, on the SQLite writer's own connection (`sqlite/exec.rs`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -118,6 +127,12 @@ impl StoreError {
     /// or statement timeout, or a server shutting down. Everything else (bad input, a
     /// constraint, a bug) fails the same way every time, so retrying it only delays.
     pub fn is_transient(&self) -> bool {
+        if let StoreError::Sqlite(e) = self {
+            return matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            );
+        }
         let StoreError::Database(e) = self else {
             return false;
         };

@@ -18,8 +18,10 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::*;
+use exec::Exec;
 use pipeline::SqliteOps;
 
+mod exec;
 mod history;
 mod pipeline;
 use crate::queue;
@@ -52,6 +54,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct SqliteStore {
     pool: SqlitePool,
     path: Option<std::path::PathBuf>,
+    /// The pipeline's write transactions (rounds, rescues, cancels): see `exec.rs`.
+    exec: Exec,
 }
 
 impl SqliteStore {
@@ -80,7 +84,13 @@ impl SqliteStore {
             })
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, path })
+        let Some(file) = path.as_ref() else {
+            return Err(StoreError::UnsupportedUrl(format!(
+                "{url} (an in-memory database cannot be shared by worker processes; use a file)"
+            )));
+        };
+        let exec = Exec::open(file)?;
+        Ok(Self { pool, path, exec })
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -367,21 +377,28 @@ impl Store for SqliteStore {
     }
 
     async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>> {
-        let mut tx = self.begin().await?;
-        let Some(row) = sqlx::query("SELECT id, status FROM sync_sessions WHERE session_id = ?1")
-            .bind(session_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let found = self
+            .exec
+            .write(move |ops| {
+                let Some((session_row, status)) = ops
+                    .rows(
+                        "SELECT id, status FROM sync_sessions WHERE session_id = ?1",
+                        [session_id.to_string()],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                    )?
+                    .pop()
+                else {
+                    return Ok(None);
+                };
+                if FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
+                    return Ok(Some(None));
+                }
+                futures::executor::block_on(batch::cancel(ops, session_row)).map(Some)
+            })
+            .await?;
+        let Some(finished) = found else {
             return Ok(None);
         };
-        let (session_row, status): (i64, String) = (row.get(0), row.get(1));
-        let finished = if FINISHED_SESSION_STATUSES.contains(&status.as_str()) {
-            None
-        } else {
-            batch::cancel(&mut SqliteOps(&mut tx), session_row).await?
-        };
-        tx.commit().await?;
         let session = self.session_get(session_id).await?.map(|d| d.session);
         Ok(session.map(|session| Cancelled { session, finished }))
     }
@@ -391,10 +408,10 @@ impl Store for SqliteStore {
         p: &LeaseParams,
         reqs: &[GrantRequest],
     ) -> Result<Vec<GrantOutcome>> {
-        let mut tx = self.begin().await?;
-        let out = batch::grant(&mut SqliteOps(&mut tx), p, reqs).await?;
-        tx.commit().await?;
-        Ok(out)
+        let (p, reqs) = (p.clone(), reqs.to_vec());
+        self.exec
+            .write(move |ops| futures::executor::block_on(batch::grant(ops, &p, &reqs)))
+            .await
     }
 
     async fn lease_renew_batch(
@@ -402,10 +419,8 @@ impl Store for SqliteStore {
         p: &LeaseParams,
         reqs: &[RenewRequest],
     ) -> Result<Vec<RenewOutcome>> {
-        let mut tx = self.begin().await?;
-        let out = renew(&mut tx, p, reqs).await?;
-        tx.commit().await?;
-        Ok(out)
+        let (p, reqs) = (p.clone(), reqs.to_vec());
+        self.exec.write(move |ops| renew(ops, &p, &reqs)).await
     }
 
     fn combines_rounds(&self) -> bool {
@@ -420,12 +435,22 @@ impl Store for SqliteStore {
         grants: &[GrantRequest],
     ) -> Result<(Vec<FinishOutcome>, Vec<RenewOutcome>, Vec<GrantOutcome>)> {
         // One writer at a time is SQLite's rule anyway: take the write lock once per round.
-        let mut tx = self.begin().await?;
-        let f = batch::finish(&mut SqliteOps(&mut tx), finishes).await?;
-        let r = renew(&mut tx, p, renews).await?;
-        let g = batch::grant(&mut SqliteOps(&mut tx), p, grants).await?;
-        tx.commit().await?;
-        Ok((f, r, g))
+        let (p, finishes, renews, grants) = (
+            p.clone(),
+            finishes.to_vec(),
+            renews.to_vec(),
+            grants.to_vec(),
+        );
+        self.exec
+            .write(move |ops| {
+                futures::executor::block_on(async {
+                    let f = batch::finish(ops, &finishes).await?;
+                    let r = renew(ops, &p, &renews)?;
+                    let g = batch::grant(ops, &p, &grants).await?;
+                    Ok((f, r, g))
+                })
+            })
+            .await
     }
 
     async fn record_finish_batch(
@@ -433,17 +458,17 @@ impl Store for SqliteStore {
         _p: &LeaseParams,
         reqs: &[FinishRequest],
     ) -> Result<Vec<FinishOutcome>> {
-        let mut tx = self.begin().await?;
-        let out = batch::finish(&mut SqliteOps(&mut tx), reqs).await?;
-        tx.commit().await?;
-        Ok(out)
+        let reqs = reqs.to_vec();
+        self.exec
+            .write(move |ops| futures::executor::block_on(batch::finish(ops, &reqs)))
+            .await
     }
 
     async fn records_rescue(&self, p: &LeaseParams, limit: i64) -> Result<RescueOutcome> {
-        let mut tx = self.begin().await?;
-        let out = batch::rescue(&mut SqliteOps(&mut tx), p, limit).await?;
-        tx.commit().await?;
-        Ok(out)
+        let p = p.clone();
+        self.exec
+            .write(move |ops| futures::executor::block_on(batch::rescue(ops, &p, limit)))
+            .await
     }
 
     async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()> {
@@ -771,37 +796,30 @@ impl Store for SqliteStore {
 }
 
 /// Extends the leases whose token is still current and reports cancel requests.
-async fn renew(
-    tx: &mut SqliteConnection,
-    p: &LeaseParams,
-    reqs: &[RenewRequest],
-) -> Result<Vec<RenewOutcome>> {
+fn renew(ops: &SqliteOps<'_>, p: &LeaseParams, reqs: &[RenewRequest]) -> Result<Vec<RenewOutcome>> {
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
         // Only a live lease of a still-running record is extended. A renewal that was
         // queued when its sync ended must not revive the released lease for a whole TTL,
         // and an expired lease stays expired: its holder's local deadline has passed
         // too, and the rescuer may already be handing the record on.
-        let held = sqlx::query(concat!(
+        let held = ops.exec(
+            concat!(
                 "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') ",
                 "WHERE instance_id = ?1 AND token = ?2 AND expires_at > ",
                 now!(),
                 " AND EXISTS (SELECT 1 FROM sync_instance_records r WHERE r.id = sync_locks.record_id ",
                 "AND r.status = 'running' AND r.lock_token = ?2)"
-            ))
-            .bind(r.instance_id)
-            .bind(r.token)
-            .bind(p.ttl.as_secs_f64())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-        let cancel_requested: bool = sqlx::query_scalar(
+            ),
+            rusqlite::params![r.instance_id, r.token, p.ttl.as_secs_f64()],
+        )? == 1;
+        let cancel_requested = ops
+            .rows(
                 "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = ?1",
-            )
-            .bind(r.record_id)
-            .fetch_optional(&mut *tx)
-            .await?
+                [r.record_id],
+                |row| Ok(row.get::<_, bool>(0)?),
+            )?
+            .pop()
             .unwrap_or(false);
         out.push(RenewOutcome {
             held,

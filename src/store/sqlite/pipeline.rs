@@ -1,22 +1,81 @@
 //! [`BatchOps`] on SQLite: each method is one statement over all rows of a batch, the rows
 //! travelling as one JSON array (`json_each`), inside the batch's `BEGIN IMMEDIATE`
-//! transaction. Fewer statements mean a shorter hold of the one write lock.
+//! transaction on the writer thread (`exec.rs`). Fewer statements mean a shorter hold of
+//! the one write lock. The methods are async to fit [`BatchOps`] but never wait: they run
+//! on the writer thread, which drives them to completion at once.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Params, Row, params};
 use serde_json::{Value, json};
-use sqlx::{Row, SqliteConnection};
 
-use super::{instance_from_row, now, unleased_running};
+use super::{now, unleased_running};
 use crate::model::*;
 use crate::queue;
 use crate::store::batch::*;
 use crate::store::*;
 
-pub(crate) struct SqliteOps<'a>(pub &'a mut SqliteConnection);
+/// The batch operations on the writer thread's connection, inside its transaction.
+pub(crate) struct SqliteOps<'a>(pub &'a mut Connection);
+
+impl SqliteOps<'_> {
+    /// Runs one statement (prepared once per connection); the number of rows changed.
+    pub(crate) fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
+        Ok(self.0.prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// Runs one query and maps each row.
+    pub(crate) fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        let mut out = vec![];
+        while let Some(r) = rows.next()? {
+            out.push(f(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs one query expected to return exactly one row.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.rows(sql, params, f)?
+            .pop()
+            .ok_or_else(|| StoreError::Other("a statement returned no row".into()))
+    }
+}
+
+/// An instance row as the writer thread reads it.
+fn instance_from_row(r: &Row<'_>) -> Result<Instance> {
+    let options: String = r.get("options")?;
+    Ok(Instance {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        kind: r.get("kind")?,
+        host: r.get("host")?,
+        port: r.get("port")?,
+        username: r.get("username")?,
+        database: r.get("database")?,
+        password_env: r.get("password_env")?,
+        password_file: r.get("password_file")?,
+        options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
+        active: r.get("active")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        history_since: r.get("history_since")?,
+    })
+}
 
 fn arr<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("plain rows serialise")
@@ -25,120 +84,112 @@ fn arr<T: serde::Serialize>(rows: &[T]) -> String {
 #[async_trait]
 impl BatchOps for SqliteOps<'_> {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
-        let rows = sqlx::query(
+        let rows = self.rows(
             "SELECT r.id, r.instance_id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
              s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed \
              FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
              WHERE r.id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(arr(ids))
-        .fetch_all(&mut *self.0)
-        .await?;
-        rows.iter()
-            .map(|r| {
+            [arr(ids)],
+            |r| {
                 Ok((
-                    r.try_get("id")?,
+                    r.get("id")?,
                     RecState {
-                        instance_id: r.try_get("instance_id")?,
-                        status: parse_status(r.try_get("status")?)?,
-                        attempts: r.try_get("attempts")?,
-                        job_id: r.try_get("job_id")?,
-                        lock_token: r.try_get("lock_token")?,
-                        session_row: r.try_get("session_id")?,
-                        session_uuid: r.try_get("uuid")?,
-                        cancel_requested: r.try_get("cancel_requested")?,
-                        request_id: r.try_get("request_id")?,
+                        instance_id: r.get("instance_id")?,
+                        status: parse_status(r.get("status")?)?,
+                        attempts: r.get("attempts")?,
+                        job_id: r.get("job_id")?,
+                        lock_token: r.get("lock_token")?,
+                        session_row: r.get("session_id")?,
+                        session_uuid: r.get("uuid")?,
+                        cancel_requested: r.get("cancel_requested")?,
+                        request_id: r.get("request_id")?,
                         accounts: (
-                            r.try_get("accounts_total")?,
-                            r.try_get("accounts_added")?,
-                            r.try_get("accounts_removed")?,
-                            r.try_get("accounts_changed")?,
+                            r.get("accounts_total")?,
+                            r.get("accounts_added")?,
+                            r.get("accounts_removed")?,
+                            r.get("accounts_changed")?,
                         ),
                     },
                 ))
-            })
-            .collect()
+            },
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn locks_load(&mut self, instance_ids: &[i64]) -> Result<HashMap<i64, LockState>> {
-        let rows = sqlx::query(concat!(
-            "SELECT l.instance_id, l.token, l.expires_at > ",
-            now!(),
-            " AS live, COALESCE(r.status = 'running', 0) AS holder_running FROM sync_locks l ",
-            "LEFT JOIN sync_instance_records r ON r.id = l.record_id ",
-            "WHERE l.instance_id IN (SELECT value FROM json_each(?1))"
-        ))
-        .bind(arr(instance_ids))
-        .fetch_all(&mut *self.0)
-        .await?;
-        rows.iter()
-            .map(|r| {
+        let rows = self.rows(
+            concat!(
+                "SELECT l.instance_id, l.token, l.expires_at > ",
+                now!(),
+                " AS live, COALESCE(r.status = 'running', 0) AS holder_running FROM sync_locks l ",
+                "LEFT JOIN sync_instance_records r ON r.id = l.record_id ",
+                "WHERE l.instance_id IN (SELECT value FROM json_each(?1))"
+            ),
+            [arr(instance_ids)],
+            |r| {
                 Ok((
-                    r.try_get(0)?,
+                    r.get(0)?,
                     LockState {
-                        token: r.try_get(1)?,
-                        live: r.try_get(2)?,
-                        holder_running: r.try_get(3)?,
+                        token: r.get(1)?,
+                        live: r.get(2)?,
+                        holder_running: r.get(3)?,
                     },
                 ))
-            })
-            .collect()
+            },
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn instances_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, Instance>> {
-        let rows =
-            sqlx::query("SELECT * FROM instances WHERE id IN (SELECT value FROM json_each(?1))")
-                .bind(arr(ids))
-                .fetch_all(&mut *self.0)
-                .await?;
-        rows.iter()
-            .map(|r| instance_from_row(r).map(|i| (i.id, i)))
-            .collect()
+        let rows = self.rows(
+            "SELECT * FROM instances WHERE id IN (SELECT value FROM json_each(?1))",
+            [arr(ids)],
+            instance_from_row,
+        )?;
+        Ok(rows.into_iter().map(|i| (i.id, i)).collect())
     }
 
     async fn records_orphaned(&mut self, limit: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(concat!(
-            "SELECT r.id FROM sync_instance_records r WHERE ",
-            unleased_running!(),
-            " ORDER BY r.id LIMIT ?1"
-        ))
-        .bind(limit)
-        .fetch_all(&mut *self.0)
-        .await?)
+        self.rows(
+            concat!(
+                "SELECT r.id FROM sync_instance_records r WHERE ",
+                unleased_running!(),
+                " ORDER BY r.id LIMIT ?1"
+            ),
+            [limit],
+            |r| Ok(r.get(0)?),
+        )
     }
 
     async fn session_open_records(&mut self, session_row: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
+        self.rows(
             "SELECT id FROM sync_instance_records WHERE session_id = ?1 AND status IN ('pending', 'running') ORDER BY id",
+            [session_row],
+            |r| Ok(r.get(0)?),
         )
-        .bind(session_row)
-        .fetch_all(&mut *self.0)
-        .await?)
     }
 
     async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        self.exec(
             "UPDATE sync_instance_records SET request_id = v.value->>1 FROM json_each(?1) AS v \
              WHERE sync_instance_records.id = v.value->>0",
-        )
-        .bind(arr(rows))
-        .execute(&mut *self.0)
-        .await?;
+            [arr(rows)],
+        )?;
         Ok(())
     }
 
     async fn session_request_cancel(&mut self, session_row: i64) -> Result<()> {
-        sqlx::query(concat!(
-            "UPDATE sync_sessions SET cancel_requested = 1, updated_at = ",
-            now!(),
-            " WHERE id = ?1"
-        ))
-        .bind(session_row)
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_sessions SET cancel_requested = 1, updated_at = ",
+                now!(),
+                " WHERE id = ?1"
+            ),
+            [session_row],
+        )?;
         Ok(())
     }
 
@@ -146,12 +197,11 @@ impl BatchOps for SqliteOps<'_> {
         if n == 0 {
             return Ok(vec![]);
         }
-        let last: i64 = sqlx::query_scalar(
+        let last: i64 = self.one(
             "UPDATE sync_counters SET value = value + ?1 WHERE name = 'lock_token' RETURNING value",
-        )
-        .bind(n as i64)
-        .fetch_one(&mut *self.0)
-        .await?;
+            [n as i64],
+            |r| Ok(r.get(0)?),
+        )?;
         Ok((last - n as i64 + 1..=last).collect())
     }
 
@@ -164,19 +214,17 @@ impl BatchOps for SqliteOps<'_> {
             .map(|l| json!([l.instance_id, l.session_uuid, l.record_id, l.token]))
             .collect();
         // `WHERE true` lets SQLite parse an upsert whose rows come from a SELECT.
-        sqlx::query(concat!(
-            "INSERT INTO sync_locks (instance_id, session_id, record_id, owner, token, locked_at, expires_at) ",
-            "SELECT value->>0, value->>1, value->>2, ?2, value->>3, ",
-            now!(),
-            ", strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') FROM json_each(?1) WHERE true ",
-            "ON CONFLICT (instance_id) DO UPDATE SET session_id = excluded.session_id, record_id = excluded.record_id, ",
-            "owner = excluded.owner, token = excluded.token, locked_at = excluded.locked_at, expires_at = excluded.expires_at"
-        ))
-        .bind(arr(&rows))
-        .bind(owner)
-        .bind(ttl.as_secs_f64())
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "INSERT INTO sync_locks (instance_id, session_id, record_id, owner, token, locked_at, expires_at) ",
+                "SELECT value->>0, value->>1, value->>2, ?2, value->>3, ",
+                now!(),
+                ", strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') FROM json_each(?1) WHERE true ",
+                "ON CONFLICT (instance_id) DO UPDATE SET session_id = excluded.session_id, record_id = excluded.record_id, ",
+                "owner = excluded.owner, token = excluded.token, locked_at = excluded.locked_at, expires_at = excluded.expires_at"
+            ),
+            params![arr(&rows), owner, ttl.as_secs_f64()],
+        )?;
         Ok(())
     }
 
@@ -185,14 +233,14 @@ impl BatchOps for SqliteOps<'_> {
             return Ok(());
         }
         // Expired, not deleted: the row keeps the last token for inspection until cleanup.
-        sqlx::query(concat!(
-            "UPDATE sync_locks SET expires_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE sync_locks.instance_id = v.value->>0 AND sync_locks.token = v.value->>1"
-        ))
-        .bind(arr(leases))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_locks SET expires_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE sync_locks.instance_id = v.value->>0 AND sync_locks.token = v.value->>1"
+            ),
+            [arr(leases)],
+        )?;
         Ok(())
     }
 
@@ -204,37 +252,35 @@ impl BatchOps for SqliteOps<'_> {
         if rows.is_empty() {
             return Ok(HashMap::new());
         }
-        let out = sqlx::query(concat!(
-            "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = ?2, ",
-            "lock_wait_ms = v.value->>1, lock_token = v.value->>2, started_at = ",
-            now!(),
-            ", completed_at = NULL, updated_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0 RETURNING id, attempts"
-        ))
-        .bind(arr(rows))
-        .bind(owner)
-        .fetch_all(&mut *self.0)
-        .await?;
-        out.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        let out = self.rows(
+            concat!(
+                "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = ?2, ",
+                "lock_wait_ms = v.value->>1, lock_token = v.value->>2, started_at = ",
+                now!(),
+                ", completed_at = NULL, updated_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0 RETURNING id, attempts"
+            ),
+            params![arr(rows), owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(out.into_iter().collect())
     }
 
     async fn records_end(&mut self, rows: &[(i64, RecordStatus, Option<String>)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE sync_instance_records SET status = v.value->>1, error = COALESCE(v.value->>2, error), completed_at = ",
-            now!(),
-            ", updated_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
-        ))
-        .bind(arr(rows))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_instance_records SET status = v.value->>1, error = COALESCE(v.value->>2, error), completed_at = ",
+                now!(),
+                ", updated_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
+            ),
+            [arr(rows)],
+        )?;
         Ok(())
     }
 
@@ -242,18 +288,18 @@ impl BatchOps for SqliteOps<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE sync_instance_records SET status = 'completed', accounts_total = v.value->>1, ",
-            "accounts_added = v.value->>2, accounts_removed = v.value->>3, accounts_changed = v.value->>4, ",
-            "error = NULL, completed_at = ",
-            now!(),
-            ", updated_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
-        ))
-        .bind(arr(rows))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_instance_records SET status = 'completed', accounts_total = v.value->>1, ",
+                "accounts_added = v.value->>2, accounts_removed = v.value->>3, accounts_changed = v.value->>4, ",
+                "error = NULL, completed_at = ",
+                now!(),
+                ", updated_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
+            ),
+            [arr(rows)],
+        )?;
         Ok(())
     }
 
@@ -265,16 +311,15 @@ impl BatchOps for SqliteOps<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE sync_instance_records SET job_id = v.value->>1, error = COALESCE(v.value->>2, error), ",
-            "status = CASE WHEN ?2 THEN 'pending' ELSE status END, updated_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
-        ))
-        .bind(arr(rows))
-        .bind(to_pending)
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_instance_records SET job_id = v.value->>1, error = COALESCE(v.value->>2, error), ",
+                "status = CASE WHEN ?2 THEN 'pending' ELSE status END, updated_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
+            ),
+            params![arr(rows), to_pending],
+        )?;
         Ok(())
     }
 
@@ -282,15 +327,15 @@ impl BatchOps for SqliteOps<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE sync_instance_records SET status = 'pending', attempts = MAX(attempts - 1, 0), ",
-            "worker_id = NULL, started_at = NULL, updated_at = ",
-            now!(),
-            " WHERE id IN (SELECT value FROM json_each(?1))"
-        ))
-        .bind(arr(ids))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_instance_records SET status = 'pending', attempts = MAX(attempts - 1, 0), ",
+                "worker_id = NULL, started_at = NULL, updated_at = ",
+                now!(),
+                " WHERE id IN (SELECT value FROM json_each(?1))"
+            ),
+            [arr(ids)],
+        )?;
         Ok(())
     }
 
@@ -308,15 +353,11 @@ impl BatchOps for SqliteOps<'_> {
                 ])
             })
             .collect();
-        sqlx::query(
+        self.exec(
             "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
              SELECT CAST(value->>1 AS BLOB), value->>0, ?2, 'Pending', 0, ?3, unixepoch() + value->>2, 0 FROM json_each(?1)",
-        )
-        .bind(arr(&rows))
-        .bind(queue::QUEUE)
-        .bind(queue::APALIS_MAX_ATTEMPTS)
-        .execute(&mut *self.0)
-        .await?;
+            params![arr(&rows), queue::QUEUE, queue::APALIS_MAX_ATTEMPTS],
+        )?;
         Ok(())
     }
 
@@ -324,13 +365,11 @@ impl BatchOps for SqliteOps<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        self.exec(
             "UPDATE Jobs SET status = 'Done', done_at = unixepoch(), last_result = '{\"Ok\":null}' \
              WHERE id IN (SELECT value FROM json_each(?1)) AND status <> 'Done'",
-        )
-        .bind(arr(ids))
-        .execute(&mut *self.0)
-        .await?;
+            [arr(ids)],
+        )?;
         Ok(())
     }
 
@@ -338,12 +377,10 @@ impl BatchOps for SqliteOps<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        self.exec(
             "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(arr(ids))
-        .execute(&mut *self.0)
-        .await?;
+            [arr(ids)],
+        )?;
         Ok(())
     }
 
@@ -351,16 +388,16 @@ impl BatchOps for SqliteOps<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE sync_sessions SET status = 'running', started_at = COALESCE(started_at, ",
-            now!(),
-            "), updated_at = ",
-            now!(),
-            " WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending'"
-        ))
-        .bind(arr(ids))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE sync_sessions SET status = 'running', started_at = COALESCE(started_at, ",
+                now!(),
+                "), updated_at = ",
+                now!(),
+                " WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending'"
+            ),
+            [arr(ids)],
+        )?;
         Ok(())
     }
 
@@ -371,29 +408,28 @@ impl BatchOps for SqliteOps<'_> {
         failed: i64,
         cancelled: i64,
     ) -> Result<SessionTotals> {
-        let row = sqlx::query(concat!(
-            "UPDATE sync_sessions SET successful_instances = successful_instances + ?2, ",
-            "failed_instances = failed_instances + ?3, cancelled_instances = cancelled_instances + ?4, ",
-            "updated_at = ",
-            now!(),
-            " WHERE id = ?1 RETURNING total_instances, successful_instances, failed_instances, ",
-            "cancelled_instances, cancel_requested, status, sync_type"
-        ))
-        .bind(session_row)
-        .bind(ok)
-        .bind(failed)
-        .bind(cancelled)
-        .fetch_one(&mut *self.0)
-        .await?;
-        Ok(SessionTotals {
-            total: row.try_get(0)?,
-            successful: row.try_get(1)?,
-            failed: row.try_get(2)?,
-            cancelled: row.try_get(3)?,
-            cancel_requested: row.try_get(4)?,
-            status: parse_status(row.try_get(5)?)?,
-            sync_type: row.try_get(6)?,
-        })
+        self.one(
+            concat!(
+                "UPDATE sync_sessions SET successful_instances = successful_instances + ?2, ",
+                "failed_instances = failed_instances + ?3, cancelled_instances = cancelled_instances + ?4, ",
+                "updated_at = ",
+                now!(),
+                " WHERE id = ?1 RETURNING total_instances, successful_instances, failed_instances, ",
+                "cancelled_instances, cancel_requested, status, sync_type"
+            ),
+            [session_row, ok, failed, cancelled],
+            |row| {
+                Ok(SessionTotals {
+                    total: row.get(0)?,
+                    successful: row.get(1)?,
+                    failed: row.get(2)?,
+                    cancelled: row.get(3)?,
+                    cancel_requested: row.get(4)?,
+                    status: parse_status(row.get(5)?)?,
+                    sync_type: row.get(6)?,
+                })
+            },
+        )
     }
 
     async fn session_stats_add(
@@ -403,19 +439,20 @@ impl BatchOps for SqliteOps<'_> {
     ) -> Result<()> {
         static SQL: std::sync::LazyLock<[String; 2]> =
             std::sync::LazyLock::new(|| session_stats_sql(|n| format!("?{n}")));
-        sqlx::query(sqlx::AssertSqlSafe(SQL[0].as_str()))
-            .bind(&fin.sync_type)
-            .bind(fin.status.as_str())
-            .bind(fin.duration_seconds)
-            .execute(&mut *self.0)
-            .await?;
-        sqlx::query(sqlx::AssertSqlSafe(SQL[1].as_str()))
-            .bind(&fin.sync_type)
-            .bind(fin.success_rate)
-            .bind(completed_at)
-            .bind(fin.status.as_str())
-            .execute(&mut *self.0)
-            .await?;
+        self.exec(
+            &SQL[0],
+            params![fin.sync_type, fin.status.as_str(), fin.duration_seconds],
+        )?;
+        self.exec(
+            &SQL[1],
+            params![
+                fin.sync_type,
+                fin.success_rate,
+                // As the sqlx pool writes a time, so both paths store one format.
+                completed_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+                fin.status.as_str()
+            ],
+        )?;
         Ok(())
     }
 
@@ -424,20 +461,19 @@ impl BatchOps for SqliteOps<'_> {
         session_row: i64,
         status: SessionStatus,
     ) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
-        let done = sqlx::query(concat!(
-            "UPDATE sync_sessions SET status = ?2, completed_at = ",
-            now!(),
-            ", started_at = COALESCE(started_at, ",
-            now!(),
-            "), updated_at = ",
-            now!(),
-            " WHERE id = ?1 RETURNING started_at, completed_at"
-        ))
-        .bind(session_row)
-        .bind(status.as_str())
-        .fetch_one(&mut *self.0)
-        .await?;
-        Ok((done.try_get(0)?, done.try_get(1)?))
+        self.one(
+            concat!(
+                "UPDATE sync_sessions SET status = ?2, completed_at = ",
+                now!(),
+                ", started_at = COALESCE(started_at, ",
+                now!(),
+                "), updated_at = ",
+                now!(),
+                " WHERE id = ?1 RETURNING started_at, completed_at"
+            ),
+            params![session_row, status.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     async fn accounts_load(
@@ -448,23 +484,27 @@ impl BatchOps for SqliteOps<'_> {
         if instance_ids.is_empty() {
             return Ok(out);
         }
-        let rows = sqlx::query(
+        let rows = self.rows(
             "SELECT instance_id, username, host, attributes, privileges, deleted_at IS NOT NULL FROM instance_accounts \
              WHERE instance_id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(arr(instance_ids))
-        .fetch_all(&mut *self.0)
-        .await?;
-        for r in rows {
-            let a: String = r.try_get(3)?;
-            let p: String = r.try_get(4)?;
-            out.entry(r.try_get(0)?).or_default().push((
-                r.try_get(1)?,
-                r.try_get(2)?,
-                serde_json::from_str(&a).unwrap_or_default(),
-                serde_json::from_str(&p).unwrap_or_default(),
-                r.try_get(5)?,
-            ));
+            [arr(instance_ids)],
+            |r| {
+                let a: String = r.get(3)?;
+                let p: String = r.get(4)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (
+                        r.get(1)?,
+                        r.get(2)?,
+                        serde_json::from_str(&a).unwrap_or_default(),
+                        serde_json::from_str(&p).unwrap_or_default(),
+                        r.get(5)?,
+                    ),
+                ))
+            },
+        )?;
+        for (instance, row) in rows {
+            out.entry(instance).or_default().push(row);
         }
         Ok(out)
     }
@@ -477,17 +517,17 @@ impl BatchOps for SqliteOps<'_> {
             .iter()
             .map(|(i, a)| json!([i, a.username, a.host, a.attributes, a.privileges]))
             .collect();
-        sqlx::query(concat!(
-            "INSERT INTO instance_accounts (instance_id, username, host, attributes, privileges, first_seen_at, last_seen_at) ",
-            "SELECT value->>0, value->>1, value->>2, value->3, value->4, ",
-            now!(),
-            ", ",
-            now!(),
-            " FROM json_each(?1)"
-        ))
-        .bind(arr(&rows))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "INSERT INTO instance_accounts (instance_id, username, host, attributes, privileges, first_seen_at, last_seen_at) ",
+                "SELECT value->>0, value->>1, value->>2, value->3, value->4, ",
+                now!(),
+                ", ",
+                now!(),
+                " FROM json_each(?1)"
+            ),
+            [arr(&rows)],
+        )?;
         Ok(())
     }
 
@@ -499,16 +539,16 @@ impl BatchOps for SqliteOps<'_> {
             .iter()
             .map(|(i, a)| json!([i, a.username, a.host, a.attributes, a.privileges]))
             .collect();
-        sqlx::query(concat!(
-            "UPDATE instance_accounts SET attributes = v.value->3, privileges = v.value->4, deleted_at = NULL, ",
-            "last_seen_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
-            "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
-        ))
-        .bind(arr(&rows))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE instance_accounts SET attributes = v.value->3, privileges = v.value->4, deleted_at = NULL, ",
+                "last_seen_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
+                "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
+            ),
+            [arr(&rows)],
+        )?;
         Ok(())
     }
 
@@ -516,15 +556,15 @@ impl BatchOps for SqliteOps<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE instance_accounts SET deleted_at = ",
-            now!(),
-            " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
-            "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
-        ))
-        .bind(arr(rows))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE instance_accounts SET deleted_at = ",
+                now!(),
+                " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
+                "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
+            ),
+            [arr(rows)],
+        )?;
         Ok(())
     }
 
@@ -550,17 +590,17 @@ impl BatchOps for SqliteOps<'_> {
                 ])
             })
             .collect();
-        sqlx::query(concat!(
-            "INSERT INTO account_changes (instance_id, instance_name, session_id, record_id, ",
-            "username, host, kind, detail, flags, sensitive, changed_at) ",
-            "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, ",
-            "value->7, value->8, value->>9, ",
-            now!(),
-            " FROM json_each(?1)"
-        ))
-        .bind(arr(&rows))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "INSERT INTO account_changes (instance_id, instance_name, session_id, record_id, ",
+                "username, host, kind, detail, flags, sensitive, changed_at) ",
+                "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, ",
+                "value->7, value->8, value->>9, ",
+                now!(),
+                " FROM json_each(?1)"
+            ),
+            [arr(&rows)],
+        )?;
         Ok(())
     }
 
@@ -568,14 +608,14 @@ impl BatchOps for SqliteOps<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(concat!(
-            "UPDATE instances SET history_since = ",
-            now!(),
-            " WHERE id IN (SELECT value FROM json_each(?1)) AND history_since IS NULL"
-        ))
-        .bind(arr(ids))
-        .execute(&mut *self.0)
-        .await?;
+        self.exec(
+            concat!(
+                "UPDATE instances SET history_since = ",
+                now!(),
+                " WHERE id IN (SELECT value FROM json_each(?1)) AND history_since IS NULL"
+            ),
+            [arr(ids)],
+        )?;
         Ok(())
     }
 }
