@@ -47,7 +47,7 @@ impl Default for Settings {
             busy_retry: Duration::from_secs(1),
             lock_wait_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(100),
             queue_heartbeat: Duration::from_secs(10),
             missed_heartbeats: 3,
             connect_timeout: Duration::from_secs(10),

@@ -72,8 +72,8 @@ pub struct TimingArgs {
     /// Time allowed for one catalog query on an instance
     #[arg(long, env = "SYNCPOOL_STATEMENT_TIMEOUT", hide_env_values = true, default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
     pub statement_timeout: Duration,
-    /// How often an idle worker polls for jobs
-    #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", hide_env_values = true, default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    /// How often an idle worker polls for jobs (on PostgreSQL, NOTIFY wakes it sooner)
+    #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", hide_env_values = true, default_value = "100ms", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
     pub poll_interval: Duration,
 }
 
