@@ -125,35 +125,54 @@ async fn main() -> anyhow::Result<()> {
         )
     };
     let mut figs = vec![];
+    let mut failed = vec![];
+    // A scenario that fails is reported and the others still run: a long run is not lost.
+    macro_rules! run {
+        ($name:expr, $fut:expr) => {
+            match $fut.await {
+                Ok(f) => figs.extend(f),
+                Err(e) => {
+                    eprintln!("  {} failed: {e:#}", $name);
+                    failed.push($name.to_string());
+                }
+            }
+            save(&figs)?;
+        };
+    }
     for &b in &backends {
         eprintln!("== {b}");
         if wants("noop") {
-            figs.extend(scenarios::noop(b, noop_n, rounds).await?);
+            run!(format!("noop/{b}"), scenarios::noop(b, noop_n, rounds));
         }
         if wants("efficiency") {
-            figs.extend(scenarios::efficiency(b, eff_n).await?);
+            run!(format!("efficiency/{b}"), scenarios::efficiency(b, eff_n));
         }
         if wants("pickup") {
-            figs.extend(scenarios::pickup(b, picks).await?);
+            run!(format!("pickup/{b}"), scenarios::pickup(b, picks));
         }
         if wants("enqueue") {
-            figs.extend(scenarios::enqueue(b, &enq).await?);
+            run!(format!("enqueue/{b}"), scenarios::enqueue(b, &enq));
         }
         if wants("scale") {
-            figs.extend(scenarios::scale(b, &scales).await?);
+            run!(format!("scale/{b}"), scenarios::scale(b, &scales));
         }
     }
     if wants("previous") && backends.contains(&"sqlite") {
         eprintln!("== previous design (SQLite)");
-        figs.extend(previous::previous(prev_n, prev_ms).await?);
+        run!("previous", previous::previous(prev_n, prev_ms));
     }
     println!("{}", table(&figs));
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// Writes the figures so far to target/bench/results.json.
+fn save(figs: &[Fig]) -> anyhow::Result<()> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench");
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         format!("{dir}/results.json"),
-        serde_json::to_string_pretty(&figs)?,
+        serde_json::to_string_pretty(figs)?,
     )?;
-    eprintln!("wrote {dir}/results.json");
     Ok(())
 }

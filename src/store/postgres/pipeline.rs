@@ -61,8 +61,11 @@ impl BatchOps for PgOps<'_> {
         let rows = sqlx::query(concat!(
             "SELECT l.instance_id, l.token, l.expires_at > ",
             now!(),
-            " AS live, COALESCE(r.status = 'running', FALSE) AS holder_running FROM sync_locks l ",
-            "LEFT JOIN sync_instance_records r ON r.id = l.record_id ",
+            // A subquery per lock row, not a join: with a join the planner may merge
+            // along the records' primary key from its start, a walk over every record of
+            // the fleet for late ids (seen: 137 ms per call at 100,000 records).
+            " AS live, COALESCE((SELECT r.status = 'running' FROM sync_instance_records r ",
+            "WHERE r.id = l.record_id), FALSE) AS holder_running FROM sync_locks l ",
             "WHERE l.instance_id = ANY($1) ORDER BY l.instance_id FOR UPDATE OF l"
         ))
         .bind(instance_ids)
