@@ -251,7 +251,8 @@ pub async fn enqueue(backend: &'static str, sizes: &[usize]) -> anyhow::Result<V
     Ok(out)
 }
 
-/// Throughput, cost and memory at growing sizes, 2 x 64; the memory of reading it all.
+/// Throughput (beside raw apalis at the same size), cost and memory at growing sizes,
+/// 2 x 64; the memory of reading it all.
 pub async fn scale(backend: &'static str, sizes: &[usize]) -> anyhow::Result<Vec<Fig>> {
     let mut out = vec![];
     for &n in sizes {
@@ -272,10 +273,12 @@ pub async fn scale(backend: &'static str, sizes: &[usize]) -> anyhow::Result<Vec
             .unwrap_or(0.0)
             / 1024.0;
         db.close().await?;
+        // The peer at the same size: apalis' own fetch slows down as the queue grows.
+        let raw = raw_apalis(backend, n).await?;
         let s = "scale";
         let m = |x: &str| format!("{n}_{x}");
         out.extend([
-            Fig::one(s, backend, &m("syncs_per_s"), d.rate, "1/s"),
+            Fig::one(s, backend, &m("syncs_per_s"), d.rate, "1/s").vs(raw),
             Fig::one(s, backend, &m("cpu_per_sync"), d.cpu_us, "us"),
             Fig::one(s, backend, &m("drain_time"), d.secs, "s"),
             Fig::one(s, backend, &m("worker_peak_rss"), d.rss_mb, "MB"),

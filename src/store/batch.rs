@@ -177,16 +177,19 @@ pub(crate) trait BatchOps: Send {
     async fn locks_take(&mut self, owner: &str, ttl: Duration, leases: &[NewLease]) -> Result<()>;
     /// Expires the leases `(instance_id, token)` still carrying these tokens.
     async fn locks_release(&mut self, leases: &[(i64, i64)]) -> Result<()>;
-    /// Marks records running: `(record_id, lock_wait_ms, token)`; returns their attempts.
+    /// Marks records running: `(record_id, lock_wait_ms, token, request_id)`; returns
+    /// their attempts. The request id is written in the same UPDATE: each record row is
+    /// written once per step (a second UPDATE was half of PostgreSQL's work at 100,000
+    /// records, docs/BENCHMARKS.md).
     async fn records_start(
         &mut self,
         owner: &str,
-        rows: &[(i64, i64, i64)],
+        rows: &[(i64, i64, i64, &str)],
     ) -> Result<HashMap<i64, i64>>;
     /// Makes records terminal: `(record_id, status, error)`.
     async fn records_end(&mut self, rows: &[(i64, RecordStatus, Option<String>)]) -> Result<()>;
-    /// `(record_id, total, added, removed, changed)`.
-    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64)]) -> Result<()>;
+    /// `(record_id, total, added, removed, changed, request_id)`.
+    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64, &str)]) -> Result<()>;
     /// Points records at a new job: `(record_id, job_id, error)`; with `to_pending` the
     /// record also goes back to `pending` (a retry), else only its job changes (busy).
     async fn records_requeue(
@@ -416,17 +419,20 @@ pub(crate) async fn grant<O: BatchOps>(
         .collect();
     let owner = reqs.first().map(|r| r.owner.as_str()).unwrap_or_default();
     // Records first (already locked by records_load), then leases: the one order.
-    let starts: Vec<(i64, i64, i64)> = granted
+    let starts: Vec<(i64, i64, i64, &str)> = granted
         .iter()
         .zip(&tokens)
-        .map(|(&i, &t)| (reqs[i].payload.record_id, reqs[i].lock_wait_ms, t))
+        .map(|(&i, &t)| {
+            let r = &reqs[i];
+            (
+                r.payload.record_id,
+                r.lock_wait_ms,
+                t,
+                r.request_id.as_str(),
+            )
+        })
         .collect();
     let attempts = ops.records_start(owner, &starts).await?;
-    let stamps: Vec<(i64, &str)> = granted
-        .iter()
-        .map(|&i| (reqs[i].payload.record_id, reqs[i].request_id.as_str()))
-        .collect();
-    ops.records_mark_request(&stamps).await?;
     ops.records_end(&ended).await?;
     ops.records_requeue(&busy_records, false).await?;
     ops.locks_take(owner, p.ttl, &leases).await?;
@@ -584,7 +590,14 @@ pub(crate) async fn finish<O: BatchOps>(
             diff.removed.len() as i64,
             diff.changed.len() as i64,
         );
-        completes.push((reqs[i].record_id, total, added, removed, changed));
+        completes.push((
+            reqs[i].record_id,
+            total,
+            added,
+            removed,
+            changed,
+            reqs[i].request_id.as_str(),
+        ));
         out[i].record = RecordOutcome::Completed {
             total,
             added,
@@ -676,8 +689,11 @@ pub(crate) async fn finish<O: BatchOps>(
     ops.records_end(&ended).await?;
     ops.records_requeue(&retries, true).await?;
     ops.records_handback(&handbacks).await?;
+    // Completed records got their request id with their counts; the others get it here.
+    let stamped: HashSet<i64> = completes.iter().map(|c| c.0).collect();
     let stamps: Vec<(i64, &str)> = valid
         .iter()
+        .filter(|&&i| !stamped.contains(&reqs[i].record_id))
         .map(|&i| (reqs[i].record_id, reqs[i].request_id.as_str()))
         .collect();
     ops.records_mark_request(&stamps).await?;

@@ -217,7 +217,7 @@ impl BatchOps for PgOps<'_> {
     async fn records_start(
         &mut self,
         owner: &str,
-        rows: &[(i64, i64, i64)],
+        rows: &[(i64, i64, i64, &str)],
     ) -> Result<HashMap<i64, i64>> {
         if rows.is_empty() {
             return Ok(HashMap::new());
@@ -225,18 +225,21 @@ impl BatchOps for PgOps<'_> {
         let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let wait: Vec<i64> = rows.iter().map(|r| r.1).collect();
         let token: Vec<i64> = rows.iter().map(|r| r.2).collect();
+        let request: Vec<&str> = rows.iter().map(|r| r.3).collect();
         let out = sqlx::query(concat!(
             "UPDATE sync_instance_records r SET status = 'running', attempts = r.attempts + 1, worker_id = $4, ",
-            "lock_wait_ms = v.w, lock_token = v.t, started_at = ",
+            "lock_wait_ms = v.w, lock_token = v.t, request_id = v.q, started_at = ",
             now!(),
             ", completed_at = NULL, updated_at = ",
             now!(),
-            " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS v(i, w, t) WHERE r.id = v.i RETURNING r.id, r.attempts"
+            " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $5::text[]) AS v(i, w, t, q) ",
+            "WHERE r.id = v.i RETURNING r.id, r.attempts"
         ))
         .bind(&id)
         .bind(&wait)
         .bind(&token)
         .bind(owner)
+        .bind(&request)
         .fetch_all(&mut *self.0)
         .await?;
         out.iter()
@@ -266,26 +269,29 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64)]) -> Result<()> {
+    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64, &str)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let col =
-            |f: fn(&(i64, i64, i64, i64, i64)) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        let col = |f: fn(&(i64, i64, i64, i64, i64, &str)) -> i64| {
+            rows.iter().map(f).collect::<Vec<i64>>()
+        };
+        let request: Vec<&str> = rows.iter().map(|r| r.5).collect();
         sqlx::query(concat!(
             "UPDATE sync_instance_records r SET status = 'completed', accounts_total = v.t, accounts_added = v.a, ",
-            "accounts_removed = v.d, accounts_changed = v.c, error = NULL, completed_at = ",
+            "accounts_removed = v.d, accounts_changed = v.c, request_id = v.q, error = NULL, completed_at = ",
             now!(),
             ", updated_at = ",
             now!(),
-            " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(i, t, a, d, c) ",
-            "WHERE r.id = v.i"
+            " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) ",
+            "AS v(i, t, a, d, c, q) WHERE r.id = v.i"
         ))
         .bind(col(|r| r.0))
         .bind(col(|r| r.1))
         .bind(col(|r| r.2))
         .bind(col(|r| r.3))
         .bind(col(|r| r.4))
+        .bind(&request)
         .execute(&mut *self.0)
         .await?;
         Ok(())

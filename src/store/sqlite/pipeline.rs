@@ -247,7 +247,7 @@ impl BatchOps for SqliteOps<'_> {
     async fn records_start(
         &mut self,
         owner: &str,
-        rows: &[(i64, i64, i64)],
+        rows: &[(i64, i64, i64, &str)],
     ) -> Result<HashMap<i64, i64>> {
         if rows.is_empty() {
             return Ok(HashMap::new());
@@ -255,7 +255,7 @@ impl BatchOps for SqliteOps<'_> {
         let out = self.rows(
             concat!(
                 "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = ?2, ",
-                "lock_wait_ms = v.value->>1, lock_token = v.value->>2, started_at = ",
+                "lock_wait_ms = v.value->>1, lock_token = v.value->>2, request_id = v.value->>3, started_at = ",
                 now!(),
                 ", completed_at = NULL, updated_at = ",
                 now!(),
@@ -284,7 +284,7 @@ impl BatchOps for SqliteOps<'_> {
         Ok(())
     }
 
-    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64)]) -> Result<()> {
+    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64, &str)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -292,7 +292,7 @@ impl BatchOps for SqliteOps<'_> {
             concat!(
                 "UPDATE sync_instance_records SET status = 'completed', accounts_total = v.value->>1, ",
                 "accounts_added = v.value->>2, accounts_removed = v.value->>3, accounts_changed = v.value->>4, ",
-                "error = NULL, completed_at = ",
+                "request_id = v.value->>5, error = NULL, completed_at = ",
                 now!(),
                 ", updated_at = ",
                 now!(),
