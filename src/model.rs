@@ -527,6 +527,26 @@ pub struct ChangePage {
     pub next_after: Option<i64>,
 }
 
+/// A page of a session's records in id order, as `GET /api/v1/sessions/{id}/records`
+/// returns it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RecordPage {
+    /// In record id order.
+    pub items: Vec<Record>,
+    /// The `after` of the next page; null on the last one.
+    pub next_after: Option<i64>,
+}
+
+impl RecordPage {
+    /// A page of at most `limit` items: a full page may have a next one.
+    pub fn new(items: Vec<Record>, limit: i64) -> Self {
+        let next_after = (items.len() as i64 == limit)
+            .then(|| items.last().map(|r| r.id))
+            .flatten();
+        RecordPage { items, next_after }
+    }
+}
+
 impl ChangePage {
     /// A page of at most `limit` items: a full page may have a next one.
     pub fn new(items: Vec<AccountChange>, limit: i64) -> Self {

@@ -282,6 +282,20 @@ pub fn session_status(s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
+/// One of the record statuses.
+pub fn record_status(s: &str) -> Result<crate::model::RecordStatus> {
+    crate::model::RecordStatus::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = crate::model::RecordStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        StoreError::invalid(
+            "status",
+            format!("unknown status '{s}' (expected one of: {})", all.join(", ")),
+        )
+    })
+}
+
 /// Parses `KEY=VALUE` options from the CLI; values that parse as JSON numbers or booleans
 /// are kept as such.
 pub fn option_pairs(pairs: &[String]) -> Result<serde_json::Value> {

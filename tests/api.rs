@@ -129,7 +129,112 @@ both!(
     routes_need_the_bearer_token_when_one_is_set,
     bad_input_gets_a_4xx_naming_the_field_and_writes_nothing,
     two_replicas_fire_a_cron_slot_once_and_skip_while_the_last_one_runs,
+    a_sessions_records_come_in_keyset_pages_filtered_by_status,
 );
+
+async fn a_sessions_records_come_in_keyset_pages_filtered_by_status(b: Backend) {
+    let app = spawn_app(b, None).await;
+    for i in 0..5 {
+        app.store
+            .instance_insert(&simulated(&format!("page-{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    let (st, created) = app
+        .call("POST", "/api/v1/sessions", Some(r#"{"all": true}"#))
+        .await;
+    assert_eq!(st, 202, "{created}");
+    let sid = created["session_id"].as_str().unwrap().to_string();
+    let records = |q: String| {
+        let (app, sid) = (&app, sid.clone());
+        async move {
+            app.call("GET", &format!("/api/v1/sessions/{sid}/records{q}"), None)
+                .await
+        }
+    };
+    // The summary carries the totals, not the records.
+    let (st, summary) = app
+        .call("GET", &format!("/api/v1/sessions/{sid}"), None)
+        .await;
+    assert_eq!((st, summary["total_instances"].as_i64()), (200, Some(5)));
+    assert!(summary.get("records").is_none(), "{summary}");
+    // Pages of 2 in id order, each starting after the last id of the previous one.
+    let mut seen = vec![];
+    let mut after = String::new();
+    loop {
+        let (st, page) = records(format!("?limit=2{after}")).await;
+        assert_eq!(st, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|r| r["id"].as_i64().unwrap()));
+        match page["next_after"].as_i64() {
+            Some(next) => {
+                assert_eq!(Some(next), seen.last().copied(), "{page}");
+                after = format!("&after={next}");
+            }
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        (seen.len(), &seen),
+        (5, &sorted),
+        "every record once, in id order"
+    );
+    let (_, pending) = records("?status=pending".into()).await;
+    assert_eq!(pending["items"].as_array().unwrap().len(), 5, "{pending}");
+    assert_eq!(
+        pending["next_after"],
+        Value::Null,
+        "a page short of the limit is the last"
+    );
+    let (st, _) = app
+        .call("POST", &format!("/api/v1/sessions/{sid}/cancel"), None)
+        .await;
+    assert_eq!(st, 200);
+    let (_, cancelled) = records("?status=cancelled&limit=1000".into()).await;
+    assert_eq!(
+        cancelled["items"].as_array().unwrap().len(),
+        5,
+        "{cancelled}"
+    );
+    let (_, pending) = records("?status=pending".into()).await;
+    assert_eq!(pending["items"], json!([]), "{pending}");
+    // The legacy route keeps its shape, paged: a first page and where the next starts.
+    let (st, legacy) = app
+        .call(
+            "GET",
+            &format!("/account-sync-optimized/sync-details-batch?session_id={sid}&limit=2"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{legacy}");
+    assert_eq!(legacy["data"]["records"].as_array().unwrap().len(), 2);
+    assert_eq!(legacy["data"]["next_after"].as_i64(), Some(seen[1]));
+    assert_eq!(legacy["data"]["instance_statistics"]["cancelled"], 5);
+    assert_eq!(legacy["data"]["instance_statistics"]["total"], 5);
+    // Bad paging is a 400 naming the field; an unknown session is a 404.
+    for (q, field) in [
+        ("?status=done", "status"),
+        ("?limit=0", "limit"),
+        ("?limit=1001", "limit"),
+        ("?after=0", "after"),
+        ("?after=x", "after"),
+    ] {
+        let (st, e) = records(q.into()).await;
+        assert_eq!((st, e["error"]["field"].as_str()), (400, Some(field)), "{q}: {e}");
+    }
+    let (st, _) = app
+        .call(
+            "GET",
+            "/api/v1/sessions/00000000-0000-4000-8000-000000000000/records",
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+}
 
 async fn every_route_answers_with_the_contracts_shapes(b: Backend) {
     let app = spawn_app(b, None).await;
@@ -201,13 +306,23 @@ async fn every_route_answers_with_the_contracts_shapes(b: Backend) {
     for key in [
         "duration_seconds",
         "success_rate",
-        "records",
         "total_instances",
         "successful_instances",
     ] {
         assert!(d.get(key).is_some(), "session lacks {key}: {d}");
     }
-    let r = &d["records"][0];
+    let (st, page) = app
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/sessions/{}/records",
+                single["session_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    let r = &page["items"][0];
     for key in [
         "instance_id",
         "instance_name",
@@ -819,6 +934,12 @@ async fn real_responses_match_the_generated_openapi_document() {
             None,
         ),
         (
+            "GET",
+            format!("/api/v1/sessions/{sid}/records?limit=1"),
+            "/api/v1/sessions/{session_id}/records",
+            None,
+        ),
+        (
             "POST",
             format!("/api/v1/sessions/{sid}/cancel"),
             "/api/v1/sessions/{session_id}/cancel",
@@ -881,7 +1002,7 @@ async fn real_responses_match_the_generated_openapi_document() {
         .call("GET", &format!("/api/v1/sessions/{sid}"), None)
         .await;
     detail["total_instances"] = json!("many");
-    detail.as_object_mut().unwrap().remove("records");
+    detail.as_object_mut().unwrap().remove("status");
     let schema = &doc["paths"]["/api/v1/sessions/{session_id}"]["get"]["responses"]["200"]["content"]
         ["application/json"]["schema"];
     let mut bad = vec![];

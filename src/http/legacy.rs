@@ -32,34 +32,49 @@ pub(super) async fn sync_all(State(s): State<AppState>) -> Result<Json<Value>, A
     })))
 }
 
-#[utoipa::path(get, path = "/account-sync-optimized/sync-details-batch", params(("session_id" = String, Query)), responses((status = 200, description = "OK", body = Object), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/account-sync-optimized/sync-details-batch", params(("session_id" = String, Query), ("status" = Option<String>, Query, description = "Only records in this status"), ("limit" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "The next_after of the previous page")), responses((status = 200, description = "OK: the previous platform's shape; records paged (1,000 by default), next page at data.next_after", body = Object), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn details(State(s): State<AppState>, q: Params) -> Result<Json<Value>, ApiError> {
     let raw = q
         .str("session_id")
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::field("session_id", "session_id is required"))?;
     let id = session_id(raw)?;
-    let d = s
+    let filter = super::api::record_filter(&q, 1000)?;
+    let session = s
         .store
-        .session_get(id)
+        .session_summary(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
-    let count = |st: &str| d.records.iter().filter(|r| r.status == st).count();
+    let records = s
+        .store
+        .session_records(id, &filter)
+        .await?
+        .unwrap_or_default();
+    let page = crate::model::RecordPage::new(records, filter.limit);
+    let counts = s.store.session_record_counts(id).await?;
+    let count = |st: &str| {
+        counts
+            .iter()
+            .filter(|(s, _)| *s == st)
+            .map(|(_, n)| n)
+            .sum::<i64>()
+    };
     Ok(Json(json!({
         "success": true,
         "data": {
-            "session": d.session,
-            "duration_seconds": d.session.duration_seconds,
-            "success_rate": d.session.success_rate,
+            "session": session,
+            "duration_seconds": session.duration_seconds,
+            "success_rate": session.success_rate,
             "instance_statistics": {
-                "total": d.records.len(),
+                "total": counts.iter().map(|(_, n)| n).sum::<i64>(),
                 "completed": count("completed"),
                 "failed": count("failed"),
                 "cancelled": count("cancelled"),
                 "running": count("running"),
                 "pending": count("pending"),
             },
-            "records": d.records,
+            "records": page.items,
+            "next_after": page.next_after,
         }
     })))
 }

@@ -21,6 +21,7 @@ use crate::validate;
         super::api::session_create,
         super::api::session_list,
         super::api::session_get,
+        super::api::session_records,
         super::api::session_cancel,
         super::api::instance_create,
         super::api::instance_list,
@@ -257,7 +258,7 @@ fn make_exact(doc: &mut Value) {
         for (method, op) in item.iter_mut() {
             // `get_mut`, not indexing: indexing a missing key would add it as null.
             if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
-                params.iter_mut().for_each(constrain_parameter);
+                params.iter_mut().for_each(|p| constrain_parameter(p, path));
             }
             if method == "patch" && path == "/api/v1/instances/{id}" {
                 op["requestBody"] = json!({
@@ -275,18 +276,30 @@ fn make_exact(doc: &mut Value) {
     }
 }
 
-/// Every parameter of one name means one thing across routes, so its schema is set by name.
-fn constrain_parameter(param: &mut Value) {
+/// Every parameter of one name means one thing across routes, so its schema is set by
+/// name; on the routes that page records, `status` is a record's (a session's elsewhere),
+/// and the legacy route's pages are 1,000 long by default.
+fn constrain_parameter(param: &mut Value, path: &str) {
+    let legacy = path.ends_with("/sync-details-batch");
+    let records = legacy || path.ends_with("/records");
     let schema = match param["name"].as_str() {
         Some("session_id") => json!({"type": "string", "format": "uuid", "pattern": UUID_PATTERN}),
         Some("id") => {
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
         }
         Some("limit") => {
-            json!({"type": "integer", "minimum": 1, "maximum": validate::MAX_LIMIT, "default": 50})
+            let default = if legacy { 1000 } else { 50 };
+            json!({"type": "integer", "minimum": 1, "maximum": validate::MAX_LIMIT, "default": default})
         }
         Some("offset") => {
             json!({"type": "integer", "minimum": 0, "maximum": i64::MAX, "default": 0})
+        }
+        Some("status") if records => {
+            let all: Vec<&str> = crate::model::RecordStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
+            json!({"type": "string", "enum": all})
         }
         Some("status") => json!({"type": "string", "enum": crate::model::SESSION_STATUSES}),
         Some("include_deleted" | "sensitive") => json!({"type": "boolean", "default": false}),

@@ -411,6 +411,17 @@ pub struct SessionFilter {
     pub offset: i64,
 }
 
+/// A page of a session's records: keyset paging on the record id.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    /// Only records in this status.
+    pub status: Option<RecordStatus>,
+    /// Page size.
+    pub limit: i64,
+    /// Only records with a larger id (0: from the start).
+    pub after: i64,
+}
+
 /// Filters for `changes_list`; newest first.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeFilter {
@@ -467,6 +478,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<SessionCreated>;
     /// A session with all its records.
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>>;
+    /// A session's summary and totals, without its records.
+    async fn session_summary(&self, session_id: Uuid) -> Result<Option<Session>>;
+    /// How many of a session's records are in each status (statuses with none left out).
+    async fn session_record_counts(&self, session_id: Uuid) -> Result<Vec<(RecordStatus, i64)>>;
+    /// A page of a session's records in id order; `None` if there is no such session.
+    async fn session_records(
+        &self,
+        session_id: Uuid,
+        filter: &RecordFilter,
+    ) -> Result<Option<Vec<Record>>>;
     /// A page of sessions, newest first, and how many match in all.
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
     /// Cancels pending records, and running ones whose lease is gone, now; running ones

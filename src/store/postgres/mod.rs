@@ -335,6 +335,55 @@ impl Store for PgStore {
         Ok(Some(SessionDetail { session, records }))
     }
 
+    async fn session_summary(&self, session_id: Uuid) -> Result<Option<Session>> {
+        let sql = format!("SELECT {SESSION_COLS} FROM sync_sessions WHERE session_id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    async fn session_record_counts(&self, session_id: Uuid) -> Result<Vec<(RecordStatus, i64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT r.status, COUNT(*) FROM sync_instance_records r \
+             JOIN sync_sessions s ON s.id = r.session_id WHERE s.session_id = $1 GROUP BY r.status",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(st, n)| Ok((parse_status(st)?, n)))
+            .collect()
+    }
+
+    async fn session_records(
+        &self,
+        session_id: Uuid,
+        f: &RecordFilter,
+    ) -> Result<Option<Vec<Record>>> {
+        let Some(session) = self.session_summary(session_id).await? else {
+            return Ok(None);
+        };
+        // Keyset on the primary key; with a status, the (session_id, status) index.
+        let rows = sqlx::query(
+            "SELECT * FROM sync_instance_records WHERE session_id = $1 AND id > $2 \
+             AND ($3::text IS NULL OR status = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(session.id)
+        .bind(f.after)
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(record_from_row)
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
     async fn session_list(&self, f: &SessionFilter) -> Result<(Vec<Session>, i64)> {
         let sql = format!(
             "SELECT {SESSION_COLS} FROM sync_sessions WHERE ($1::text IS NULL OR status = $1) \
