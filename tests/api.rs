@@ -224,7 +224,11 @@ async fn a_sessions_records_come_in_keyset_pages_filtered_by_status(b: Backend) 
         ("?after=x", "after"),
     ] {
         let (st, e) = records(q.into()).await;
-        assert_eq!((st, e["error"]["field"].as_str()), (400, Some(field)), "{q}: {e}");
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{q}: {e}"
+        );
     }
     let (st, _) = app
         .call(
