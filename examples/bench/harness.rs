@@ -139,27 +139,34 @@ impl Db {
 }
 
 /// The `syncpool` binary beside this bench's.
-pub fn syncpool_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("own path");
+pub fn syncpool_bin() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
     exe.parent()
         .and_then(|p| p.parent())
         .map(|p| p.join("syncpool"))
-        .expect("target dir")
+        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))
 }
 
 /// `procs` worker processes of concurrency `conc`.
-pub fn spawn_workers(url: &str, procs: usize, conc: usize) -> Vec<Child> {
-    (0..procs)
-        .map(|_| {
-            Command::new(syncpool_bin())
-                .args(["worker", "--concurrency", &conc.to_string()])
-                .env("SYNCPOOL_DATABASE_URL", url)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn syncpool worker")
-        })
-        .collect()
+pub fn spawn_workers(url: &str, procs: usize, conc: usize) -> anyhow::Result<Vec<Child>> {
+    let bin = syncpool_bin()?;
+    let mut children = vec![];
+    for _ in 0..procs {
+        let spawned = Command::new(&bin)
+            .args(["worker", "--concurrency", &conc.to_string()])
+            .env("SYNCPOOL_DATABASE_URL", url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop(children);
+                return Err(anyhow::anyhow!("spawning {}: {e}", bin.display()));
+            }
+        }
+    }
+    Ok(children)
 }
 
 /// Stops processes with SIGTERM (their graceful shutdown) and waits for them.
@@ -244,7 +251,7 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, usize)> {
 }
 
 /// A free loopback port (bound and released; good enough for a bench).
-pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+pub fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
 }

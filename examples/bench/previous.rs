@@ -246,7 +246,7 @@ async fn run_new(n: usize, latency: Duration) -> anyhow::Result<Run> {
     let db = Db::with_instances("sqlite", n, json!({"latency_ms": ms, "accounts": 0})).await?;
     let path = db.url.trim_start_matches("sqlite://").to_string();
     let probe_pool = pool(std::path::Path::new(&path)).await?;
-    let workers = spawn_workers(&db.url, 2, 64);
+    let workers = spawn_workers(&db.url, 2, 64)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
     let a = db.store.session_create(SyncType::Scheduled, None).await?;

@@ -9,10 +9,12 @@ use syncpool::model::SyncType;
 use crate::Fig;
 use crate::harness::*;
 
-const NOOP: fn() -> serde_json::Value = || json!({"latency_ms": 0, "accounts": 0});
+/// A simulated instance that answers at once with no accounts.
+fn instant_options() -> serde_json::Value {
+    json!({"latency_ms": 0, "accounts": 0})
+}
 
-/// One drain of an `n`-instance session by `procs` x `conc` workers: (syncs/s, CPU
-/// µs per sync, enqueue ms, worker peak RSS MB, the session and its database).
+/// One drain of an `n`-instance session by `procs` x `conc` workers.
 struct Drain {
     rate: f64,
     cpu_us: f64,
@@ -27,7 +29,7 @@ async fn drain(
     procs: usize,
     conc: usize,
 ) -> anyhow::Result<(Drain, uuid::Uuid)> {
-    let workers = spawn_workers(&db.url, procs, conc);
+    let workers = spawn_workers(&db.url, procs, conc)?;
     // Warm: connected, migrations checked, polling.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu0 = cpu_total(&workers);
@@ -95,7 +97,7 @@ async fn raw_apalis(backend: &str, n: usize) -> anyhow::Result<f64> {
 pub async fn noop(backend: &'static str, n: usize, rounds: usize) -> anyhow::Result<Vec<Fig>> {
     let (mut ours, mut raw, mut cpu, mut enq) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        let db = Db::with_instances(backend, n, NOOP()).await?;
+        let db = Db::with_instances(backend, n, instant_options()).await?;
         let (d, _) = drain(&db, n, 2, 16).await?;
         db.close().await?;
         let r = raw_apalis(backend, n).await?;
@@ -129,14 +131,14 @@ pub async fn efficiency(backend: &'static str, n: usize) -> anyhow::Result<Vec<F
         json!({"latency_ms": 40, "jitter_ms": 20, "accounts": 0}),
     )
     .await?;
-    let addr = free_addr();
-    let serve = Command::new(syncpool_bin())
+    let addr = free_addr()?;
+    let serve = Command::new(syncpool_bin()?)
         .args(["serve", "--bind", &addr])
         .env("SYNCPOOL_DATABASE_URL", &db.url)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;
-    let workers = spawn_workers(&db.url, procs, conc);
+    let workers = spawn_workers(&db.url, procs, conc)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
     let created = db.store.session_create(SyncType::ManualBatch, None).await?;
@@ -199,9 +201,9 @@ pub async fn efficiency(backend: &'static str, n: usize) -> anyhow::Result<Vec<F
 
 /// Idle workers: from the commit of a one-instance session to its sync's start.
 pub async fn pickup(backend: &'static str, samples: usize) -> anyhow::Result<Vec<Fig>> {
-    let db = Db::with_instances(backend, 1, NOOP()).await?;
+    let db = Db::with_instances(backend, 1, instant_options()).await?;
     let id = db.store.instance_list().await?[0].id;
-    let workers = spawn_workers(&db.url, 2, 16);
+    let workers = spawn_workers(&db.url, 2, 16)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut lat = vec![];
     for i in 0..samples {
@@ -215,8 +217,14 @@ pub async fn pickup(backend: &'static str, samples: usize) -> anyhow::Result<Vec
             .store
             .session_get(created.session_id)
             .await?
-            .expect("session");
-        let start = d.records[0].started_at.expect("started");
+            .ok_or_else(|| anyhow::anyhow!("session {} vanished", created.session_id))?;
+        let start = d
+            .records
+            .first()
+            .and_then(|r| r.started_at)
+            .ok_or_else(|| {
+                anyhow::anyhow!("session {} has no started record", created.session_id)
+            })?;
         lat.push((start - d.session.created_at).to_std().unwrap_or_default());
         // Land the next enqueue anywhere in the workers' polling cycle.
         tokio::time::sleep(Duration::from_millis(37 * (i as u64 % 7) + 20)).await;
@@ -235,7 +243,7 @@ pub async fn pickup(backend: &'static str, samples: usize) -> anyhow::Result<Vec
 pub async fn enqueue(backend: &'static str, sizes: &[usize]) -> anyhow::Result<Vec<Fig>> {
     let mut out = vec![];
     for &n in sizes {
-        let db = Db::with_instances(backend, n, NOOP()).await?;
+        let db = Db::with_instances(backend, n, instant_options()).await?;
         let t = Instant::now();
         db.store.session_create(SyncType::ManualBatch, None).await?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -256,12 +264,12 @@ pub async fn enqueue(backend: &'static str, sizes: &[usize]) -> anyhow::Result<V
 pub async fn scale(backend: &'static str, sizes: &[usize]) -> anyhow::Result<Vec<Fig>> {
     let mut out = vec![];
     for &n in sizes {
-        let db = Db::with_instances(backend, n, NOOP()).await?;
+        let db = Db::with_instances(backend, n, instant_options()).await?;
         let (d, session) = drain(&db, n, 2, 64).await?;
         // `session ID --json` prints every record: its peak memory, by GNU time.
         let cli = Command::new("/usr/bin/time")
             .args(["-f", "%M"])
-            .arg(syncpool_bin())
+            .arg(syncpool_bin()?)
             .args(["session", &session.to_string(), "--json"])
             .env("SYNCPOOL_DATABASE_URL", &db.url)
             .stdout(Stdio::null())

@@ -15,7 +15,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 
 use rusqlite::Connection;
 
@@ -26,7 +26,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The handle to the writer thread; the thread and its connection end when it is dropped.
 pub(crate) struct Exec {
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl Exec {
@@ -43,7 +43,7 @@ impl Exec {
                 }
             })
             .map_err(|e| StoreError::Other(format!("starting the SQLite writer thread: {e}")))?;
-        Ok(Self { tx: Mutex::new(tx) })
+        Ok(Self { tx })
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer thread: committed if
@@ -58,11 +58,7 @@ impl Exec {
         let job: Job = Box::new(move |conn| {
             let _ = reply.send(transaction(conn, f));
         });
-        self.tx
-            .lock()
-            .expect("sender lock")
-            .send(job)
-            .map_err(|_| stopped())?;
+        self.tx.send(job).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

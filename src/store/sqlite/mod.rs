@@ -98,24 +98,34 @@ impl SqliteStore {
     }
 }
 
+/// An `instances` row as an [`Instance`], read with `$get` (sqlx's `try_get` here,
+/// rusqlite's `get` on the writer thread): one column mapping for both connections.
+macro_rules! instance_from {
+    ($row:expr, $get:ident) => {{
+        let row = $row;
+        let options: String = row.$get("options")?;
+        Ok(Instance {
+            id: row.$get("id")?,
+            name: row.$get("name")?,
+            kind: row.$get("kind")?,
+            host: row.$get("host")?,
+            port: row.$get("port")?,
+            username: row.$get("username")?,
+            database: row.$get("database")?,
+            password_env: row.$get("password_env")?,
+            password_file: row.$get("password_file")?,
+            options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
+            active: row.$get("active")?,
+            created_at: row.$get("created_at")?,
+            updated_at: row.$get("updated_at")?,
+            history_since: row.$get("history_since")?,
+        })
+    }};
+}
+pub(super) use instance_from;
+
 pub(super) fn instance_from_row(row: &SqliteRow) -> Result<Instance> {
-    let options: String = row.try_get("options")?;
-    Ok(Instance {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        kind: row.try_get("kind")?,
-        host: row.try_get("host")?,
-        port: row.try_get("port")?,
-        username: row.try_get("username")?,
-        database: row.try_get("database")?,
-        password_env: row.try_get("password_env")?,
-        password_file: row.try_get("password_file")?,
-        options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
-        active: row.try_get("active")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        history_since: row.try_get("history_since")?,
-    })
+    instance_from!(row, try_get)
 }
 
 const SESSION_COLS: &str = "id, session_id, sync_type, status, total_instances, successful_instances, \

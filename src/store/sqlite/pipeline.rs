@@ -58,23 +58,7 @@ impl SqliteOps<'_> {
 
 /// An instance row as the writer thread reads it.
 fn instance_from_row(r: &Row<'_>) -> Result<Instance> {
-    let options: String = r.get("options")?;
-    Ok(Instance {
-        id: r.get("id")?,
-        name: r.get("name")?,
-        kind: r.get("kind")?,
-        host: r.get("host")?,
-        port: r.get("port")?,
-        username: r.get("username")?,
-        database: r.get("database")?,
-        password_env: r.get("password_env")?,
-        password_file: r.get("password_file")?,
-        options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
-        active: r.get("active")?,
-        created_at: r.get("created_at")?,
-        updated_at: r.get("updated_at")?,
-        history_since: r.get("history_since")?,
-    })
+    super::instance_from!(r, get)
 }
 
 fn arr<T: serde::Serialize>(rows: &[T]) -> String {
