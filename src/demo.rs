@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CliError, wait_for};
+use crate::cli::{CliError, each_record, wait_for};
 use crate::model::{NewInstance, SyncType};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -73,7 +73,7 @@ pub async fn run(
     };
     let started = Instant::now();
     let created = store.session_create(SyncType::ManualBatch, None).await?;
-    let detail = wait_for(
+    let session = wait_for(
         store.as_ref(),
         created.session_id,
         created.total_instances as u64,
@@ -88,12 +88,15 @@ pub async fn run(
             .map_err(CliError::Runtime)?;
     }
 
-    let s = &detail.session;
-    let mut waits: Vec<i64> = detail
-        .records
-        .iter()
-        .filter_map(|r| r.lock_wait_ms)
-        .collect();
+    // A demo's few hundred records fit in memory; they are read in pages all the same.
+    let mut records = Vec::new();
+    each_record(store.as_ref(), session.session_id, |r| {
+        records.push(r.clone());
+        Ok(())
+    })
+    .await?;
+    let s = &session;
+    let mut waits: Vec<i64> = records.iter().filter_map(|r| r.lock_wait_ms).collect();
     waits.sort_unstable();
     let pct = |p: f64| {
         waits
@@ -120,7 +123,7 @@ pub async fn run(
     // Failed instances wait out their retry backoff (seconds) after everything else is
     // done: throughput is what the first attempts achieved, the retries are shown apart.
     let start = s.started_at.unwrap_or(s.created_at);
-    let first: Vec<_> = detail.records.iter().filter(|r| r.attempts <= 1).collect();
+    let first: Vec<_> = records.iter().filter(|r| r.attempts <= 1).collect();
     let first_end = first
         .iter()
         .filter_map(|r| r.completed_at)
@@ -137,14 +140,10 @@ pub async fn run(
         println!(
             "retries        {:.2} s more for {} (backoff --retry-backoff)",
             total_secs - first_secs,
-            crate::cli::plural(
-                (detail.records.len() - first.len()) as i64,
-                "retried instance"
-            )
+            crate::cli::plural((records.len() - first.len()) as i64, "retried instance")
         );
     }
-    let failed: Vec<_> = detail
-        .records
+    let failed: Vec<_> = records
         .iter()
         .filter(|r| r.status == "failed")
         .take(3)
@@ -158,8 +157,7 @@ pub async fn run(
         );
     }
     let me = invocation();
-    for r in detail
-        .records
+    for r in records
         .iter()
         .filter(|r| r.instance_name.starts_with("local-"))
     {

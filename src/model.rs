@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod operator;
+pub use operator::*;
+
 pub use syncpool_workers::Account;
 
 /// Serialises timestamps as RFC 3339 with microseconds, as the public contract says.

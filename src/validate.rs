@@ -268,6 +268,20 @@ pub fn offset(o: i64) -> Result<i64> {
     Ok(o)
 }
 
+/// A session type, as the `sync_type` filter names it.
+pub fn sync_type(s: &str) -> Result<String> {
+    if !crate::model::SYNC_TYPES.contains(&s) {
+        return Err(StoreError::invalid(
+            "sync_type",
+            format!(
+                "unknown sync type '{s}' (expected one of: {})",
+                crate::model::SYNC_TYPES.join(", ")
+            ),
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// One of the session statuses.
 pub fn session_status(s: &str) -> Result<String> {
     if !crate::model::SESSION_STATUSES.contains(&s) {

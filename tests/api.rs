@@ -46,6 +46,11 @@ pub(crate) async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
 }
 
 impl App {
+    /// The app's database.
+    pub(crate) fn db(&self) -> &TestDb {
+        &self._db
+    }
+
     /// One HTTP/1.1 request with `Connection: close`; returns the status and JSON body.
     pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         self.raw(method, path, body, self.token.as_deref()).await
@@ -727,6 +732,7 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(b: Backend) {
             status: None,
             limit: 10,
             offset: 0,
+            sync_type: None,
         })
         .await
         .unwrap();
@@ -774,6 +780,7 @@ async fn two_replicas_fire_a_cron_slot_once_and_skip_while_the_last_one_runs(b: 
             status: None,
             limit: 10,
             offset: 0,
+            sync_type: None,
         })
         .await
         .unwrap();

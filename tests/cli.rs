@@ -11,6 +11,7 @@ async fn snapshot(db: &TestDb) -> Vec<i64> {
             status: None,
             limit: 1000,
             offset: 0,
+            sync_type: None,
         })
         .await
         .unwrap();

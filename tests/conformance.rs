@@ -835,6 +835,7 @@ async fn session_list_filters_by_status_newest_first_with_a_total(b: Backend) {
         status: None,
         limit: 10,
         offset: 0,
+        sync_type: None,
     };
     let (items, total) = store.session_list(&all).await.unwrap();
     assert_eq!(total, 2);
@@ -847,6 +848,7 @@ async fn session_list_filters_by_status_newest_first_with_a_total(b: Backend) {
         status: Some("completed".into()),
         limit: 10,
         offset: 0,
+        sync_type: None,
     };
     let (items, total) = store.session_list(&done).await.unwrap();
     assert_eq!((items.len(), total), (1, 1));
@@ -855,6 +857,7 @@ async fn session_list_filters_by_status_newest_first_with_a_total(b: Backend) {
         status: None,
         limit: 1,
         offset: 1,
+        sync_type: None,
     };
     let (items, total) = store.session_list(&page).await.unwrap();
     assert_eq!((items.len(), total), (1, 2));

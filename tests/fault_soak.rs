@@ -298,6 +298,7 @@ async fn soak(postgres: bool, seed: u64) {
                 status: None,
                 limit: 10_000,
                 offset: 0,
+                sync_type: None,
             })
         })
         .await

@@ -3,6 +3,7 @@ mod api;
 mod cli;
 mod common;
 mod conformance;
+mod console;
 mod fault_soak;
 mod history;
 mod http_rules;

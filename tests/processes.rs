@@ -550,6 +550,7 @@ async fn two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs(
             status: None,
             limit: 100,
             offset: 0,
+            sync_type: None,
         })
         .await
         .unwrap();

@@ -203,6 +203,19 @@ pub enum Command {
         #[arg(value_name = "ID")]
         id: String,
     },
+    /// Who holds each instance's lease (holder, fencing token, age, expiry) and which jobs
+    /// wait for it
+    Locks {
+        /// Print {"items": [...], "total": N} as JSON, as GET /api/v1/locks does
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job queue: depth by state, due and delayed jobs, the job due longest
+    Queue {
+        /// Print it as JSON, as GET /api/v1/queue does
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete finished sessions older than N days, their records and jobs, and expired
     /// locks
     Cleanup {

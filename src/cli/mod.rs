@@ -4,6 +4,7 @@
 
 mod args;
 mod changes;
+mod show;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use args::*;
+pub(crate) use show::{each_record, seconds};
 
 use crate::model::*;
 use crate::store::{self, SessionFilter, Store, StoreError};
@@ -60,7 +62,7 @@ impl CliError {
 
 type Out = Result<(), CliError>;
 
-fn print_json<T: serde::Serialize>(v: &T) {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).expect("our types always serialise")
@@ -225,6 +227,7 @@ pub async fn run(cli: Cli) -> Out {
                     .transpose()?,
                 limit: validate::limit(limit)?,
                 offset: 0,
+                sync_type: None,
             };
             let (items, total) = store.session_list(&filter).await?;
             if json {
@@ -252,13 +255,14 @@ pub async fn run(cli: Cli) -> Out {
         }
         Command::Session { id, json } => {
             let id = parse_session_id(&id)?;
-            let detail = store
-                .session_get(id)
+            let session = store
+                .session_summary(id)
                 .await?
                 .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;
-            print_session(&detail, json);
-            Ok(())
+            show::session(store.as_ref(), &session, json).await
         }
+        Command::Locks { json } => show::locks(store.as_ref(), json).await,
+        Command::Queue { json } => show::queue(store.as_ref(), json).await,
         Command::Cancel { id } => {
             let id = parse_session_id(&id)?;
             let cancelled = store
@@ -471,18 +475,18 @@ async fn start_session(
         }
         return Ok(());
     }
-    let detail = wait_for(
+    let session = wait_for(
         store,
         created.session_id,
         created.total_instances as u64,
         !opts.json,
     )
     .await?;
-    print_session(&detail, opts.json);
-    match detail.session.status {
+    show::session(store, &session, opts.json).await?;
+    match session.status {
         SessionStatus::Completed => Ok(()),
         status => Err(CliError::Unsuccessful {
-            id: detail.session.session_id,
+            id: session.session_id,
             status,
         }),
     }
@@ -494,7 +498,7 @@ pub async fn wait_for(
     id: Uuid,
     total: u64,
     progress: bool,
-) -> Result<SessionDetail, CliError> {
+) -> Result<Session, CliError> {
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
@@ -506,11 +510,11 @@ pub async fn wait_for(
         bar
     });
     loop {
-        let detail = store
-            .session_get(id)
+        // The summary only: polling every 200 ms must not read 100,000 records each time.
+        let s = store
+            .session_summary(id)
             .await?
             .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;
-        let s = &detail.session;
         if let Some(bar) = &bar {
             bar.set_position(
                 (s.successful_instances + s.failed_instances + s.cancelled_instances) as u64,
@@ -521,65 +525,9 @@ pub async fn wait_for(
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            return Ok(detail);
+            return Ok(s);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn print_session(d: &SessionDetail, json: bool) {
-    if json {
-        print_json(d);
-        return;
-    }
-    let s = &d.session;
-    let done = s.successful_instances + s.failed_instances + s.cancelled_instances;
-    // A running session has no success rate yet: show how far it is instead.
-    let outcome = if s.is_finished() {
-        format!(
-            "success rate {}",
-            s.success_rate
-                .map(|r| format!("{:.1}%", r * 100.0))
-                .unwrap_or_else(|| "-".into())
-        )
-    } else {
-        format!(
-            "progress {done}/{} ({:.0}%)",
-            s.total_instances,
-            100.0 * done as f64 / s.total_instances.max(1) as f64
-        )
-    };
-    println!(
-        "session {}  {}  {}\n  {}: {} ok, {} failed, {} cancelled; duration {}; {outcome}",
-        s.session_id,
-        s.sync_type,
-        s.status,
-        plural(s.total_instances, "instance"),
-        s.successful_instances,
-        s.failed_instances,
-        s.cancelled_instances,
-        s.duration_seconds
-            .map(|d| format!("{d:.3}s"))
-            .unwrap_or_else(|| "-".into()),
-    );
-    if d.records.is_empty() {
-        return;
-    }
-    println!(
-        "  {:<30} {:<9} {:>8} {:>8}  error",
-        "instance", "status", "attempts", "accounts"
-    );
-    for r in &d.records {
-        println!(
-            "  {:<30} {:<9} {:>8} {:>8}  {}",
-            r.instance_name,
-            r.status,
-            r.attempts,
-            r.accounts_total
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r.error.as_deref().unwrap_or("")
-        );
     }
 }
 

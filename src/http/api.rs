@@ -67,6 +67,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/instances/{id}/accounts", get(instance_accounts))
         .route("/api/v1/maintenance/cleanup", post(cleanup))
         .route("/api/v1/changes", get(changes_list))
+        .route("/api/v1/locks", get(locks_list))
+        .route("/api/v1/queue", get(queue_stats))
 }
 
 /// Routes that never need the token.
@@ -193,7 +195,7 @@ pub(super) async fn session_create(
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/api/v1/sessions", params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)), responses((status = 200, description = "OK", body = SessionPage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/sessions", params(("status" = Option<String>, Query), ("sync_type" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)), responses((status = 200, description = "OK", body = SessionPage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_list(
     State(s): State<AppState>,
     q: Params,
@@ -202,6 +204,7 @@ pub(super) async fn session_list(
         status: q.str("status").map(validate::session_status).transpose()?,
         limit: validate::limit(q.int("limit", 50)?)?,
         offset: validate::offset(q.int("offset", 0)?)?,
+        sync_type: q.str("sync_type").map(validate::sync_type).transpose()?,
     };
     let (items, total) = s.store.session_list(&filter).await?;
     Ok(Json(SessionPage { items, total }))
@@ -467,4 +470,22 @@ pub(super) async fn changes_list(
     })?;
     let items = s.store.changes_list(&filter).await?;
     Ok(Json(crate::model::ChangePage::new(items, filter.limit)))
+}
+
+#[utoipa::path(get, path = "/api/v1/locks", responses((status = 200, description = "Every instance lease, oldest first, with the jobs waiting for its instance; a lapsed lease (expired: true) is taken over by the next worker that wants the instance", body = crate::model::LeaseList), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn locks_list(
+    State(s): State<AppState>,
+) -> ApiResult<Json<crate::model::LeaseList>> {
+    let items = s.store.locks_list().await?;
+    Ok(Json(crate::model::LeaseList {
+        total: items.len(),
+        items,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/queue", responses((status = 200, description = "syncpool's jobs in the queue: depth by state, due and delayed, the job due longest", body = crate::model::QueueStats), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn queue_stats(
+    State(s): State<AppState>,
+) -> ApiResult<Json<crate::model::QueueStats>> {
+    Ok(Json(s.store.queue_stats().await?))
 }

@@ -46,6 +46,9 @@ pub enum ApiError {
         /// With what.
         message: String,
     },
+    /// 403: a console form without this visitor's CSRF token, or from another site.
+    #[error("{0}")]
+    Forbidden(String),
     /// 401: no bearer token, or not one of the configured ones.
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -118,6 +121,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::CONFLICT, "conflict", Some(field.clone()))
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
             ApiError::MethodNotAllowed(_) => {

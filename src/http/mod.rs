@@ -1,8 +1,9 @@
-//! `syncpool serve`: the HTTP API (its routes are in the OpenAPI document), `/metrics`, health, and the legacy
-//! routes of the previous platform. Handlers validate, call the [`Store`], and shape JSON;
+//! `syncpool serve`: the HTTP API (its routes are in the OpenAPI document), `/metrics`, health, the legacy
+//! routes of the previous platform, and the operator console at `/`. Handlers validate, call the [`Store`], and shape JSON;
 //! they never hold SQL.
 
 mod api;
+mod console;
 mod error;
 mod extract;
 mod legacy;
@@ -49,6 +50,7 @@ pub fn app(state: AppState) -> Router {
         .merge(protected)
         .merge(api::open_routes().with_state(state.clone()))
         .merge(metrics_router(state.store.clone()))
+        .merge(console::routes(state.clone()))
         // Unknown routes and wrong methods answer in the API's JSON error shape too.
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound(format!("no route {}", uri.path()))

@@ -32,6 +32,8 @@ use crate::validate;
         super::api::instance_accounts,
         super::api::cleanup,
         super::api::changes_list,
+        super::api::locks_list,
+        super::api::queue_stats,
         super::api::healthz,
         super::api::readyz,
         super::legacy::sync_all,
@@ -302,6 +304,7 @@ fn constrain_parameter(param: &mut Value, path: &str) {
             json!({"type": "string", "enum": all})
         }
         Some("status") => json!({"type": "string", "enum": crate::model::SESSION_STATUSES}),
+        Some("sync_type") => json!({"type": "string", "enum": crate::model::SYNC_TYPES}),
         Some("include_deleted" | "sensitive") => json!({"type": "boolean", "default": false}),
         Some("after") => {
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})

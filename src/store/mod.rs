@@ -405,6 +405,8 @@ pub struct Cancelled {
 pub struct SessionFilter {
     /// Only sessions with this status.
     pub status: Option<String>,
+    /// Only sessions of this type (`manual_single`, `manual_batch`, `scheduled`).
+    pub sync_type: Option<String>,
     /// Page size.
     pub limit: i64,
     /// Sessions to skip.
@@ -490,6 +492,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<Record>>>;
     /// A page of sessions, newest first, and how many match in all.
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
+    /// Every lease row (live or lapsed, oldest first) with the jobs waiting for its instance.
+    async fn locks_list(&self) -> Result<Vec<crate::model::Lease>>;
+    /// syncpool's jobs in the apalis queue: depth by state and the job due longest.
+    async fn queue_stats(&self) -> Result<crate::model::QueueStats>;
+    /// A page of instances in id order (`after`: the last id of the previous page), each
+    /// with its newest record's status and its live account count.
+    async fn instance_overview(
+        &self,
+        limit: i64,
+        after: i64,
+    ) -> Result<Vec<crate::model::InstanceOverview>>;
+    /// An instance's newest records, with their sessions.
+    async fn instance_syncs(
+        &self,
+        instance_id: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::model::InstanceSync>>;
     /// Cancels pending records, and running ones whose lease is gone, now; running ones
     /// with a live lease stop at their next heartbeat.
     async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>>;

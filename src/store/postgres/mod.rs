@@ -18,6 +18,7 @@ use super::*;
 use pipeline::PgOps;
 
 mod history;
+mod operator;
 mod pipeline;
 use crate::queue;
 
@@ -384,24 +385,51 @@ impl Store for PgStore {
             .map(Some)
     }
 
+    async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {
+        operator::locks_list(&self.pool).await
+    }
+
+    async fn queue_stats(&self) -> Result<crate::model::QueueStats> {
+        operator::queue_stats(&self.pool).await
+    }
+
+    async fn instance_overview(
+        &self,
+        limit: i64,
+        after: i64,
+    ) -> Result<Vec<crate::model::InstanceOverview>> {
+        operator::instance_overview(&self.pool, limit, after).await
+    }
+
+    async fn instance_syncs(
+        &self,
+        instance_id: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::model::InstanceSync>> {
+        operator::instance_syncs(&self.pool, instance_id, limit).await
+    }
+
     async fn session_list(&self, f: &SessionFilter) -> Result<(Vec<Session>, i64)> {
         let sql = format!(
             "SELECT {SESSION_COLS} FROM sync_sessions WHERE ($1::text IS NULL OR status = $1) \
-             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+             AND ($4::text IS NULL OR sync_type = $4) ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
         );
         let items = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&f.status)
             .bind(f.limit)
             .bind(f.offset)
+            .bind(&f.sync_type)
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(session_from_row)
             .collect::<Result<_>>()?;
         let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sync_sessions WHERE ($1::text IS NULL OR status = $1)",
+            "SELECT COUNT(*) FROM sync_sessions WHERE ($1::text IS NULL OR status = $1) \
+             AND ($2::text IS NULL OR sync_type = $2)",
         )
         .bind(&f.status)
+        .bind(&f.sync_type)
         .fetch_one(&self.pool)
         .await?;
         Ok((items, total))

@@ -1,0 +1,668 @@
+//! The operator console: server-rendered pages at `/` over the same [`Store`] calls as
+//! the API (handlers hold no SQL). Reading works without JavaScript; every change is a
+//! form POST that carries a CSRF token and redirects (POST, redirect, GET), so a reload
+//! never repeats it. Sign-in and CSRF: `auth.rs`; templates: `view.rs`.
+//!
+//! [`Store`]: crate::store::Store
+
+mod auth;
+mod view;
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::Markup;
+
+use super::{ApiError, AppState};
+use crate::model::{NewInstance, RecordPage, SyncType};
+use crate::store::{RecordFilter, SessionFilter, StoreError};
+use crate::validate;
+pub use auth::Keys;
+use view::Frame;
+
+/// Sessions and instances per page.
+const PAGE: i64 = 50;
+/// Recent syncs shown on an instance's page.
+const RECENT_SYNCS: i64 = 20;
+
+#[derive(Clone)]
+struct Console {
+    app: AppState,
+    keys: Keys,
+}
+
+/// The console's routes, with their own cookie sign-in (the API keeps bearer tokens).
+pub fn routes(app: AppState) -> Router {
+    let keys = Keys::new(&app.tokens);
+    Router::new()
+        .route("/", get(sessions))
+        .route("/sessions/{session_id}", get(session))
+        .route("/sessions/{session_id}/cancel", post(session_cancel))
+        .route("/instances", get(instances).post(instance_create))
+        .route("/instances/new", get(instance_new))
+        .route("/instances/{id}", get(instance).post(instance_update))
+        .route("/instances/{id}/edit", get(instance_edit))
+        .route("/instances/{id}/active", post(instance_active))
+        .route("/instances/{id}/sync", post(instance_sync))
+        .route("/leases", get(leases))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/console.css", get(css))
+        .route("/console.js", get(js))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(Console { app, keys })
+}
+
+/// No framing (clickjacking), scripts and styles from this server only, no caching of
+/// pages that carry CSRF tokens.
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("console.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("console.js"),
+    )
+}
+
+/// An error as a page; the status is the API's for the same error.
+struct PageError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(e: E) -> Self {
+        PageError(e.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let message = match &self.0 {
+            // Logged by the API error's own rendering below; never shown.
+            ApiError::Internal(_) => "internal error; the server's log has the details".into(),
+            e => e.to_string(),
+        };
+        let status = self.0.into_response().status();
+        let frame = Frame {
+            title: "Error",
+            tab: "",
+            csrf: "",
+            signed_in: false,
+            live: false,
+        };
+        (
+            status,
+            view::page(&frame, view::error(status.as_u16(), &message)),
+        )
+            .into_response()
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+
+/// A signed-in visitor (or anyone, when no token is configured); otherwise a redirect
+/// to the sign-in page that comes back here.
+struct Visitor {
+    who: auth::Visitor,
+    csrf: String,
+    signed_in: bool,
+}
+
+impl FromRequestParts<Console> for Visitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Response> {
+        match c.keys.visitor(&parts.headers, now()) {
+            Some(who) => Ok(Visitor {
+                csrf: c.keys.csrf(&who),
+                who,
+                signed_in: c.keys.required(),
+            }),
+            None => {
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let target = format!("/login?next={}", urlencode(next));
+                Err(Redirect::to(&target).into_response())
+            }
+        }
+    }
+}
+
+impl Visitor {
+    fn frame<'a>(&'a self, title: &'a str, tab: &'a str, live: bool) -> Frame<'a> {
+        Frame {
+            title,
+            tab,
+            csrf: &self.csrf,
+            signed_in: self.signed_in,
+            live,
+        }
+    }
+
+    /// A POST must come from this site and carry this visitor's CSRF token.
+    fn check_post(
+        &self,
+        c: &Console,
+        headers: &HeaderMap,
+        form: &[(String, String)],
+    ) -> Result<(), PageError> {
+        let token = field(form, "csrf").unwrap_or("");
+        if auth::cross_site(headers) || !c.keys.csrf_ok(&self.who, token) {
+            return Err(PageError(ApiError::Forbidden(
+                "this form is stale or came from another site: reload the page and try again"
+                    .into(),
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|q| q.trim_start_matches('=').to_string())
+        .unwrap_or_default()
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn html(markup: Markup) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+/// A query parameter that may be empty (an unselected filter) or absent.
+fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    q.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, PageError> {
+    param(q, name)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| PageError(ApiError::field(name, format!("{name} must be an integer"))))
+        })
+        .transpose()
+}
+
+async fn sessions(
+    State(c): State<Console>,
+    who: Visitor,
+    Query(q): Query<HashMap<String, String>>,
+) -> PageResult {
+    let filter = SessionFilter {
+        status: param(&q, "status")
+            .map(validate::session_status)
+            .transpose()?,
+        sync_type: param(&q, "sync_type")
+            .map(validate::sync_type)
+            .transpose()?,
+        limit: PAGE,
+        offset: validate::offset(int_param(&q, "offset")?.unwrap_or(0))?,
+    };
+    let (items, total) = c.app.store.session_list(&filter).await?;
+    let live = items.iter().any(|s| !s.is_finished());
+    let body = view::sessions(&view::SessionsView {
+        items: &items,
+        total,
+        status: filter.status.as_deref(),
+        sync_type: filter.sync_type.as_deref(),
+        offset: filter.offset,
+        limit: PAGE,
+    });
+    Ok(html(view::page(
+        &who.frame("Sessions", "sessions", live),
+        body,
+    )))
+}
+
+async fn session(
+    State(c): State<Console>,
+    who: Visitor,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> PageResult {
+    let id = super::extract::session_id(&id)?;
+    let filter = RecordFilter {
+        status: param(&q, "status")
+            .map(validate::record_status)
+            .transpose()?,
+        limit: PAGE,
+        after: int_param(&q, "after")?
+            .map(validate::after)
+            .transpose()?
+            .unwrap_or(0),
+    };
+    let session = c
+        .app
+        .store
+        .session_summary(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    let records = c
+        .app
+        .store
+        .session_records(id, &filter)
+        .await?
+        .unwrap_or_default();
+    let page = RecordPage::new(records, filter.limit);
+    let title = format!("Session {}", &id.to_string()[..8]);
+    let body = view::session(&view::SessionView {
+        session: &session,
+        records: &page.items,
+        status: filter.status,
+        next_after: page.next_after,
+        after: filter.after,
+        csrf: &who.csrf,
+    });
+    Ok(html(view::page(
+        &who.frame(&title, "sessions", !session.is_finished()),
+        body,
+    )))
+}
+
+async fn session_cancel(
+    State(c): State<Console>,
+    who: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    who.check_post(&c, &headers, &form)?;
+    let id = super::extract::session_id(&id)?;
+    let cancelled = c
+        .app
+        .store
+        .session_cancel(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    // As the API does: recorded after the commit.
+    cancelled
+        .finished
+        .iter()
+        .for_each(crate::metrics::session_finished);
+    Ok(Redirect::to(&format!("/sessions/{id}")).into_response())
+}
+
+async fn instances(
+    State(c): State<Console>,
+    who: Visitor,
+    Query(q): Query<HashMap<String, String>>,
+) -> PageResult {
+    let after = int_param(&q, "after")?
+        .map(validate::after)
+        .transpose()?
+        .unwrap_or(0);
+    let items = c.app.store.instance_overview(PAGE, after).await?;
+    let next = (items.len() as i64 == PAGE)
+        .then(|| items.last().map(|o| o.instance.id))
+        .flatten();
+    Ok(html(view::page(
+        &who.frame("Instances", "instances", false),
+        view::instances(&items, after, next),
+    )))
+}
+
+async fn load_instance(c: &Console, id: &str) -> Result<crate::model::Instance, PageError> {
+    let id = super::extract::instance_id(id)?;
+    Ok(c.app
+        .store
+        .instance_get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown instance {id}")))?)
+}
+
+async fn instance(
+    State(c): State<Console>,
+    who: Visitor,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> PageResult {
+    let inst = load_instance(&c, &id).await?;
+    let include_deleted = param(&q, "include_deleted") == Some("true");
+    let accounts = c.app.store.accounts_list(inst.id, include_deleted).await?;
+    let syncs = c.app.store.instance_syncs(inst.id, RECENT_SYNCS).await?;
+    let live = syncs.iter().any(|s| !s.record.status.is_terminal());
+    let body = view::instance(&view::InstanceView {
+        instance: &inst,
+        accounts: &accounts,
+        include_deleted,
+        syncs: &syncs,
+        csrf: &who.csrf,
+    });
+    Ok(html(view::page(
+        &who.frame(&inst.name, "instances", live),
+        body,
+    )))
+}
+
+async fn instance_new(who: Visitor) -> PageResult {
+    let form = view::InstanceForm {
+        kind: "postgres".into(),
+        options: "{}".into(),
+        active: true,
+        ..Default::default()
+    };
+    Ok(html(view::page(
+        &who.frame("Add an instance", "instances", false),
+        view::instance_form(&form, None, None, &who.csrf),
+    )))
+}
+
+async fn instance_edit(
+    State(c): State<Console>,
+    who: Visitor,
+    Path(id): Path<String>,
+) -> PageResult {
+    let i = load_instance(&c, &id).await?;
+    let form = view::InstanceForm {
+        name: i.name.clone(),
+        kind: i.kind.clone(),
+        host: i.host.clone().unwrap_or_default(),
+        port: i.port.map(|p| p.to_string()).unwrap_or_default(),
+        username: i.username.clone().unwrap_or_default(),
+        database: i.database.clone().unwrap_or_default(),
+        password_env: i.password_env.clone().unwrap_or_default(),
+        password_file: i.password_file.clone().unwrap_or_default(),
+        options: i.options.to_string(),
+        active: i.active,
+    };
+    let title = format!("Edit {}", i.name);
+    Ok(html(view::page(
+        &who.frame(&title, "instances", false),
+        view::instance_form(&form, Some(i.id), None, &who.csrf),
+    )))
+}
+
+/// The form as typed, and the instance it asks for (or the field that is wrong).
+fn read_form(
+    form: &[(String, String)],
+) -> (view::InstanceForm, Result<NewInstance, (String, String)>) {
+    let text = |name: &str| field(form, name).unwrap_or("").trim().to_string();
+    let typed = view::InstanceForm {
+        name: field(form, "name").unwrap_or("").to_string(),
+        kind: text("kind"),
+        host: text("host"),
+        port: text("port"),
+        username: text("username"),
+        database: text("database"),
+        password_env: text("password_env"),
+        password_file: text("password_file"),
+        options: text("options"),
+        active: field(form, "active") == Some("true"),
+    };
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let parsed = (|| {
+        let port = match typed.port.as_str() {
+            "" => None,
+            p => Some(p.parse::<i64>().map_err(|_| {
+                (
+                    "port".to_string(),
+                    "the port is a number from 1 to 65535".to_string(),
+                )
+            })?),
+        };
+        let options = match typed.options.as_str() {
+            "" => serde_json::json!({}),
+            o => serde_json::from_str(o)
+                .map_err(|e| ("options".to_string(), format!("not JSON: {e}")))?,
+        };
+        let new = NewInstance {
+            name: typed.name.clone(),
+            kind: typed.kind.clone(),
+            host: opt(&typed.host),
+            port,
+            username: opt(&typed.username),
+            database: opt(&typed.database),
+            password_env: opt(&typed.password_env),
+            password_file: opt(&typed.password_file),
+            options,
+            active: typed.active,
+        };
+        validate::new_instance(new).map_err(|e| match e {
+            StoreError::Invalid { field, message } => (field.to_string(), message),
+            other => ("name".to_string(), other.to_string()),
+        })
+    })();
+    (typed, parsed)
+}
+
+/// Shows the form again with the wrong field named (400, as the API answers).
+fn form_error(
+    who: &Visitor,
+    typed: &view::InstanceForm,
+    id: Option<i64>,
+    field: &str,
+    message: &str,
+) -> Response {
+    let body = view::instance_form(typed, id, Some((field, message)), &who.csrf);
+    (
+        StatusCode::BAD_REQUEST,
+        html(view::page(&who.frame("Instance", "instances", false), body)),
+    )
+        .into_response()
+}
+
+async fn instance_create(
+    State(c): State<Console>,
+    who: Visitor,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    who.check_post(&c, &headers, &form)?;
+    let (typed, parsed) = read_form(&form);
+    let new = match parsed {
+        Ok(n) => n,
+        Err((f, m)) => return Ok(form_error(&who, &typed, None, &f, &m)),
+    };
+    match c.app.store.instance_insert(&new).await {
+        Ok(i) => Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response()),
+        Err(StoreError::Conflict(m)) => Ok(form_error(&who, &typed, None, "name", &m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn instance_update(
+    State(c): State<Console>,
+    who: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    who.check_post(&c, &headers, &form)?;
+    let current = load_instance(&c, &id).await?;
+    let (typed, parsed) = read_form(&form);
+    let new = match parsed {
+        Ok(n) => n,
+        Err((f, m)) => return Ok(form_error(&who, &typed, Some(current.id), &f, &m)),
+    };
+    match c.app.store.instance_update(current.id, &new).await {
+        Ok(i) => Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response()),
+        Err(StoreError::Conflict(m)) => Ok(form_error(&who, &typed, Some(current.id), "name", &m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn instance_active(
+    State(c): State<Console>,
+    who: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    who.check_post(&c, &headers, &form)?;
+    let i = load_instance(&c, &id).await?;
+    let active = match field(&form, "active") {
+        Some("true") => true,
+        Some("false") => false,
+        _ => return Err(ApiError::field("active", "active must be true or false").into()),
+    };
+    let new = NewInstance {
+        name: i.name,
+        kind: i.kind,
+        host: i.host,
+        port: i.port,
+        username: i.username,
+        database: i.database,
+        password_env: i.password_env,
+        password_file: i.password_file,
+        options: i.options,
+        active,
+    };
+    c.app.store.instance_update(i.id, &new).await?;
+    Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response())
+}
+
+async fn instance_sync(
+    State(c): State<Console>,
+    who: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    who.check_post(&c, &headers, &form)?;
+    let i = load_instance(&c, &id).await?;
+    let created = c
+        .app
+        .store
+        .session_create(SyncType::ManualSingle, Some(&[i.id]))
+        .await?;
+    Ok(Redirect::to(&format!("/sessions/{}", created.session_id)).into_response())
+}
+
+async fn leases(State(c): State<Console>, who: Visitor) -> PageResult {
+    let leases = c.app.store.locks_list().await?;
+    let queue = c.app.store.queue_stats().await?;
+    Ok(html(view::page(
+        &who.frame("Leases & queue", "leases", true),
+        view::leases(&leases, &queue),
+    )))
+}
+
+/// Where to go after signing in: a path on this site, never another site's address.
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/",
+    }
+}
+
+async fn login_page(
+    State(c): State<Console>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let next = local_path(q.get("next").map(String::as_str));
+    if !c.keys.required() {
+        return Redirect::to(next).into_response();
+    }
+    let frame = Frame {
+        title: "Sign in",
+        tab: "",
+        csrf: "",
+        signed_in: false,
+        live: false,
+    };
+    html(view::page(&frame, view::login(None, next)))
+}
+
+async fn login(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let next = local_path(field(&form, "next")).to_string();
+    let token = field(&form, "token").unwrap_or("");
+    // Another site must not sign a browser in either (login CSRF).
+    let cookie = (!auth::cross_site(&headers))
+        .then(|| c.keys.sign_in(token, now()))
+        .flatten();
+    match cookie {
+        Some(value) => (
+            [(header::SET_COOKIE, auth::set_cookie(&value, &headers))],
+            Redirect::to(&next),
+        )
+            .into_response(),
+        None => {
+            let frame = Frame {
+                title: "Sign in",
+                tab: "",
+                csrf: "",
+                signed_in: false,
+                live: false,
+            };
+            (
+                StatusCode::UNAUTHORIZED,
+                html(view::page(
+                    &frame,
+                    view::login(Some("That is not one of this server's API tokens."), &next),
+                )),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn logout(
+    State(c): State<Console>,
+    who: Visitor,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    who.check_post(&c, &headers, &form)?;
+    Ok((
+        [(header::SET_COOKIE, auth::set_cookie("", &headers))],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}

@@ -1,0 +1,467 @@
+//! The operator's views: `GET /api/v1/locks` and `/queue`, `syncpool locks|queue`,
+//! `session ID --json` over many pages, and the console's HTML over real HTTP (sign-in,
+//! CSRF, escaping, no secrets). The browser-driven tests are in `browser.rs`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::api::{App, spawn_app};
+use crate::common::*;
+
+on_both_databases!(
+    locks_show_who_holds_an_instance_and_which_jobs_wait_for_it,
+    session_json_prints_every_record_of_a_session_larger_than_a_page,
+    the_console_needs_a_sign_in_and_its_cookie_holds_no_token,
+    console_forms_refuse_requests_without_the_csrf_token_or_from_another_site,
+    console_pages_escape_what_instances_are_called_and_render_no_secret,
+    console_changes_instances_and_starts_and_cancels_sessions,
+);
+
+/// Polls `f` until it returns Some, for at most `secs`.
+async fn until<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn locks_show_who_holds_an_instance_and_which_jobs_wait_for_it(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let slow = app
+        .store
+        .instance_insert(&simulated("slow-one", json!({"latency_ms": 60000})))
+        .await
+        .unwrap();
+    let body = format!(r#"{{"instance_ids": [{}]}}"#, slow.id);
+    let (_, first) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
+    let (mut worker, _) = worker(app.db(), "locks", &[]);
+    let lease = until(30, "the slow sync's lease", async || {
+        let (st, locks) = app.call("GET", "/api/v1/locks", None).await;
+        assert_eq!(st, 200, "{locks}");
+        locks["items"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(lease["instance_name"], "slow-one", "{lease}");
+    assert_eq!(lease["session_id"], first["session_id"], "{lease}");
+    assert_eq!(lease["expired"], false);
+    assert!(lease["token"].as_i64().unwrap() >= 1);
+    assert!(!text(&lease["holder"]).is_empty(), "{lease}");
+    assert!(
+        lease["expires_in_seconds"].as_f64().unwrap() > 0.0,
+        "{lease}"
+    );
+    assert_eq!(lease["waiting_total"], 0);
+    // A second session for the same instance waits for the lease.
+    let (_, second) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
+    let waiting = until(30, "the waiter", async || {
+        let (_, locks) = app.call("GET", "/api/v1/locks", None).await;
+        let l = locks["items"][0].clone();
+        (l["waiting_total"] == 1).then_some(l)
+    })
+    .await;
+    assert_eq!(
+        waiting["waiting"][0]["session_id"], second["session_id"],
+        "{waiting}"
+    );
+    assert!(waiting["waiting"][0]["waited_seconds"].as_f64().unwrap() >= 0.0);
+    let (st, queue) = app.call("GET", "/api/v1/queue", None).await;
+    assert_eq!(st, 200, "{queue}");
+    for state in ["Pending", "Queued", "Running", "Done", "Failed", "Killed"] {
+        assert!(queue["depth"][state].is_i64(), "{state} in {queue}");
+    }
+    let pending = queue["depth"]["Pending"].as_i64().unwrap();
+    assert_eq!(
+        pending,
+        queue["ready"].as_i64().unwrap() + queue["delayed"].as_i64().unwrap()
+    );
+    // The CLI prints the same views.
+    let (code, out, err) = cli(&app.db().url, &["locks", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cli_locks: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli_locks["items"][0]["token"], lease["token"]);
+    let (code, out, _) = cli(&app.db().url, &["locks"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("slow-one") && out.contains("1 job"), "{out}");
+    let (code, out, _) = cli(&app.db().url, &["queue", "--json"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["depth"].is_object());
+    let (code, out, _) = cli(&app.db().url, &["queue"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Pending") && out.contains("oldest pending"),
+        "{out}"
+    );
+    // Cancelled, the sync stops at its next renewal and the lease goes away.
+    for s in [&first, &second] {
+        let sid = s["session_id"].as_str().unwrap();
+        app.call("POST", &format!("/api/v1/sessions/{sid}/cancel"), None)
+            .await;
+    }
+    worker.kill().ok();
+    worker.wait().ok();
+}
+
+async fn session_json_prints_every_record_of_a_session_larger_than_a_page(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let many: Vec<_> = (0..2345)
+        .map(|i| simulated(&format!("many-{i:05}"), json!({})))
+        .collect();
+    app.store.instance_insert_many(&many).await.unwrap();
+    let (_, created) = app
+        .call("POST", "/api/v1/sessions", Some(r#"{"all": true}"#))
+        .await;
+    let sid = created["session_id"].as_str().unwrap();
+    let (code, out, err) = cli(&app.db().url, &["session", sid, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(v["session_id"], sid);
+    assert_eq!(v["total_instances"], 2345);
+    let records = v["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2345, "every record, across three pages");
+    let ids: Vec<i64> = records.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, none twice"
+    );
+    let (code, out, _) = cli(&app.db().url, &["session", sid]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().filter(|l| l.contains("many-")).count(), 2345);
+}
+
+/// Signs in over HTTP; returns the `Cookie:` header line to send.
+async fn sign_in(app: &App, token: &str) -> String {
+    let (st, head, _) = app
+        .request(
+            "POST",
+            "/login",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            &format!("token={token}&next=%2Finstances"),
+        )
+        .await;
+    assert_eq!(st, 303, "{head}");
+    assert!(head.contains("location: /instances"), "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a cookie")
+        .to_string();
+    assert!(cookie.contains("httponly"), "{cookie}");
+    assert!(cookie.contains("samesite=strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    format!("Cookie: {pair}\r\n")
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+async fn page(app: &App, path: &str, cookie: &str) -> (u16, String, String) {
+    let (st, head, body) = app.request("GET", path, cookie, "").await;
+    (st, head, text(&body).to_string())
+}
+
+/// The CSRF token of the first form on a page.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token");
+    html[at + 19..].split('"').next().unwrap().to_string()
+}
+
+async fn the_console_needs_a_sign_in_and_its_cookie_holds_no_token(b: Backend) {
+    let token = "console-token-0123456789";
+    let app = spawn_app(b, Some(token)).await;
+    let (st, head, _) = page(&app, "/leases", "").await;
+    assert_eq!(st, 303);
+    assert!(head.contains("location: /login?next=%2fleases"), "{head}");
+    let (st, _, html) = page(&app, "/login", "").await;
+    assert_eq!(st, 200);
+    assert!(html.contains(r#"type="password""#), "{html}");
+    // A wrong token is refused, and the page says so.
+    let (st, head, body) = app
+        .request(
+            "POST",
+            "/login",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            "token=nope",
+        )
+        .await;
+    assert_eq!(st, 401);
+    assert!(!head.contains("set-cookie"), "{head}");
+    assert!(text(&body).contains("not one of"), "{body}");
+    let cookie = sign_in(&app, token).await;
+    assert!(
+        !cookie.contains(token),
+        "the cookie never carries the token"
+    );
+    for path in ["/", "/instances", "/leases", "/instances/new"] {
+        let (st, head, html) = page(&app, path, &cookie).await;
+        assert_eq!(st, 200, "{path}: {head}");
+        assert!(head.contains("content-security-policy"), "{head}");
+        assert!(head.contains("x-frame-options: deny"), "{head}");
+        assert!(!html.contains(token), "{path} renders the token");
+    }
+    // A forged or tampered cookie is a stranger.
+    let forged = cookie.replace(".", "0.");
+    let (st, _, _) = page(&app, "/", &forged).await;
+    assert_eq!(st, 303);
+    // The API still wants its bearer token: the cookie opens only the console.
+    let (st, _, _) = app.request("GET", "/api/v1/sessions", &cookie, "").await;
+    assert_eq!(st, 401);
+    // Signing in never sends anyone to another site.
+    let (_, head, _) = app
+        .request(
+            "POST",
+            "/login",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            &format!("token={token}&next=%2F%2Fevil.example%2F"),
+        )
+        .await;
+    assert!(
+        head.contains("location: /\r")
+            || head.contains("location: /\n")
+            || head.ends_with("location: /"),
+        "{head}"
+    );
+    // Signing out clears the cookie.
+    let (_, _, html) = page(&app, "/", &cookie).await;
+    let (st, head, _) = app
+        .request(
+            "POST",
+            "/logout",
+            &format!("{cookie}Content-Type: application/x-www-form-urlencoded\r\n"),
+            &format!("csrf={}", csrf_of(&html)),
+        )
+        .await;
+    assert_eq!(st, 303, "{head}");
+    assert!(head.contains("max-age=0"), "{head}");
+}
+
+async fn console_forms_refuse_requests_without_the_csrf_token_or_from_another_site(b: Backend) {
+    let token = "csrf-test-token-abcdef";
+    let app = spawn_app(b, Some(token)).await;
+    let cookie = sign_in(&app, token).await;
+    let inst = app
+        .store
+        .instance_insert(&simulated("target", json!({})))
+        .await
+        .unwrap();
+    let (_, _, html) = page(&app, &format!("/instances/{}", inst.id), &cookie).await;
+    let csrf = csrf_of(&html);
+    let form = format!("{cookie}Content-Type: application/x-www-form-urlencoded\r\n");
+    let path = format!("/instances/{}/active", inst.id);
+    // No token, a wrong one, or the right one from another site's page: 403, nothing changes.
+    for (headers, body) in [
+        (form.clone(), "active=false".to_string()),
+        (form.clone(), "active=false&csrf=00ff".to_string()),
+        (
+            format!("{form}Origin: http://evil.example\r\n"),
+            format!("active=false&csrf={csrf}"),
+        ),
+        (
+            format!("{form}Sec-Fetch-Site: cross-site\r\n"),
+            format!("active=false&csrf={csrf}"),
+        ),
+    ] {
+        let (st, _, page) = app.request("POST", &path, &headers, &body).await;
+        assert_eq!(st, 403, "{body}: {page}");
+    }
+    assert!(
+        app.store
+            .instance_get(inst.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    // Another signed-in browser's token is not this one's.
+    let other = sign_in(&app, token).await;
+    let (_, _, other_html) = page(&app, "/", &other).await;
+    assert_ne!(csrf_of(&other_html), csrf);
+    let (st, _, _) = app
+        .request(
+            "POST",
+            &path,
+            &form,
+            &format!("active=false&csrf={}", csrf_of(&other_html)),
+        )
+        .await;
+    assert_eq!(st, 403);
+    // The right token from this site: done, and redirected back to the instance.
+    let (st, head, _) = app
+        .request(
+            "POST",
+            &path,
+            &format!("{form}Origin: http://x\r\n"),
+            &format!("active=false&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(st, 303, "{head}");
+    assert!(
+        !app.store
+            .instance_get(inst.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+}
+
+async fn console_pages_escape_what_instances_are_called_and_render_no_secret(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let hostile = r#"<script>alert("x")</script>"#;
+    let mut new = simulated(hostile, json!({}));
+    new.password_env = None;
+    let inst = app.store.instance_insert(&new).await.unwrap();
+    let body = format!(r#"{{"instance_ids": [{}]}}"#, inst.id);
+    let (_, created) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
+    let sid = text(&created["session_id"]).to_string();
+    for path in [
+        "/".to_string(),
+        format!("/sessions/{sid}"),
+        "/instances".into(),
+        format!("/instances/{}", inst.id),
+        format!("/instances/{}/edit", inst.id),
+    ] {
+        let (st, _, html) = page(&app, &path, "").await;
+        assert_eq!(st, 200, "{path}");
+        assert!(
+            !html.contains("<script>alert"),
+            "{path} renders markup from a name"
+        );
+        if path.contains("instances/") || path.contains("sessions/") {
+            assert!(
+                html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"),
+                "{path}: {html}"
+            );
+        }
+    }
+    // Bad input on a page is a 4xx page naming the field, not a panic.
+    let (st, _, html) = page(&app, "/?status=bogus", "").await;
+    assert_eq!(st, 400);
+    assert!(html.contains("status"), "{html}");
+    let (st, _, _) = page(&app, "/sessions/not-a-uuid", "").await;
+    assert_eq!(st, 400);
+    let (st, _, _) = page(&app, "/instances/999999", "").await;
+    assert_eq!(st, 404);
+    let (st, _, _) = page(&app, &format!("/sessions/{sid}?after=-3"), "").await;
+    assert_eq!(st, 400);
+}
+
+async fn console_changes_instances_and_starts_and_cancels_sessions(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let (_, _, html) = page(&app, "/instances/new", "").await;
+    let csrf = csrf_of(&html);
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    // A wrong field comes back as the form, naming it, with what was typed kept.
+    let (st, _, body) = app
+        .request(
+            "POST",
+            "/instances",
+            form,
+            &format!(
+                "csrf={csrf}&name=pg-one&kind=postgres&host=&port=abc&options=%7B%7D&active=true"
+            ),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert!(text(&body).contains("<strong>port</strong>"), "{body}");
+    assert!(text(&body).contains(r#"value="pg-one""#), "{body}");
+    assert!(
+        app.store.instance_list().await.unwrap().is_empty(),
+        "nothing half-written"
+    );
+    let (st, head, body) = app
+        .request("POST", "/instances", form, &format!("csrf={csrf}&name=sim-one&kind=simulated&options=%7B%22latency_ms%22%3A5%7D&active=true"))
+        .await;
+    assert_eq!(st, 303, "{body}");
+    let inst = app
+        .store
+        .instance_get_by_name("sim-one")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        head.contains(&format!("location: /instances/{}", inst.id)),
+        "{head}"
+    );
+    assert_eq!(inst.options["latency_ms"], 5);
+    // Edit: rename it.
+    let (st, _, _) = app
+        .request(
+            "POST",
+            &format!("/instances/{}", inst.id),
+            form,
+            &format!("csrf={csrf}&name=sim-renamed&kind=simulated&options=%7B%7D&active=true"),
+        )
+        .await;
+    assert_eq!(st, 303);
+    assert_eq!(
+        app.store.instance_get(inst.id).await.unwrap().unwrap().name,
+        "sim-renamed"
+    );
+    // A taken name is a form error, not a 500.
+    app.store
+        .instance_insert(&simulated("taken", json!({})))
+        .await
+        .unwrap();
+    let (st, _, body) = app
+        .request(
+            "POST",
+            &format!("/instances/{}", inst.id),
+            form,
+            &format!("csrf={csrf}&name=taken&kind=simulated&options=%7B%7D&active=true"),
+        )
+        .await;
+    assert_eq!(st, 400, "{body}");
+    // Sync now starts a session and shows it; cancel ends it.
+    let (st, head, _) = app
+        .request(
+            "POST",
+            &format!("/instances/{}/sync", inst.id),
+            form,
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(st, 303);
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let sid = location.strip_prefix("/sessions/").unwrap().to_string();
+    let (st, _, html) = page(&app, &location, "").await;
+    assert_eq!(st, 200);
+    assert!(
+        html.contains("Cancel session") && html.contains("sim-renamed"),
+        "{html}"
+    );
+    let (st, _, _) = app
+        .request(
+            "POST",
+            &format!("{location}/cancel"),
+            form,
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(st, 303);
+    let s = app
+        .store
+        .session_summary(sid.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status.as_str(), "cancelled");
+    let (_, _, html) = page(&app, &location, "").await;
+    assert!(
+        !html.contains("Cancel session"),
+        "a finished session offers no cancel"
+    );
+    assert!(html.contains("cancelled"));
+}
