@@ -68,6 +68,12 @@ if [ ! -x target/pyenv/bin/openapi-spec-validator ] || [ ! -x target/pyenv/bin/s
   target/pyenv/bin/pip install -q "openapi-spec-validator==0.9.0" "schemathesis==4.32.5"
 fi
 
+# The console's browser tests drive Debian's Chromium through ChromeDriver (WebDriver).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # House rules first: formatting and lints (warnings are errors), then every test.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

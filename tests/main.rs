@@ -1,5 +1,6 @@
 //! One integration-test binary (links once): real SQLite files, the real PostgreSQL.
 mod api;
+mod browser;
 mod cli;
 mod common;
 mod conformance;

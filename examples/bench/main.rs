@@ -3,8 +3,9 @@
 //! Run it with `scripts/bench.sh` (which builds it and the raw apalis peer).
 //!
 //! Usage: bench [--quick] [--backend sqlite|postgres|both] [--scenario NAME[,NAME...]]
-//! Scenarios: noop, efficiency, pickup, enqueue, scale, previous (default: all).
+//! Scenarios: noop, efficiency, pickup, enqueue, scale, previous, console (default: all).
 
+mod console;
 mod harness;
 mod previous;
 mod scenarios;
@@ -102,14 +103,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let quick = args.iter().any(|a| a == "--quick");
     let backend = get("--backend").unwrap_or_else(|| "both".into());
-    let wanted =
-        get("--scenario").unwrap_or_else(|| "noop,efficiency,pickup,enqueue,scale,previous".into());
+    let wanted = get("--scenario")
+        .unwrap_or_else(|| "noop,efficiency,pickup,enqueue,scale,previous,console".into());
     let wants = |s: &str| wanted.split(',').any(|w| w == s);
     let backends: Vec<&'static str> = ["sqlite", "postgres"]
         .into_iter()
         .filter(|b| backend == "both" || backend == *b)
         .collect();
     // Full sizes are issue #9's; the quick form only proves every scenario still runs.
+    let console_n = if quick { 1_000 } else { 100_000 };
     let (noop_n, rounds, eff_n, picks, enq, scales, prev_n, prev_ms) = if quick {
         (500, 1, 500, 5, vec![1_000], vec![500], 40, 5)
     } else {
@@ -155,6 +157,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if wants("scale") {
             run!(format!("scale/{b}"), scenarios::scale(b, &scales));
+        }
+        if wants("console") {
+            run!(format!("console/{b}"), console::console(b, console_n));
         }
     }
     if wants("previous") && backends.contains(&"sqlite") {

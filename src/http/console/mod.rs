@@ -608,7 +608,7 @@ async fn login_page(
     }
     let frame = Frame {
         title: "Sign in",
-        tab: "",
+        tab: "login",
         csrf: "",
         signed_in: false,
         live: false,
@@ -636,7 +636,7 @@ async fn login(
         None => {
             let frame = Frame {
                 title: "Sign in",
-                tab: "",
+                tab: "login",
                 csrf: "",
                 signed_in: false,
                 live: false,

@@ -41,11 +41,11 @@ pub fn page(f: &Frame, body: Markup) -> Markup {
             body {
                 header.top {
                     a.brand href="/" { "syncpool" }
-                    nav {
+                    @if f.tab != "login" { nav {
                         (tab(f, "sessions", "/", "Sessions"))
                         (tab(f, "instances", "/instances", "Instances"))
                         (tab(f, "leases", "/leases", "Leases & queue"))
-                    }
+                    } }
                     @if f.signed_in {
                         form.signout method="post" action="/logout" {
                             (csrf_field(f.csrf))
@@ -192,7 +192,7 @@ pub fn sessions(v: &SessionsView) -> Markup {
             }
         }
         nav.pager {
-            span { (v.total) " sessions" }
+            span { (crate::cli::plural(v.total, "session")) }
             @if v.offset > 0 { a href=(link((v.offset - v.limit).max(0))) { "← Newer" } }
             @if v.offset + v.limit < v.total { a href=(link(v.offset + v.limit)) { "Older →" } }
         }
