@@ -12,6 +12,7 @@ use crate::common::*;
 on_both_databases!(
     locks_show_who_holds_an_instance_and_which_jobs_wait_for_it,
     session_json_prints_every_record_of_a_session_larger_than_a_page,
+    a_later_sessions_pages_hold_its_own_records_only,
     the_console_needs_a_sign_in_and_its_cookie_holds_no_token,
     console_forms_refuse_requests_without_the_csrf_token_or_from_another_site,
     console_pages_escape_what_instances_are_called_and_render_no_secret,
@@ -131,6 +132,58 @@ async fn session_json_prints_every_record_of_a_session_larger_than_a_page(b: Bac
     let (code, out, _) = cli(&app.db().url, &["session", sid]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().filter(|l| l.contains("many-")).count(), 2345);
+}
+
+async fn a_later_sessions_pages_hold_its_own_records_only(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let many: Vec<_> = (0..7)
+        .map(|i| simulated(&format!("twice-{i}"), json!({})))
+        .collect();
+    app.store.instance_insert_many(&many).await.unwrap();
+    let mut sessions = vec![];
+    for _ in 0..3 {
+        let (_, created) = app
+            .call("POST", "/api/v1/sessions", Some(r#"{"all": true}"#))
+            .await;
+        sessions.push(text(&created["session_id"]).to_string());
+    }
+    let mut all_ids = vec![];
+    for sid in &sessions {
+        for status in ["", "&status=pending"] {
+            let mut ids = vec![];
+            let mut after = String::new();
+            loop {
+                let (st, page) = app
+                    .call(
+                        "GET",
+                        &format!("/api/v1/sessions/{sid}/records?limit=3{status}{after}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(st, 200, "{page}");
+                ids.extend(
+                    page["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["id"].as_i64().unwrap()),
+                );
+                match page["next_after"].as_i64() {
+                    Some(n) => after = format!("&after={n}"),
+                    None => break,
+                }
+            }
+            assert_eq!(ids.len(), 7, "{sid}{status}: {ids:?}");
+            assert!(ids.windows(2).all(|w| w[0] < w[1]));
+            if status.is_empty() {
+                all_ids.extend(ids);
+            }
+        }
+    }
+    let mut unique = all_ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 21, "no record on two sessions' pages");
 }
 
 /// Signs in over HTTP; returns the `Cookie:` header line to send.

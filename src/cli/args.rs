@@ -159,13 +159,13 @@ pub enum Command {
         #[command(flatten)]
         timing: TimingArgs,
     },
-    /// Serve the HTTP API, /metrics, /healthz and /readyz; optionally in-process workers
-    /// and the scheduler
+    /// Serve the operator console (at /), the HTTP API, /metrics, /healthz and /readyz;
+    /// optionally in-process workers and the scheduler
     #[command(
         after_help = "Environment: SYNCPOOL_API_TOKEN=TOKEN[,TOKEN...] requires \
                       `Authorization: Bearer TOKEN` on every route but /metrics, /healthz, \
-                      /readyz and /api/v1/openapi.json (several tokens, for rotation). \
-                      Without it, only a loopback --bind is served unless --insecure-no-auth."
+                      /readyz and /api/v1/openapi.json (several tokens, for rotation); the \
+                      console asks for one of them at sign-in. Without it, only a loopback --bind is served unless --insecure-no-auth."
     )]
     Serve(ServeOpts),
     /// List sessions, newest first

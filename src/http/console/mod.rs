@@ -27,6 +27,8 @@ use view::Frame;
 
 /// Sessions and instances per page.
 const PAGE: i64 = 50;
+/// Accounts listed on an instance's page; the rest are counted (the CLI lists them all).
+const ACCOUNTS_SHOWN: usize = 500;
 /// Recent syncs shown on an instance's page.
 const RECENT_SYNCS: i64 = 20;
 
@@ -371,12 +373,15 @@ async fn instance(
 ) -> PageResult {
     let inst = load_instance(&c, &id).await?;
     let include_deleted = param(&q, "include_deleted") == Some("true");
-    let accounts = c.app.store.accounts_list(inst.id, include_deleted).await?;
+    let mut accounts = c.app.store.accounts_list(inst.id, include_deleted).await?;
+    let accounts_total = accounts.len();
+    accounts.truncate(ACCOUNTS_SHOWN);
     let syncs = c.app.store.instance_syncs(inst.id, RECENT_SYNCS).await?;
     let live = syncs.iter().any(|s| !s.record.status.is_terminal());
     let body = view::instance(&view::InstanceView {
         instance: &inst,
         accounts: &accounts,
+        accounts_total,
         include_deleted,
         syncs: &syncs,
         csrf: &who.csrf,
@@ -501,16 +506,7 @@ async fn instance_create(
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
     who.check_post(&c, &headers, &form)?;
-    let (typed, parsed) = read_form(&form);
-    let new = match parsed {
-        Ok(n) => n,
-        Err((f, m)) => return Ok(form_error(&who, &typed, None, &f, &m)),
-    };
-    match c.app.store.instance_insert(&new).await {
-        Ok(i) => Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response()),
-        Err(StoreError::Conflict(m)) => Ok(form_error(&who, &typed, None, "name", &m)),
-        Err(e) => Err(e.into()),
-    }
+    save_instance(&c, &who, &form, None).await
 }
 
 async fn instance_update(
@@ -522,14 +518,29 @@ async fn instance_update(
 ) -> PageResult {
     who.check_post(&c, &headers, &form)?;
     let current = load_instance(&c, &id).await?;
-    let (typed, parsed) = read_form(&form);
+    save_instance(&c, &who, &form, Some(current.id)).await
+}
+
+/// Adds (`id` None) or updates an instance from the form; a wrong field or a taken name
+/// shows the form again, naming it, with what was typed.
+async fn save_instance(
+    c: &Console,
+    who: &Visitor,
+    form: &[(String, String)],
+    id: Option<i64>,
+) -> PageResult {
+    let (typed, parsed) = read_form(form);
     let new = match parsed {
         Ok(n) => n,
-        Err((f, m)) => return Ok(form_error(&who, &typed, Some(current.id), &f, &m)),
+        Err((f, m)) => return Ok(form_error(who, &typed, id, &f, &m)),
     };
-    match c.app.store.instance_update(current.id, &new).await {
+    let saved = match id {
+        Some(id) => c.app.store.instance_update(id, &new).await,
+        None => c.app.store.instance_insert(&new).await,
+    };
+    match saved {
         Ok(i) => Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response()),
-        Err(StoreError::Conflict(m)) => Ok(form_error(&who, &typed, Some(current.id), "name", &m)),
+        Err(StoreError::Conflict(m)) => Ok(form_error(who, &typed, id, "name", &m)),
         Err(e) => Err(e.into()),
     }
 }

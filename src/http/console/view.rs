@@ -351,6 +351,7 @@ pub fn instances(items: &[InstanceOverview], after: i64, next: Option<i64>) -> M
 pub struct InstanceView<'a> {
     pub instance: &'a Instance,
     pub accounts: &'a [StoredAccount],
+    pub accounts_total: usize,
     pub include_deleted: bool,
     pub syncs: &'a [InstanceSync],
     pub csrf: &'a str,
@@ -392,6 +393,10 @@ pub fn instance(v: &InstanceView) -> Markup {
         p {
             @if v.include_deleted { a href=(base) { "Hide deleted accounts" } }
             @else { a href={(base) "?include_deleted=true"} { "Show deleted accounts too" } }
+        }
+        @if v.accounts_total > v.accounts.len() {
+            p.muted { "The first " (v.accounts.len()) " of " (v.accounts_total) " accounts; "
+                code { "syncpool accounts " (i.name) " --json" } " lists them all." }
         }
         @if v.accounts.is_empty() {
             p.empty { "No accounts recorded yet." }

@@ -396,17 +396,29 @@ impl Store for SqliteStore {
         let Some(session) = self.session_summary(session_id).await? else {
             return Ok(None);
         };
-        // Keyset on the primary key; with a status, the (session_id, status) index.
-        let rows = sqlx::query(
-            "SELECT * FROM sync_instance_records WHERE session_id = ?1 AND id > ?2 \
-             AND (?3 IS NULL OR status = ?3) ORDER BY id LIMIT ?4",
-        )
-        .bind(session.id)
-        .bind(f.after)
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(f.limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // With a status: the (session_id, status) index, whose entries end with the rowid,
+        // so a page is one range read. Without: the primary key from the session's first
+        // record (one probe per status in that index), not from the table's start.
+        let sql = match f.status {
+            Some(_) => {
+                "SELECT * FROM sync_instance_records WHERE session_id = ?1 AND status = ?3 \
+                 AND id > ?2 ORDER BY id LIMIT ?4"
+            }
+            None => concat!(
+                "SELECT * FROM sync_instance_records WHERE session_id = ?1 AND id > max(?2, ",
+                "(SELECT MIN((SELECT r.id FROM sync_instance_records r WHERE r.session_id = ?1 ",
+                "AND r.status = s.column1 ORDER BY r.id LIMIT 1)) FROM (VALUES ('pending'), ",
+                "('running'), ('completed'), ('failed'), ('cancelled')) s) - 1) AND ?3 IS NULL ",
+                "ORDER BY id LIMIT ?4"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(session.id)
+            .bind(f.after)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(record_from_row)
             .collect::<Result<_>>()
