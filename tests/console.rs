@@ -13,6 +13,7 @@ on_both_databases!(
     locks_show_who_holds_an_instance_and_which_jobs_wait_for_it,
     session_json_prints_every_record_of_a_session_larger_than_a_page,
     a_later_sessions_pages_hold_its_own_records_only,
+    queue_counts_are_exact_unless_a_cap_is_asked_for,
     the_console_needs_a_sign_in_and_its_cookie_holds_no_token,
     console_forms_refuse_requests_without_the_csrf_token_or_from_another_site,
     console_pages_escape_what_instances_are_called_and_render_no_secret,
@@ -184,6 +185,30 @@ async fn a_later_sessions_pages_hold_its_own_records_only(b: Backend) {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 21, "no record on two sessions' pages");
+}
+
+async fn queue_counts_are_exact_unless_a_cap_is_asked_for(b: Backend) {
+    let app = spawn_app(b, None).await;
+    let many: Vec<_> = (0..5)
+        .map(|i| simulated(&format!("queued-{i}"), json!({})))
+        .collect();
+    app.store.instance_insert_many(&many).await.unwrap();
+    app.call("POST", "/api/v1/sessions", Some(r#"{"all": true}"#))
+        .await;
+    let exact = app.store.queue_stats(None).await.unwrap();
+    assert_eq!(exact.depth["Pending"], 5);
+    assert_eq!((exact.ready, exact.delayed), (5, 0));
+    assert_eq!(exact.counted_up_to, None);
+    assert!(exact.oldest_pending.is_some());
+    let capped = app.store.queue_stats(Some(2)).await.unwrap();
+    assert_eq!(
+        capped.depth["Pending"], 3,
+        "one past the cap means more than it"
+    );
+    assert_eq!(capped.depth["Done"], 0);
+    assert_eq!(capped.counted_up_to, Some(2));
+    let (_, api) = app.call("GET", "/api/v1/queue", None).await;
+    assert_eq!(api["depth"]["Pending"], 5, "the API counts exactly");
 }
 
 /// Signs in over HTTP; returns the `Cookie:` header line to send.

@@ -188,7 +188,7 @@ pub(crate) fn seconds(s: f64) -> String {
 
 /// `syncpool queue`.
 pub(crate) async fn queue(store: &dyn Store, json: bool) -> Result<(), CliError> {
-    let q: QueueStats = store.queue_stats().await?;
+    let q: QueueStats = store.queue_stats(None).await?;
     if json {
         super::print_json(&q);
         return Ok(());

@@ -487,5 +487,5 @@ pub(super) async fn locks_list(
 pub(super) async fn queue_stats(
     State(s): State<AppState>,
 ) -> ApiResult<Json<crate::model::QueueStats>> {
-    Ok(Json(s.store.queue_stats().await?))
+    Ok(Json(s.store.queue_stats(None).await?))
 }

@@ -85,6 +85,9 @@ pub struct QueueStats {
     pub delayed: i64,
     /// The pending job that has been due longest; null when none is pending.
     pub oldest_pending: Option<OldestJob>,
+    /// Each count stops one past this many (the console's bounded reading): a count above
+    /// it means "more than". Null: every count is exact (the API and the CLI).
+    pub counted_up_to: Option<i64>,
 }
 
 /// The apalis states [`QueueStats::depth`] always lists.

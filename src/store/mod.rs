@@ -494,8 +494,10 @@ pub trait Store: Send + Sync + 'static {
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
     /// Every lease row (live or lapsed, oldest first) with the jobs waiting for its instance.
     async fn locks_list(&self) -> Result<Vec<crate::model::Lease>>;
-    /// syncpool's jobs in the apalis queue: depth by state and the job due longest.
-    async fn queue_stats(&self) -> Result<crate::model::QueueStats>;
+    /// syncpool's jobs in the apalis queue: depth by state and the job due longest. With
+    /// `cap`, each count stops at `cap + 1` (done jobs pile up until cleanup; a page that
+    /// must stay fast reads a bounded number of index entries).
+    async fn queue_stats(&self, cap: Option<i64>) -> Result<crate::model::QueueStats>;
     /// A page of instances in id order (`after`: the last id of the previous page), each
     /// with its newest record's status and its live account count.
     async fn instance_overview(

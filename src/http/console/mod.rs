@@ -29,6 +29,8 @@ use view::Frame;
 const PAGE: i64 = 50;
 /// Accounts listed on an instance's page; the rest are counted (the CLI lists them all).
 const ACCOUNTS_SHOWN: usize = 500;
+/// The leases page counts jobs per state up to this many ("10,000+" beyond).
+const QUEUE_COUNT_CAP: i64 = 10_000;
 /// Recent syncs shown on an instance's page.
 const RECENT_SYNCS: i64 = 20;
 
@@ -594,7 +596,7 @@ async fn instance_sync(
 
 async fn leases(State(c): State<Console>, who: Visitor) -> PageResult {
     let leases = c.app.store.locks_list().await?;
-    let queue = c.app.store.queue_stats().await?;
+    let queue = c.app.store.queue_stats(Some(QUEUE_COUNT_CAP)).await?;
     Ok(html(view::page(
         &who.frame("Leases & queue", "leases", true),
         view::leases(&leases, &queue),

@@ -567,9 +567,9 @@ pub fn leases(leases: &[Lease], q: &QueueStats) -> Markup {
             h2 { "Queue" }
             div.cards {
                 @for state in crate::model::JOB_STATES {
-                    div.card { div.label { (state) } div.value { (q.depth.get(state).copied().unwrap_or(0)) } }
+                    div.card { div.label { (state) } div.value { (count(q, q.depth.get(state).copied().unwrap_or(0))) } }
                 }
-                div.card { div.label { "Pending: due / delayed" } div.value { (q.ready) " / " (q.delayed) } }
+                div.card { div.label { "Pending: due / delayed" } div.value { (count(q, q.ready)) " / " (count(q, q.delayed)) } }
                 div.card {
                     div.label { "Oldest pending" }
                     div.value {
@@ -581,6 +581,14 @@ pub fn leases(leases: &[Lease], q: &QueueStats) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A queue count as read: beyond the page's cap, "10000+".
+fn count(q: &QueueStats, n: i64) -> String {
+    match q.counted_up_to {
+        Some(cap) if n > cap => format!("{cap}+"),
+        _ => n.to_string(),
     }
 }
 

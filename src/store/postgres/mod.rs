@@ -368,26 +368,27 @@ impl Store for PgStore {
         let Some(session) = self.session_summary(session_id).await? else {
             return Ok(None);
         };
-        // With a status: the (session_id, status, id) index (migration 0007), one range
-        // read. Without: the primary key from the session's first record (one probe per
-        // status in that index), not from the table's start: one generic plan covering
-        // both cases walked every older session's records (94 ms at 100,000).
+        // The status is one of five names, written into the statement (never the caller's
+        // text): a cached generic plan that did not know it walked the primary key past the
+        // older sessions' records (94 ms at 100,000); knowing it, the (session_id, status,
+        // id) index serves a page as one range read. Without a status: the primary key from
+        // the session's first record (`first_record_id`, set when the session is made).
         let sql = match f.status {
-            Some(_) => {
-                "SELECT * FROM sync_instance_records WHERE session_id = $1 AND status = $3 \
-                 AND id > $2 ORDER BY id LIMIT $4"
-            }
+            Some(st) => format!(
+                "SELECT * FROM sync_instance_records WHERE session_id = $1 AND status = '{}' \
+                 AND id > $2 ORDER BY id LIMIT $3",
+                st.as_str()
+            ),
             None => {
                 "SELECT * FROM sync_instance_records WHERE session_id = $1 AND id > GREATEST($2, \
-                 (SELECT MIN((SELECT r.id FROM sync_instance_records r WHERE r.session_id = $1 \
-                 AND r.status = s ORDER BY r.id LIMIT 1)) FROM unnest(ARRAY['pending', 'running', \
-                 'completed', 'failed', 'cancelled']) s) - 1) AND $3::text IS NULL ORDER BY id LIMIT $4"
+                 COALESCE((SELECT first_record_id FROM sync_sessions WHERE id = $1), 1) - 1) \
+                 ORDER BY id LIMIT $3"
+                    .to_string()
             }
         };
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session.id)
             .bind(f.after)
-            .bind(f.status.map(|s| s.as_str()))
             .bind(f.limit)
             .fetch_all(&self.pool)
             .await?;
@@ -401,8 +402,8 @@ impl Store for PgStore {
         operator::locks_list(&self.pool).await
     }
 
-    async fn queue_stats(&self) -> Result<crate::model::QueueStats> {
-        operator::queue_stats(&self.pool).await
+    async fn queue_stats(&self, cap: Option<i64>) -> Result<crate::model::QueueStats> {
+        operator::queue_stats(&self.pool, cap).await
     }
 
     async fn instance_overview(
@@ -896,6 +897,13 @@ async fn session_insert(
     .bind(&ids)
     .bind(&names)
     .bind(&job_ids)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE sync_sessions SET first_record_id = (SELECT MIN(id) FROM sync_instance_records \
+         WHERE session_id = $1 AND status = 'pending') WHERE id = $1",
+    )
+    .bind(session_row)
     .execute(&mut *tx)
     .await?;
     sqlx::query(

@@ -27,7 +27,7 @@ async fn snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Post
 /// its row with `expires_at` set to the release time; it is not shown. Both halves are
 /// index reads (the expiry index; the partial index of running records), so the page
 /// costs the same with 100,000 released rows (one OR over the table took 450 ms).
-const SHOWN: &str = "l.id IN (SELECT id FROM sync_locks WHERE expires_at > clock_timestamp() \
+const SHOWN: &str = "l.id IN (SELECT id FROM sync_locks WHERE expires_at > now() \
      UNION SELECT l2.id FROM sync_instance_records h JOIN sync_locks l2 \
      ON l2.instance_id = h.instance_id AND l2.token = h.lock_token WHERE h.status = 'running')";
 
@@ -97,29 +97,39 @@ pub(super) async fn locks_list(pool: &PgPool) -> Result<Vec<Lease>> {
     Ok(leases)
 }
 
-pub(super) async fn queue_stats(pool: &PgPool) -> Result<QueueStats> {
+pub(super) async fn queue_stats(pool: &PgPool, cap: Option<i64>) -> Result<QueueStats> {
+    // Each count reads the (job_type, status, run_at) index (migration 0007), at most
+    // `cap + 1` entries of it when capped (LIMIT NULL: no limit).
+    let limit = cap.map(|c| c + 1);
     let mut tx = snapshot(pool).await?;
-    let mut depth: BTreeMap<String, i64> = JOB_STATES.iter().map(|s| (s.to_string(), 0)).collect();
-    for r in
-        sqlx::query("SELECT status, COUNT(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY status")
-            .bind(queue::QUEUE)
-            .fetch_all(&mut *tx)
-            .await?
+    let mut depth = BTreeMap::new();
+    for r in sqlx::query(
+        "SELECT s, (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs j WHERE j.job_type = $1 \
+         AND j.status = s LIMIT $2) x) FROM unnest($3::text[]) s",
+    )
+    .bind(queue::QUEUE)
+    .bind(limit)
+    .bind(JOB_STATES.to_vec())
+    .fetch_all(&mut *tx)
+    .await?
     {
         depth.insert(r.try_get(0)?, r.try_get(1)?);
     }
     let due = sqlx::query(
-        "SELECT COUNT(*) FILTER (WHERE run_at <= now()), COUNT(*) FILTER (WHERE run_at > now()) \
-         FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending'",
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' \
+         AND run_at <= now() LIMIT $2) x), (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs \
+         WHERE job_type = $1 AND status = 'Pending' AND run_at > now() LIMIT $2) y)",
     )
     .bind(queue::QUEUE)
+    .bind(limit)
     .fetch_one(&mut *tx)
     .await?;
-    // The job due longest: the head of apalis' fetch order.
+    // The job due longest: the head of apalis' fetch order (its partial index on
+    // job_type, priority, run_at).
     let oldest = sqlx::query(
         "SELECT id, run_at, attempts, GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::float8 AS waited \
          FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' AND lock_by IS NULL \
-         ORDER BY priority DESC, run_at, id LIMIT 1",
+         ORDER BY priority DESC, run_at LIMIT 1",
     )
     .bind(queue::QUEUE)
     .fetch_optional(&mut *tx)
@@ -140,6 +150,7 @@ pub(super) async fn queue_stats(pool: &PgPool) -> Result<QueueStats> {
         ready: due.try_get(0)?,
         delayed: due.try_get(1)?,
         oldest_pending,
+        counted_up_to: cap,
     })
 }
 

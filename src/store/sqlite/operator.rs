@@ -107,21 +107,30 @@ pub(super) async fn locks_list(pool: &SqlitePool) -> Result<Vec<Lease>> {
     Ok(leases)
 }
 
-pub(super) async fn queue_stats(pool: &SqlitePool) -> Result<QueueStats> {
+pub(super) async fn queue_stats(pool: &SqlitePool, cap: Option<i64>) -> Result<QueueStats> {
+    // Each count reads apalis' (job_type, status, run_at) index, at most `cap + 1` entries
+    // of it when capped (LIMIT -1: no limit).
+    let limit = cap.map(|c| c + 1).unwrap_or(-1);
     let mut tx = pool.begin().await?;
-    let mut depth: BTreeMap<String, i64> = JOB_STATES.iter().map(|s| (s.to_string(), 0)).collect();
-    for r in sqlx::query("SELECT status, COUNT(*) FROM Jobs WHERE job_type = ?1 GROUP BY status")
+    let mut depth = BTreeMap::new();
+    for state in JOB_STATES {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM Jobs WHERE job_type = ?1 AND status = ?2 LIMIT ?3)",
+        )
         .bind(queue::QUEUE)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        depth.insert(r.try_get(0)?, r.try_get(1)?);
+        .bind(state)
+        .bind(limit)
+        .fetch_one(&mut *tx)
+        .await?;
+        depth.insert(state.to_string(), n);
     }
     let due = sqlx::query(
-        "SELECT COUNT(*) FILTER (WHERE run_at <= unixepoch()), COUNT(*) FILTER (WHERE run_at > unixepoch()) \
-         FROM Jobs WHERE job_type = ?1 AND status = 'Pending'",
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM Jobs WHERE job_type = ?1 AND status = 'Pending' \
+         AND run_at <= unixepoch() LIMIT ?2)), (SELECT COUNT(*) FROM (SELECT 1 FROM Jobs \
+         WHERE job_type = ?1 AND status = 'Pending' AND run_at > unixepoch() LIMIT ?2))",
     )
     .bind(queue::QUEUE)
+    .bind(limit)
     .fetch_one(&mut *tx)
     .await?;
     // The head of apalis' own fetch order (its partial index): the job due longest.
@@ -150,6 +159,7 @@ pub(super) async fn queue_stats(pool: &SqlitePool) -> Result<QueueStats> {
         ready: due.try_get(0)?,
         delayed: due.try_get(1)?,
         oldest_pending,
+        counted_up_to: cap,
     })
 }
 
