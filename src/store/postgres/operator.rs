@@ -102,18 +102,27 @@ pub(super) async fn queue_stats(pool: &PgPool, cap: Option<i64>) -> Result<Queue
     // `cap + 1` entries of it when capped (LIMIT NULL: no limit).
     let limit = cap.map(|c| c + 1);
     let mut tx = snapshot(pool).await?;
+    // One count per state, each naming its state in the statement (constants, not input):
+    // with the state a parameter, one plan served all six and read the whole table.
+    let counts = JOB_STATES
+        .iter()
+        .map(|st| {
+            format!(
+                "(SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 \
+                 AND status = '{st}' LIMIT $2) x)"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {counts}")))
+        .bind(queue::QUEUE)
+        .bind(limit)
+        .persistent(false)
+        .fetch_one(&mut *tx)
+        .await?;
     let mut depth = BTreeMap::new();
-    for r in sqlx::query(
-        "SELECT s, (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs j WHERE j.job_type = $1 \
-         AND j.status = s LIMIT $2) x) FROM unnest($3::text[]) s",
-    )
-    .bind(queue::QUEUE)
-    .bind(limit)
-    .bind(JOB_STATES.to_vec())
-    .fetch_all(&mut *tx)
-    .await?
-    {
-        depth.insert(r.try_get(0)?, r.try_get(1)?);
+    for (i, st) in JOB_STATES.iter().enumerate() {
+        depth.insert(st.to_string(), row.try_get::<i64, _>(i)?);
     }
     let due = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' \
