@@ -330,6 +330,18 @@ impl Session {
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
     }
+    /// Whether, by its totals, it can hold a record in this status: a page of a status it
+    /// has none of needs no query (on PostgreSQL, a plan walking the primary key would
+    /// read the whole session to find nothing).
+    pub fn may_hold(&self, status: RecordStatus) -> bool {
+        let ended = self.successful_instances + self.failed_instances + self.cancelled_instances;
+        match status {
+            RecordStatus::Completed => self.successful_instances > 0,
+            RecordStatus::Failed => self.failed_instances > 0,
+            RecordStatus::Cancelled => self.cancelled_instances > 0,
+            RecordStatus::Pending | RecordStatus::Running => ended < self.total_instances,
+        }
+    }
     /// Derives the fields that are not stored.
     pub fn with_derived(mut self, now: DateTime<Utc>) -> Self {
         self.duration_seconds = self.started_at.map(|s| {

@@ -368,15 +368,21 @@ impl Store for PgStore {
         let Some(session) = self.session_summary(session_id).await? else {
             return Ok(None);
         };
+        if f.status.is_some_and(|st| !session.may_hold(st)) {
+            return Ok(Some(Vec::new()));
+        }
         // The status is one of five names, written into the statement (never the caller's
         // text): a cached generic plan that did not know it walked the primary key past the
         // older sessions' records (94 ms at 100,000); knowing it, the (session_id, status,
-        // id) index serves a page as one range read. Without a status: the primary key from
-        // the session's first record (`first_record_id`, set when the session is made).
+        // id) index serves a page as one range read. Both start at the session's first
+        // record (`first_record_id`, set when the session is made), so that a plan walking
+        // the primary key (chosen when most of a session matches) never crosses older
+        // sessions' records (90 ms at 100,000 when it did).
         let sql = match f.status {
             Some(st) => format!(
                 "SELECT * FROM sync_instance_records WHERE session_id = $1 AND status = '{}' \
-                 AND id > $2 ORDER BY id LIMIT $3",
+                 AND id > GREATEST($2, COALESCE((SELECT first_record_id FROM sync_sessions \
+                 WHERE id = $1), 1) - 1) ORDER BY id LIMIT $3",
                 st.as_str()
             ),
             None => {

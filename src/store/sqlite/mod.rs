@@ -396,6 +396,9 @@ impl Store for SqliteStore {
         let Some(session) = self.session_summary(session_id).await? else {
             return Ok(None);
         };
+        if f.status.is_some_and(|st| !session.may_hold(st)) {
+            return Ok(Some(Vec::new()));
+        }
         // With a status: the (session_id, status) index, whose entries end with the rowid,
         // so a page is one range read (named: with statistics, the planner preferred walking
         // the primary key past older sessions' records, 13 ms at 100,000). Without: the
