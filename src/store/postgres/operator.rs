@@ -103,13 +103,15 @@ pub(super) async fn queue_stats(pool: &PgPool, cap: Option<i64>) -> Result<Queue
     let limit = cap.map(|c| c + 1);
     let mut tx = snapshot(pool).await?;
     // One count per state, each naming its state in the statement (constants, not input):
-    // with the state a parameter, one plan served all six and read the whole table.
+    // with the state a parameter, one plan served all six and read the whole table. The
+    // ORDER BY is the index's own order: without it a common state (done jobs, whose
+    // newest versions sit at the table's end) was counted by a sequential scan, 20 ms.
     let counts = JOB_STATES
         .iter()
         .map(|st| {
             format!(
                 "(SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 \
-                 AND status = '{st}' LIMIT $2) x)"
+                 AND status = '{st}' ORDER BY run_at LIMIT $2) x)"
             )
         })
         .collect::<Vec<_>>()
@@ -126,11 +128,13 @@ pub(super) async fn queue_stats(pool: &PgPool, cap: Option<i64>) -> Result<Queue
     }
     let due = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' \
-         AND run_at <= now() LIMIT $2) x), (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs \
-         WHERE job_type = $1 AND status = 'Pending' AND run_at > now() LIMIT $2) y)",
+         AND run_at <= now() ORDER BY run_at LIMIT $2) x), (SELECT COUNT(*) FROM (SELECT 1 \
+         FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' AND run_at > now() \
+         ORDER BY run_at LIMIT $2) y)",
     )
     .bind(queue::QUEUE)
     .bind(limit)
+    .persistent(false)
     .fetch_one(&mut *tx)
     .await?;
     // The job due longest: the head of apalis' fetch order (its partial index on
