@@ -10,7 +10,7 @@ mod view;
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -143,6 +143,31 @@ impl IntoResponse for PageError {
 }
 
 type PageResult = Result<Response, PageError>;
+
+/// A form POST that may change something: from a signed-in visitor, from this site, with
+/// that visitor's CSRF token (else 403, before the handler runs).
+struct Post {
+    who: Visitor,
+    form: Vec<(String, String)>,
+    headers: HeaderMap,
+}
+
+impl FromRequest<Console> for Post {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, c: &Console) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let who = Visitor::from_request_parts(&mut parts, c).await?;
+        let headers = parts.headers.clone();
+        let Form(form) =
+            Form::<Vec<(String, String)>>::from_request(Request::from_parts(parts, body), c)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        who.check_post(c, &headers, &form)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Post { who, form, headers })
+    }
+}
 
 /// A signed-in visitor (or anyone, when no token is configured); otherwise a redirect
 /// to the sign-in page that comes back here.
@@ -320,12 +345,9 @@ async fn session(
 
 async fn session_cancel(
     State(c): State<Console>,
-    who: Visitor,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
+    _checked: Post,
 ) -> PageResult {
-    who.check_post(&c, &headers, &form)?;
     let id = super::extract::session_id(&id)?;
     let cancelled = c
         .app
@@ -503,26 +525,17 @@ fn form_error(
         .into_response()
 }
 
-async fn instance_create(
-    State(c): State<Console>,
-    who: Visitor,
-    headers: HeaderMap,
-    Form(form): Form<Vec<(String, String)>>,
-) -> PageResult {
-    who.check_post(&c, &headers, &form)?;
-    save_instance(&c, &who, &form, None).await
+async fn instance_create(State(c): State<Console>, post: Post) -> PageResult {
+    save_instance(&c, &post.who, &post.form, None).await
 }
 
 async fn instance_update(
     State(c): State<Console>,
-    who: Visitor,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
+    post: Post,
 ) -> PageResult {
-    who.check_post(&c, &headers, &form)?;
     let current = load_instance(&c, &id).await?;
-    save_instance(&c, &who, &form, Some(current.id)).await
+    save_instance(&c, &post.who, &post.form, Some(current.id)).await
 }
 
 /// Adds (`id` None) or updates an instance from the form; a wrong field or a taken name
@@ -551,14 +564,11 @@ async fn save_instance(
 
 async fn instance_active(
     State(c): State<Console>,
-    who: Visitor,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
+    post: Post,
 ) -> PageResult {
-    who.check_post(&c, &headers, &form)?;
     let i = load_instance(&c, &id).await?;
-    let active = match field(&form, "active") {
+    let active = match field(&post.form, "active") {
         Some("true") => true,
         Some("false") => false,
         _ => return Err(ApiError::field("active", "active must be true or false").into()),
@@ -581,12 +591,9 @@ async fn instance_active(
 
 async fn instance_sync(
     State(c): State<Console>,
-    who: Visitor,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
+    _checked: Post,
 ) -> PageResult {
-    who.check_post(&c, &headers, &form)?;
     let i = load_instance(&c, &id).await?;
     let created = c
         .app
@@ -668,15 +675,9 @@ async fn login(
     }
 }
 
-async fn logout(
-    State(c): State<Console>,
-    who: Visitor,
-    headers: HeaderMap,
-    Form(form): Form<Vec<(String, String)>>,
-) -> PageResult {
-    who.check_post(&c, &headers, &form)?;
+async fn logout(post: Post) -> PageResult {
     Ok((
-        [(header::SET_COOKIE, auth::set_cookie("", &headers))],
+        [(header::SET_COOKIE, auth::set_cookie("", &post.headers))],
         Redirect::to("/login"),
     )
         .into_response())
