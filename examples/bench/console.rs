@@ -61,6 +61,7 @@ pub async fn console(backend: &'static str, n: usize) -> anyhow::Result<Vec<Fig>
             },
         )
         .await?
+        .map(|(_, records)| records)
         .unwrap_or_default();
     let mid_failed = failed.get(failed.len() / 2).map(|r| r.id).unwrap_or(0);
     let last_instance = n as i64 - 60;

@@ -26,7 +26,7 @@ pub(crate) async fn each_record(
             limit: PAGE,
             after,
         };
-        let page = store
+        let (_, page) = store
             .session_records(id, &filter)
             .await?
             .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;

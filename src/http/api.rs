@@ -233,7 +233,7 @@ pub(super) async fn session_records(
 ) -> ApiResult<Json<crate::model::RecordPage>> {
     let id = session_id(&id)?;
     let filter = record_filter(&q, 50)?;
-    let items = s
+    let (_, items) = s
         .store
         .session_records(id, &filter)
         .await?

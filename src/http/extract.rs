@@ -154,6 +154,12 @@ impl Params {
     pub fn str(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
+    /// Without the empty ones: an HTML form sends an unselected filter as `status=`,
+    /// which means "any" on a console page (the API refuses it).
+    pub fn without_empty(mut self) -> Self {
+        self.0.retain(|_, v| !v.is_empty());
+        self
+    }
 }
 
 /// A session id in the one form syncpool prints (`8-4-4-4-12` hex digits), as the OpenAPI

@@ -40,16 +40,11 @@ pub(super) async fn details(State(s): State<AppState>, q: Params) -> Result<Json
         .ok_or_else(|| ApiError::field("session_id", "session_id is required"))?;
     let id = session_id(raw)?;
     let filter = super::api::record_filter(&q, 1000)?;
-    let session = s
-        .store
-        .session_summary(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
-    let records = s
+    let (session, records) = s
         .store
         .session_records(id, &filter)
         .await?
-        .unwrap_or_default();
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
     let page = crate::model::RecordPage::new(records, filter.limit);
     let counts = s.store.session_record_counts(id).await?;
     let count = |st: &str| {

@@ -65,6 +65,21 @@ pub struct WaitingJob {
     pub waited_seconds: f64,
 }
 
+/// Hands each waiting job (with its instance id) to the lease on that instance; one
+/// pass, whatever the number of leases.
+pub fn attach_waiters(leases: &mut [Lease], waiters: Vec<(i64, WaitingJob)>) {
+    let at: std::collections::HashMap<i64, usize> = leases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.instance_id, i))
+        .collect();
+    for (instance_id, w) in waiters {
+        if let Some(&i) = at.get(&instance_id) {
+            leases[i].waiting.push(w);
+        }
+    }
+}
+
 /// `GET /api/v1/locks`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LeaseList {

@@ -484,12 +484,14 @@ pub trait Store: Send + Sync + 'static {
     async fn session_summary(&self, session_id: Uuid) -> Result<Option<Session>>;
     /// How many of a session's records are in each status (statuses with none left out).
     async fn session_record_counts(&self, session_id: Uuid) -> Result<Vec<(RecordStatus, i64)>>;
-    /// A page of a session's records in id order; `None` if there is no such session.
+    /// A page of a session's records in id order, with the session's summary (read
+    /// first, to find the session and to skip statuses it holds none of, so callers
+    /// that show both need not read it again); `None` if there is no such session.
     async fn session_records(
         &self,
         session_id: Uuid,
         filter: &RecordFilter,
-    ) -> Result<Option<Vec<Record>>>;
+    ) -> Result<Option<(Session, Vec<Record>)>>;
     /// A page of sessions, newest first, and how many match in all.
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
     /// Every lease row (live or lapsed, oldest first) with the jobs waiting for its instance.

@@ -67,11 +67,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Compares in a time that does not depend on where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 impl Keys {
     /// Keys for these API tokens (empty: an open console).
     pub fn new(tokens: &[Arc<str>]) -> Self {
@@ -130,7 +125,10 @@ impl Keys {
             return None;
         }
         let key = (0..self.tokens.len()).fold(None, |found, i| {
-            let ok = same(&mac(self.key(i), &["session", expiry, nonce]), &sig);
+            let ok = super::super::constant_time_eq(
+                &mac(self.key(i), &["session", expiry, nonce]),
+                &sig,
+            );
             if ok && found.is_none() {
                 Some(i)
             } else {
@@ -150,7 +148,9 @@ impl Keys {
 
     /// Whether `given` is this visitor's CSRF token.
     pub fn csrf_ok(&self, v: &Visitor, given: &str) -> bool {
-        unhex(given).is_some_and(|g| same(&mac(self.key(v.key), &["csrf", &v.nonce]), &g))
+        unhex(given).is_some_and(|g| {
+            super::super::constant_time_eq(&mac(self.key(v.key), &["csrf", &v.nonce]), &g)
+        })
     }
 }
 

@@ -8,9 +8,7 @@
 mod auth;
 mod view;
 
-use std::collections::HashMap;
-
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -18,9 +16,10 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::Markup;
 
+use super::extract::Params;
 use super::{ApiError, AppState};
 use crate::model::{NewInstance, RecordPage, SyncType};
-use crate::store::{RecordFilter, SessionFilter, StoreError};
+use crate::store::{SessionFilter, StoreError};
 use crate::validate;
 pub use auth::Keys;
 use view::Frame;
@@ -253,34 +252,13 @@ fn html(markup: Markup) -> Response {
         .into_response()
 }
 
-/// A query parameter that may be empty (an unselected filter) or absent.
-fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    q.get(name).map(String::as_str).filter(|v| !v.is_empty())
-}
-
-fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, PageError> {
-    param(q, name)
-        .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| PageError(ApiError::field(name, format!("{name} must be an integer"))))
-        })
-        .transpose()
-}
-
-async fn sessions(
-    State(c): State<Console>,
-    who: Visitor,
-    Query(q): Query<HashMap<String, String>>,
-) -> PageResult {
+async fn sessions(State(c): State<Console>, who: Visitor, q: Params) -> PageResult {
+    let q = q.without_empty();
     let filter = SessionFilter {
-        status: param(&q, "status")
-            .map(validate::session_status)
-            .transpose()?,
-        sync_type: param(&q, "sync_type")
-            .map(validate::sync_type)
-            .transpose()?,
+        status: q.str("status").map(validate::session_status).transpose()?,
+        sync_type: q.str("sync_type").map(validate::sync_type).transpose()?,
         limit: PAGE,
-        offset: validate::offset(int_param(&q, "offset")?.unwrap_or(0))?,
+        offset: validate::offset(q.int("offset", 0)?)?,
     };
     let (items, total) = c.app.store.session_list(&filter).await?;
     let live = items.iter().any(|s| !s.is_finished());
@@ -302,31 +280,16 @@ async fn session(
     State(c): State<Console>,
     who: Visitor,
     Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    q: Params,
 ) -> PageResult {
     let id = super::extract::session_id(&id)?;
-    let filter = RecordFilter {
-        status: param(&q, "status")
-            .map(validate::record_status)
-            .transpose()?,
-        limit: PAGE,
-        after: int_param(&q, "after")?
-            .map(validate::after)
-            .transpose()?
-            .unwrap_or(0),
-    };
-    let session = c
-        .app
-        .store
-        .session_summary(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
-    let records = c
+    let filter = super::api::record_filter(&q.without_empty(), PAGE)?;
+    let (session, records) = c
         .app
         .store
         .session_records(id, &filter)
         .await?
-        .unwrap_or_default();
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
     let page = RecordPage::new(records, filter.limit);
     let title = format!("Session {}", &id.to_string()[..8]);
     let body = view::session(&view::SessionView {
@@ -363,12 +326,10 @@ async fn session_cancel(
     Ok(Redirect::to(&format!("/sessions/{id}")).into_response())
 }
 
-async fn instances(
-    State(c): State<Console>,
-    who: Visitor,
-    Query(q): Query<HashMap<String, String>>,
-) -> PageResult {
-    let after = int_param(&q, "after")?
+async fn instances(State(c): State<Console>, who: Visitor, q: Params) -> PageResult {
+    let after = q
+        .without_empty()
+        .opt_int("after")?
         .map(validate::after)
         .transpose()?
         .unwrap_or(0);
@@ -395,10 +356,10 @@ async fn instance(
     State(c): State<Console>,
     who: Visitor,
     Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    q: Params,
 ) -> PageResult {
     let inst = load_instance(&c, &id).await?;
-    let include_deleted = param(&q, "include_deleted") == Some("true");
+    let include_deleted = q.without_empty().bool("include_deleted")?;
     let mut accounts = c.app.store.accounts_list(inst.id, include_deleted).await?;
     let accounts_total = accounts.len();
     accounts.truncate(ACCOUNTS_SHOWN);
@@ -620,11 +581,8 @@ fn local_path(next: Option<&str>) -> &str {
     }
 }
 
-async fn login_page(
-    State(c): State<Console>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let next = local_path(q.get("next").map(String::as_str));
+async fn login_page(State(c): State<Console>, q: Params) -> Response {
+    let next = local_path(q.str("next"));
     if !c.keys.required() {
         return Redirect::to(next).into_response();
     }

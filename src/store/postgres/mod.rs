@@ -364,12 +364,12 @@ impl Store for PgStore {
         &self,
         session_id: Uuid,
         f: &RecordFilter,
-    ) -> Result<Option<Vec<Record>>> {
+    ) -> Result<Option<(Session, Vec<Record>)>> {
         let Some(session) = self.session_summary(session_id).await? else {
             return Ok(None);
         };
         if f.status.is_some_and(|st| !session.may_hold(st)) {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((session, Vec::new())));
         }
         // The status is one of five names, written into the statement (never the caller's
         // text): a cached generic plan that did not know it walked the primary key past the
@@ -402,10 +402,8 @@ impl Store for PgStore {
             .persistent(false)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(record_from_row)
-            .collect::<Result<_>>()
-            .map(Some)
+        let records = rows.iter().map(record_from_row).collect::<Result<_>>()?;
+        Ok(Some((session, records)))
     }
 
     async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {

@@ -392,12 +392,12 @@ impl Store for SqliteStore {
         &self,
         session_id: Uuid,
         f: &RecordFilter,
-    ) -> Result<Option<Vec<Record>>> {
+    ) -> Result<Option<(Session, Vec<Record>)>> {
         let Some(session) = self.session_summary(session_id).await? else {
             return Ok(None);
         };
         if f.status.is_some_and(|st| !session.may_hold(st)) {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((session, Vec::new())));
         }
         // With a status: the (session_id, status) index, whose entries end with the rowid,
         // so a page is one range read (named: with statistics, the planner preferred walking
@@ -422,10 +422,8 @@ impl Store for SqliteStore {
             .bind(f.status.map(|s| s.as_str()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(record_from_row)
-            .collect::<Result<_>>()
-            .map(Some)
+        let records = rows.iter().map(record_from_row).collect::<Result<_>>()?;
+        Ok(Some((session, records)))
     }
 
     async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{instance_from_row, now, record_from_row};
 use crate::model::{
     InstanceOverview, InstanceSync, JOB_STATES, Lease, OldestJob, QueueStats, WAITERS_SHOWN,
-    WaitingJob,
+    WaitingJob, attach_waiters,
 };
 use crate::queue;
 use crate::store::{Result, StoreError, parse_status};
@@ -90,18 +90,22 @@ pub(super) async fn locks_list(pool: &SqlitePool) -> Result<Vec<Lease>> {
         .bind(WAITERS_SHOWN as i64)
         .fetch_all(&mut *tx)
         .await?;
-        for w in &waiters {
-            let instance_id: i64 = w.try_get("instance_id")?;
-            if let Some(lease) = leases.iter_mut().find(|l| l.instance_id == instance_id) {
-                lease.waiting.push(WaitingJob {
-                    record_id: w.try_get("id")?,
-                    session_id: uuid(w.try_get("session_id")?)?,
-                    attempts: w.try_get("attempts")?,
-                    waiting_since: w.try_get("created_at")?,
-                    waited_seconds: w.try_get("waited")?,
-                });
-            }
-        }
+        let waiters = waiters
+            .iter()
+            .map(|w| {
+                Ok((
+                    w.try_get("instance_id")?,
+                    WaitingJob {
+                        record_id: w.try_get("id")?,
+                        session_id: uuid(w.try_get("session_id")?)?,
+                        attempts: w.try_get("attempts")?,
+                        waiting_since: w.try_get("created_at")?,
+                        waited_seconds: w.try_get("waited")?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        attach_waiters(&mut leases, waiters);
     }
     tx.commit().await?;
     Ok(leases)
