@@ -68,6 +68,13 @@ if [ ! -x target/pyenv/bin/openapi-spec-validator ] || [ ! -x target/pyenv/bin/s
   target/pyenv/bin/pip install -q "openapi-spec-validator==0.9.0" "schemathesis==4.32.5"
 fi
 
+# A test runs a worker whose clock is 15 minutes fast under libfaketime (Debian's
+# faketime): lock waits must be judged by the database's clock, not a worker's.
+if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null && [ ! -e /usr/lib/faketime/libfaketime.so.1 ]; then
+  echo "installing faketime" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+fi
+
 # The console's browser tests drive Debian's Chromium through ChromeDriver (WebDriver).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   echo "installing chromium and chromium-driver" >&2

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CliError, each_record, wait_for};
+use crate::cli::{CliError, each_record, printable, wait_for};
 use crate::model::{NewInstance, SyncType};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -151,9 +151,9 @@ pub async fn run(
     for r in failed {
         println!(
             "failed         {} after {} attempts: {}",
-            r.instance_name,
+            printable(&r.instance_name),
             r.attempts,
-            r.error.as_deref().unwrap_or("")
+            printable(r.error.as_deref().unwrap_or(""))
         );
     }
     let me = invocation();
@@ -161,16 +161,16 @@ pub async fn run(
         .iter()
         .filter(|r| r.instance_name.starts_with("local-"))
     {
+        // A local server's error text is the server's own words.
+        let name = printable(&r.instance_name);
         println!(
-            "real instance  {}: {} ({} accounts{}); see `{me} accounts {}`",
-            r.instance_name,
+            "real instance  {name}: {} ({} accounts{}); see `{me} accounts {name}`",
             r.status,
             r.accounts_total.unwrap_or(0),
             r.error
                 .as_deref()
-                .map(|e| format!(", {e}"))
+                .map(|e| format!(", {}", printable(e)))
                 .unwrap_or_default(),
-            r.instance_name
         );
     }
     println!(

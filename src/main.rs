@@ -1,7 +1,7 @@
 //! The `syncpool` command; everything it does is in the library (`syncpool::cli`).
 
 use clap::Parser;
-use syncpool::cli::{Cli, CliError};
+use syncpool::cli::{Cli, CliError, printable};
 
 fn main() {
     let cli = Cli::parse();
@@ -25,9 +25,10 @@ fn main() {
         }
     };
     if let Err(e) = runtime.block_on(syncpool::cli::run(cli)) {
+        // Error texts quote names and servers' messages, which may hold terminal controls.
         match &e {
-            CliError::Usage(msg) => eprintln!("error: {msg}"),
-            CliError::Runtime(err) => eprintln!("error: {err:#}"),
+            CliError::Usage(msg) => eprintln!("error: {}", printable(msg)),
+            CliError::Runtime(err) => eprintln!("error: {}", printable(&format!("{err:#}"))),
             CliError::Unsuccessful { .. } => eprintln!("{e}"),
         }
         std::process::exit(e.exit_code());

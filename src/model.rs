@@ -80,6 +80,22 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Its registration as it stands, the starting point of an edit.
+    pub fn as_new(&self) -> NewInstance {
+        NewInstance {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            username: self.username.clone(),
+            database: self.database.clone(),
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+            options: self.options.clone(),
+            active: self.active,
+        }
+    }
+
     /// What a worker needs to sync it.
     pub fn spec(&self) -> syncpool_workers::InstanceSpec {
         syncpool_workers::InstanceSpec {

@@ -34,6 +34,14 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Time allowed for one catalog query on an instance.
     pub statement_timeout: Duration,
+    /// Most accounts one instance may return.
+    pub max_accounts: usize,
+    /// Most bytes one account may take as read (`--max-account-bytes`).
+    pub max_row_bytes: usize,
+    /// Most bytes one sync of an instance may read.
+    pub max_sync_bytes: usize,
+    /// The hosts a worker may connect to; empty: any (docs/SECURITY.md).
+    pub instance_hosts: syncpool_workers::HostAllowList,
 }
 
 impl Default for Settings {
@@ -52,6 +60,10 @@ impl Default for Settings {
             missed_heartbeats: 3,
             connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(60),
+            max_accounts: syncpool_workers::SourceSettings::default().max_accounts,
+            max_row_bytes: syncpool_workers::SourceSettings::default().max_row_bytes,
+            max_sync_bytes: syncpool_workers::SourceSettings::default().max_sync_bytes,
+            instance_hosts: syncpool_workers::HostAllowList::default(),
         }
     }
 }
@@ -72,6 +84,10 @@ impl Settings {
         syncpool_workers::SourceSettings {
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
+            max_accounts: self.max_accounts,
+            max_row_bytes: self.max_row_bytes,
+            max_sync_bytes: self.max_sync_bytes,
+            instance_hosts: self.instance_hosts.clone(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::NewInstance;
+use crate::model::{Instance, NewInstance};
 use crate::store::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -82,6 +82,14 @@ pub fn instance_fields(n: &NewInstance) -> Result<()> {
             "options must be a JSON object",
         ));
     }
+    // Wrong whatever the kind (PostgreSQL's JSONB refuses it; it was a 500 there), so a
+    // 400 here rather than a conflict with the stored kind.
+    if has_nul(&n.options) {
+        return Err(StoreError::invalid(
+            "options",
+            "options must not contain a NUL character",
+        ));
+    }
     if n.options.to_string().len() > MAX_OPTIONS_BYTES {
         return Err(StoreError::invalid(
             "options",
@@ -89,6 +97,15 @@ pub fn instance_fields(n: &NewInstance) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// An instance name: 1 to 200 characters, no control characters, no space at either end.
@@ -134,6 +151,77 @@ pub fn instance_consistency(n: &NewInstance) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The strength order of `ssl_mode` (the default is `prefer`, as in libpq).
+fn ssl_rank(options: &serde_json::Value) -> usize {
+    let mode = options
+        .get("ssl_mode")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("prefer");
+    syncpool_workers::SSL_MODES
+        .iter()
+        .position(|m| *m == mode)
+        .unwrap_or(0)
+}
+
+/// What an edit changes about where an instance's password would be sent, in words, or
+/// None when it changes nothing of it: the kind, the endpoint (host, port), the login
+/// (username, database), a weaker `ssl_mode` or another trusted root certificate.
+pub fn endpoint_change(current: &Instance, new: &NewInstance) -> Option<String> {
+    let mut changed = vec![];
+    if current.kind != new.kind {
+        changed.push("kind");
+    }
+    if current.host != new.host {
+        changed.push("host");
+    }
+    if current.port != new.port {
+        changed.push("port");
+    }
+    if current.username != new.username {
+        changed.push("username");
+    }
+    if current.database != new.database {
+        changed.push("database");
+    }
+    if ssl_rank(&new.options) < ssl_rank(&current.options) {
+        changed.push("a weaker ssl_mode");
+    }
+    if current.options.get("ssl_root_cert") != new.options.get("ssl_root_cert") {
+        changed.push("ssl_root_cert");
+    }
+    (!changed.is_empty()).then(|| changed.join(", "))
+}
+
+/// A password reference is bound to the endpoint it was registered with. An edit that
+/// moves the instance elsewhere (see [`endpoint_change`]) keeps the stored reference only
+/// when the same request names it again (`named_again`): otherwise whoever may edit
+/// instances could point one at a host of their own and have a worker send it the fleet's
+/// password (docs/SECURITY.md). Returns the field to name in the refusal and why.
+pub fn password_rebind(
+    current: &Instance,
+    new: &NewInstance,
+    named_again: bool,
+) -> std::result::Result<(), (&'static str, String)> {
+    let field = if new.password_file.is_some() {
+        "password_file"
+    } else {
+        "password_env"
+    };
+    let kept = (new.password_env.is_some() || new.password_file.is_some())
+        && new.password_env == current.password_env
+        && new.password_file == current.password_file;
+    match endpoint_change(current, new) {
+        Some(what) if kept && !named_again => Err((
+            field,
+            format!(
+                "this change ({what}) would send the stored password to another endpoint: \
+                 name {field} again in the same request to keep it, or give another"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A retention in days: 0 to [`MAX_DAYS`].

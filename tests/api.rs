@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use syncpool::http::AppState;
+use syncpool::http::{AppState, Site};
 use syncpool::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -26,12 +26,24 @@ impl Drop for App {
 }
 
 pub(crate) async fn spawn_app(backend: Backend, token: Option<&str>) -> App {
+    spawn_app_with(backend, token, harness_site()).await
+}
+
+/// The harness's requests name the host `x` ([`App::request`]): the server is told it
+/// is its own, as `--allowed-host x` would.
+pub(crate) fn harness_site() -> Site {
+    Site::new(&["x".to_string()], None).unwrap()
+}
+
+/// [`spawn_app`] with the host names and public URL `site` gives.
+pub(crate) async fn spawn_app_with(backend: Backend, token: Option<&str>, site: Site) -> App {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let stop = CancellationToken::new();
     let state = AppState {
         store: store.clone(),
         tokens: token.map(Arc::from).into_iter().collect(),
+        site,
     };
     let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())
         .await
@@ -424,7 +436,7 @@ async fn every_route_answers_with_the_contracts_shapes(b: Backend) {
 }
 
 async fn routes_need_the_bearer_token_when_one_is_set(b: Backend) {
-    let app = spawn_app(b, Some("s3cr3t-token")).await;
+    let app = spawn_app(b, Some("s3cr3t-token-0123")).await;
     for path in [
         "/api/v1/sessions",
         "/api/v1/instances",
@@ -434,7 +446,9 @@ async fn routes_need_the_bearer_token_when_one_is_set(b: Backend) {
         assert_eq!(st, 401, "{path}");
         assert_eq!(body["error"]["code"], "unauthorized");
         assert_eq!(
-            app.raw("GET", path, None, Some("s3cr3t-tokeN")).await.0,
+            app.raw("GET", path, None, Some("s3cr3t-tokeN-0123"))
+                .await
+                .0,
             401,
             "{path}"
         );
@@ -1030,6 +1044,7 @@ async fn readyz_is_503_until_the_database_is_migrated() {
         AppState {
             store: store.clone(),
             tokens: vec![],
+            site: harness_site(),
         },
         "127.0.0.1:0",
         stop.clone().cancelled_owned(),

@@ -1,5 +1,7 @@
 //! Bad CLI input: exit code 2, one line on stderr, and the database unchanged.
 
+use syncpool::model::NewInstance;
+
 use crate::common::*;
 
 /// A fingerprint of everything a command could have written.
@@ -539,4 +541,192 @@ fn the_demo_prints_hints_that_work_and_leaves_only_ignored_files() {
         });
         assert!(covered, "{name} is not covered by .gitignore");
     }
+}
+
+/// What a hostile name carries: set the window title, ring the bell, clear the screen.
+const ATTACK: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+/// How the CLI shows it.
+const SHOWN: &str = "\\x1b]0;pwned\\x07\\x1b[2J";
+
+/// Fails when `text` holds anything a terminal would act on or reorder: a control
+/// character other than the line breaks between lines, or a bidi control.
+fn assert_inert(what: &str, text: &str) {
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} prints {bad:?} raw: {}",
+        text.escape_debug()
+    );
+}
+
+/// MariaDB users and a worker process that outlive no test, even a failed one.
+struct Cleanup {
+    users: Vec<String>,
+    worker: Option<std::process::Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        for u in &self.users {
+            let _ = std::process::Command::new("mariadb")
+                .args(["-h", "127.0.0.1", "-uroot", "-e"])
+                .arg(format!("DROP USER IF EXISTS '{u}'@'%'"))
+                .output();
+        }
+    }
+}
+
+/// A real MariaDB user named with terminal escapes (and one with a right-to-left
+/// override) is synced, and a real PostgreSQL answers an instance whose login role holds
+/// them with an error that quotes it raw. Every text output (`sync --wait`, `session`,
+/// `accounts`, `changes`, `instances list`, `sessions`, an error line) shows them
+/// escaped, while `--json` keeps the exact names and texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_a_source_never_reach_the_terminal() {
+    let t = format!("sp{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let evil = format!("{t}_{ATTACK}");
+    let reversed = format!("{t}_\u{202e}gpj.exe");
+    let evil_db = format!("{t}_\u{1b}[31mdb");
+    let mut cleanup = Cleanup {
+        users: vec![evil.clone(), reversed.clone()],
+        worker: None,
+    };
+    crate::sources::maria(&format!(
+        "CREATE USER '{evil}'@'%'; CREATE USER '{reversed}'@'%';"
+    ));
+    let db = TestDb::new(Backend::Sqlite).await;
+    let url = db.url.clone();
+    let store = db.store().await;
+    let source = |name: &str, kind: &str, port: i64, user: &str, options| NewInstance {
+        kind: kind.into(),
+        host: Some("127.0.0.1".into()),
+        port: Some(port),
+        username: Some(user.into()),
+        database: (kind == "postgres").then(|| "postgres".into()),
+        ..simulated(name, options)
+    };
+    let user_like = serde_json::json!({"user_like": format!("{t}_%")});
+    store
+        .instance_insert(&source("maria", "mysql", 3306, "root", user_like))
+        .await
+        .unwrap();
+    // The store takes what it is given: rows written before validation existed, or by
+    // hand, may hold controls that `instances add` refuses today.
+    let pg_name = format!("pg{ATTACK}");
+    let pg = source(&pg_name, "postgres", 5432, &evil, serde_json::json!({}));
+    store.instance_insert(&pg).await.unwrap();
+    cleanup.worker = Some(
+        worker(
+            &db,
+            "escapes",
+            &["--max-attempts", "1", "--retry-backoff", "100ms"],
+        )
+        .0,
+    );
+
+    let (code, out, err) = cli(&url, &["sync-all", "--wait"]);
+    assert_ne!(code, 0, "the PostgreSQL login fails: {out}{err}");
+    assert_inert("sync --wait", &out);
+    assert_inert("sync --wait's stderr", &err);
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no session id: {out}"))
+        .to_string();
+    let (code, out, err) = cli(&url, &["session", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_inert("session", &out);
+    assert!(out.contains(&format!("pg{SHOWN}")), "{out}");
+    assert!(
+        out.contains(&format!("role \"{t}_{SHOWN}\" does not exist")),
+        "the server's error, escaped: {out}"
+    );
+    let (_, out, _) = cli(&url, &["session", &id, "--json"]);
+    let session: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let failed = session["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["instance_name"] == pg_name.as_str())
+        .unwrap_or_else(|| panic!("{session}"));
+    assert!(
+        failed["error"].as_str().unwrap().contains(&evil),
+        "--json keeps the server's exact text: {failed}"
+    );
+
+    // A grant on a database whose name holds a control, for a `changed` row's summary.
+    crate::sources::maria(&format!("GRANT SELECT ON `{evil_db}`.* TO '{evil}'@'%';"));
+    let (code, out, err) = cli(&url, &["sync", "maria", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_inert("sync maria --wait", &out);
+    if let Some(mut w) = cleanup.worker.take() {
+        signal(&w, "TERM");
+        w.wait().unwrap();
+    }
+
+    let (code, out, err) = cli(&url, &["accounts", "maria"]);
+    assert_eq!(code, 0, "{err}");
+    assert_inert("accounts", &out);
+    assert!(out.contains(&format!("{t}_{SHOWN}@%  {{")), "{out}");
+    assert!(out.contains(&format!("{t}_\\u{{202e}}gpj.exe@%")), "{out}");
+    let (_, out, _) = cli(&url, &["accounts", "maria", "--json"]);
+    let accounts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["username"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&evil.as_str()) && names.contains(&reversed.as_str()),
+        "--json keeps the exact names: {names:?}"
+    );
+
+    let (code, out, err) = cli(&url, &["changes", "maria"]);
+    assert_eq!(code, 0, "{err}");
+    assert_inert("changes", &out);
+    assert!(out.contains(&format!("{t}_{SHOWN}@%")), "{out}");
+    assert!(
+        out.contains(&format!("+SELECT on database {t}_\\x1b[31mdb")),
+        "the grant's database name, escaped: {out}"
+    );
+    let (_, out, _) = cli(&url, &["changes", "maria", "--json"]);
+    let changes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        changes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["username"] == evil.as_str() && c["kind"] == "changed"),
+        "{changes}"
+    );
+
+    let (_, out, _) = cli(&url, &["instances", "list"]);
+    assert_inert("instances list", &out);
+    assert!(out.contains(&format!("pg{SHOWN}")), "{out}");
+    let (_, out, _) = cli(&url, &["sessions"]);
+    assert_inert("sessions", &out);
+    let (_, out, _) = cli(&url, &["accounts", &pg_name]);
+    assert_inert("accounts of a failed instance", &out);
+    assert!(
+        out.contains(&format!("'pg{SHOWN}' has not been synced")),
+        "{out}"
+    );
+    let (code, _, err) = cli(&url, &["accounts", &format!("nope{ATTACK}")]);
+    assert_eq!(code, 2);
+    assert_inert("an error line", &err);
+    assert!(
+        err.contains(&format!("unknown instance 'nope{SHOWN}'")),
+        "{err}"
+    );
 }

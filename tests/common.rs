@@ -62,6 +62,15 @@ impl TestDb {
         }
     }
 
+    /// A SQLite database at `file` (inside `dir`, which lives as long as the result).
+    pub fn sqlite_at(dir: tempfile::TempDir, file: &std::path::Path) -> TestDb {
+        TestDb {
+            url: format!("sqlite://{}", file.display()),
+            dir,
+            pg_name: None,
+        }
+    }
+
     pub async fn store(&self) -> Arc<dyn Store> {
         let s = store::connect(&self.url).await.expect("connect");
         s.migrate().await.expect("migrate");

@@ -135,7 +135,6 @@ pub(crate) fn grant(job: &(String, JobPayload), owner: &str) -> GrantRequest {
         job_id: job.0.clone(),
         payload: job.1.clone(),
         owner: owner.into(),
-        lock_wait_ms: 0,
     }
 }
 
@@ -909,4 +908,79 @@ async fn a_killed_job_and_handed_back_jobs_change_only_their_own_rows(b: Backend
         .await,
         2
     );
+}
+
+/// The console's secrets and signed-out nonces (issue #19).
+mod console_secrets {
+    use std::sync::Arc;
+
+    use chrono::{Duration, Utc};
+    use syncpool::store::Store;
+
+    use crate::common::*;
+
+    on_both_databases!(
+        the_first_stored_secret_is_everyones_even_when_processes_race,
+        a_revoked_nonce_is_revoked_for_every_reader_until_cleanup_drops_it_after_expiry,
+    );
+
+    async fn the_first_stored_secret_is_everyones_even_when_processes_race(b: Backend) {
+        let db = TestDb::new(b).await;
+        let stores: Vec<Arc<dyn Store>> =
+            vec![db.store().await, db.store().await, db.store().await];
+        let got = futures::future::join_all(stores.iter().enumerate().map(|(i, s)| {
+            let candidate = [i as u8 + 1; 32];
+            async move { s.secret_get_or_insert("console", &candidate).await.unwrap() }
+        }))
+        .await;
+        assert!(
+            got.iter().all(|s| *s == got[0]),
+            "one secret for all: {got:?}"
+        );
+        assert!(
+            [1u8, 2, 3].iter().any(|i| got[0] == vec![*i; 32]),
+            "one of the candidates"
+        );
+        // Later callers read it; another name is another secret.
+        let again = stores[0]
+            .secret_get_or_insert("console", &[9; 32])
+            .await
+            .unwrap();
+        assert_eq!(again, got[0]);
+        let other = stores[1]
+            .secret_get_or_insert("other", &[9; 32])
+            .await
+            .unwrap();
+        assert_eq!(other, vec![9; 32]);
+    }
+
+    async fn a_revoked_nonce_is_revoked_for_every_reader_until_cleanup_drops_it_after_expiry(
+        b: Backend,
+    ) {
+        let db = TestDb::new(b).await;
+        let (one, two) = (db.store().await, db.store().await);
+        assert!(!one.console_nonce_revoked("n-live").await.unwrap());
+        one.console_nonce_revoke("n-live", Utc::now() + Duration::hours(12))
+            .await
+            .unwrap();
+        // Twice is fine (a double click on "Sign out").
+        one.console_nonce_revoke("n-live", Utc::now() + Duration::hours(12))
+            .await
+            .unwrap();
+        two.console_nonce_revoke("n-old", Utc::now() - Duration::hours(1))
+            .await
+            .unwrap();
+        assert!(two.console_nonce_revoked("n-live").await.unwrap());
+        assert!(one.console_nonce_revoked("n-old").await.unwrap());
+        assert!(!two.console_nonce_revoked("n-other").await.unwrap());
+        one.cleanup(7, 365).await.unwrap();
+        assert!(
+            two.console_nonce_revoked("n-live").await.unwrap(),
+            "kept until it expires"
+        );
+        assert!(
+            !two.console_nonce_revoked("n-old").await.unwrap(),
+            "dropped once its cookie expired"
+        );
+    }
 }

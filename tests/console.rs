@@ -543,3 +543,619 @@ async fn console_changes_instances_and_starts_and_cancels_sessions(b: Backend) {
     );
     assert!(html.contains("cancelled"));
 }
+
+/// Issue #19: DNS rebinding, cross-site requests, sign-in redirects, sign-in hardening.
+mod hardening {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use hmac::{Hmac, KeyInit, Mac};
+    use serde_json::{Value, json};
+    use syncpool::http::{AppState, Site};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{csrf_of, page, sign_in};
+    use crate::api::{App, harness_site, spawn_app, spawn_app_with};
+    use crate::common::*;
+
+    on_both_databases!(
+        a_page_on_another_site_cannot_drive_a_tokenless_server,
+        a_rebound_host_name_is_refused_and_an_allowed_one_is_served,
+        sign_in_behind_a_proxy_that_rewrites_host_works_with_public_url,
+        sign_in_never_redirects_off_site_and_never_answers_500,
+        wrong_sign_ins_from_one_address_are_limited_and_another_address_still_signs_in,
+        a_signed_out_cookie_is_refused_by_every_replica_and_replicas_share_forms,
+        the_cookie_is_not_signed_with_the_token_itself,
+    );
+
+    /// One HTTP/1.1 request from the local address `from` (any 127.0.0.0/8 address
+    /// reaches a server on 127.0.0.1); returns the status, the lower-cased head and the
+    /// body.
+    async fn send(
+        addr: SocketAddr,
+        from: &str,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
+            .unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_lowercase(), payload.to_string())
+    }
+
+    fn location(head: &str) -> Option<&str> {
+        head.lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .map(str::trim)
+    }
+
+    fn set_cookie(head: &str) -> Option<&str> {
+        head.lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .map(str::trim)
+    }
+
+    const FORM: &str = "Content-Type: application/x-www-form-urlencoded\r\n";
+
+    /// The same database kind again, for a second app in one test.
+    fn again(b: &Backend) -> Backend {
+        match b {
+            Backend::Sqlite => Backend::Sqlite,
+            Backend::Postgres => Backend::Postgres,
+        }
+    }
+
+    /// Another `serve` over the database at `url`, as another replica would be.
+    async fn replica(url: &str, tokens: Vec<Arc<str>>) -> (SocketAddr, CancellationToken) {
+        let stop = CancellationToken::new();
+        let state = AppState {
+            store: syncpool::store::connect(url).await.unwrap(),
+            tokens,
+            site: harness_site(),
+        };
+        let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())
+            .await
+            .unwrap();
+        (addr, stop)
+    }
+
+    async fn sessions_total(app: &App) -> i64 {
+        let (st, list) = app.call("GET", "/api/v1/sessions", None).await;
+        assert_eq!(st, 200, "{list}");
+        list["total"].as_i64().unwrap()
+    }
+
+    async fn a_page_on_another_site_cannot_drive_a_tokenless_server(b: Backend) {
+        let app = spawn_app(b, None).await;
+        let victim = app
+            .store
+            .instance_insert(&simulated("victim", json!({})))
+            .await
+            .unwrap();
+        // A session that a cleanup which acted would delete: finished long ago.
+        let old = app
+            .store
+            .session_create(syncpool::model::SyncType::ManualSingle, Some(&[victim.id]))
+            .await
+            .unwrap();
+        app.store.session_cancel(old.session_id).await.unwrap();
+        crate::conformance::exec(
+            app.store.as_ref(),
+            "UPDATE sync_sessions SET completed_at = '2000-01-01T00:00:00.000Z'",
+            &[],
+        )
+        .await;
+        let evil = "Origin: http://evil.example\r\n";
+        let sync_now = format!("/api/v1/instances/{}/sync", victim.id);
+        for path in [
+            "/api/v1/maintenance/cleanup",
+            "/account-sync-optimized/cleanup",
+            "/account-sync-optimized/sync-all",
+            "/api/v1/sessions",
+            &sync_now,
+        ] {
+            // What a form or `fetch(..., {mode: "no-cors"})` on another site sends.
+            for headers in [
+                format!("Content-Type: text/plain\r\n{evil}"),
+                "Content-Type: text/plain\r\nSec-Fetch-Site: cross-site\r\n".to_string(),
+                format!("{FORM}Sec-Fetch-Site: same-site\r\n"),
+                evil.to_string(),
+                "Origin: null\r\n".to_string(),
+            ] {
+                let (st, _, err) = app.request("POST", path, &headers, "").await;
+                assert_eq!(st, 403, "{path} {headers:?}: {err}");
+                assert_eq!(err["error"]["code"], "forbidden", "{err}");
+            }
+        }
+        let (st, _, err) = app
+            .request(
+                "DELETE",
+                &format!("/api/v1/instances/{}", victim.id),
+                evil,
+                "",
+            )
+            .await;
+        assert_eq!(st, 403, "{err}");
+        // Without Origin, an empty body declared as text is still not JSON.
+        for path in [
+            "/api/v1/maintenance/cleanup",
+            "/account-sync-optimized/cleanup",
+        ] {
+            let (st, _, err) = app
+                .request("POST", path, "Content-Type: text/plain\r\n", "")
+                .await;
+            assert_eq!(st, 415, "{path}: {err}");
+        }
+        assert_eq!(sessions_total(&app).await, 1, "no session was started");
+        assert!(app.store.instance_get(victim.id).await.unwrap().is_some());
+        assert!(
+            app.store
+                .session_summary(old.session_id)
+                .await
+                .unwrap()
+                .is_some(),
+            "no cleanup ran"
+        );
+        // curl and the CLI send neither Origin nor Sec-Fetch-Site, and routes whose body
+        // is optional or absent keep working for them.
+        let (st, _, created) = app
+            .request("POST", "/account-sync-optimized/sync-all", "", "")
+            .await;
+        assert_eq!(st, 200, "{created}");
+        let (st, _, counts) = app
+            .request("POST", "/api/v1/maintenance/cleanup", "", "")
+            .await;
+        assert_eq!(st, 200, "{counts}");
+        assert_eq!(counts["sessions_deleted"], 1, "{counts}");
+        // A route that needs a body takes no bodiless, typeless request either.
+        for path in ["/api/v1/sessions", "/api/v1/instances"] {
+            let (st, _, err) = app.request("POST", path, "", "").await;
+            assert_eq!(st, 415, "{path}: {err}");
+        }
+        // This site's own page may (the console's forms are same-origin).
+        let (st, _, _) = app
+            .request(
+                "POST",
+                "/api/v1/maintenance/cleanup",
+                "Content-Type: application/json\r\nOrigin: http://x\r\nSec-Fetch-Site: same-origin\r\n",
+                "{}",
+            )
+            .await;
+        assert_eq!(st, 200);
+    }
+
+    async fn a_rebound_host_name_is_refused_and_an_allowed_one_is_served(b: Backend) {
+        let site = Site::new(&["x".into(), "syncpool.internal".into()], None).unwrap();
+        let app = spawn_app_with(b, None, site).await;
+        let inst = app
+            .store
+            .instance_insert(&simulated("target", json!({})))
+            .await
+            .unwrap();
+        let (_, _, html) = page(&app, &format!("/instances/{}", inst.id), "").await;
+        let csrf = csrf_of(&html);
+        let port = app.addr.port();
+        for path in ["/", "/api/v1/sessions", "/metrics", "/healthz"] {
+            for host in [
+                "rebind.evil.example".to_string(),
+                format!("rebind.evil.example:{port}"),
+                "internal".into(),
+            ] {
+                let (st, _, body) = send(
+                    app.addr,
+                    "127.0.0.1",
+                    "GET",
+                    path,
+                    &format!("Host: {host}\r\n"),
+                    "",
+                )
+                .await;
+                assert_eq!(st, 421, "{path} Host {host}: {body}");
+                let err: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(err["error"]["field"], "Host", "{err}");
+            }
+        }
+        // The rebound page's form: its Origin matches its Host, so only the Host tells.
+        let (st, _, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            &format!("/instances/{}/active", inst.id),
+            &format!(
+                "Host: rebind.evil.example:{port}\r\nOrigin: http://rebind.evil.example:{port}\r\n{FORM}"
+            ),
+            &format!("active=false&csrf={csrf}"),
+        )
+        .await;
+        assert_eq!(st, 421);
+        let (st, _, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            "/api/v1/maintenance/cleanup",
+            &format!(
+                "Host: rebind.evil.example:{port}\r\nOrigin: http://rebind.evil.example:{port}\r\nContent-Type: application/json\r\n"
+            ),
+            "{}",
+        )
+        .await;
+        assert_eq!(st, 421);
+        assert!(
+            app.store
+                .instance_get(inst.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .active
+        );
+        // Its own names: the bound address, loopback, localhost, --allowed-host.
+        for host in [
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1".into(),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            "syncpool.internal".into(),
+            format!("SyncPool.Internal:{port}"),
+        ] {
+            for path in ["/", "/api/v1/sessions", "/metrics", "/readyz"] {
+                let (st, _, body) = send(
+                    app.addr,
+                    "127.0.0.1",
+                    "GET",
+                    path,
+                    &format!("Host: {host}\r\n"),
+                    "",
+                )
+                .await;
+                assert_eq!(st, 200, "{path} Host {host}: {body}");
+            }
+        }
+        let (st, head, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            &format!("/instances/{}/active", inst.id),
+            &format!("Host: syncpool.internal\r\nOrigin: http://syncpool.internal\r\n{FORM}"),
+            &format!("active=false&csrf={csrf}"),
+        )
+        .await;
+        assert_eq!(st, 303, "{head}");
+        assert!(
+            !app.store
+                .instance_get(inst.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .active
+        );
+    }
+
+    async fn sign_in_behind_a_proxy_that_rewrites_host_works_with_public_url(b: Backend) {
+        let token = "proxy-token-0123456789";
+        // The proxy forwards https://public.example to http://internal:8080.
+        let proxied = |url: Option<&str>| Site::new(&["internal".into()], url).unwrap();
+        let login = |next: &str| format!("token={token}&next={next}");
+        let headers = format!(
+            "Host: internal:8080\r\nOrigin: https://public.example\r\nSec-Fetch-Site: same-origin\r\nX-Forwarded-Proto: https\r\n{FORM}"
+        );
+        // Without --public-url the browser's Origin is not this server's: refused, and
+        // the page says why instead of blaming the token.
+        let plain = spawn_app_with(again(&b), Some(token), proxied(None)).await;
+        let (st, head, html) = send(
+            plain.addr,
+            "127.0.0.1",
+            "POST",
+            "/login",
+            &headers,
+            &login("%2Finstances"),
+        )
+        .await;
+        assert_eq!(st, 403, "{head}");
+        assert!(set_cookie(&head).is_none(), "{head}");
+        assert!(!html.contains("not one of"), "{html}");
+        assert!(html.contains("--public-url"), "{html}");
+        drop(plain);
+
+        let app = spawn_app_with(b, Some(token), proxied(Some("https://public.example"))).await;
+        let (st, head, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            "/login",
+            &headers,
+            &login("%2Finstances"),
+        )
+        .await;
+        assert_eq!(st, 303, "{head}");
+        assert_eq!(location(&head), Some("/instances"));
+        let cookie = set_cookie(&head).unwrap();
+        assert!(cookie.contains("; secure"), "{cookie}");
+        let cookie = format!("Cookie: {}\r\n", cookie.split(';').next().unwrap());
+        let (st, _, html) = send(
+            app.addr,
+            "127.0.0.1",
+            "GET",
+            "/",
+            &format!("Host: internal:8080\r\n{cookie}"),
+            "",
+        )
+        .await;
+        assert_eq!(st, 200);
+        // The console's forms work through the proxy too, and another origin still not.
+        let csrf = csrf_of(&html);
+        let (st, _, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            "/logout",
+            &format!("{cookie}Host: internal:8080\r\nOrigin: https://evil.example\r\n{FORM}"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+        assert_eq!(st, 403);
+        let (st, head, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            "/logout",
+            &format!("{cookie}{headers}"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+        assert_eq!(st, 303, "{head}");
+        // A proxy that keeps the public Host works as well.
+        let (st, head, _) = send(
+            app.addr,
+            "127.0.0.1",
+            "POST",
+            "/login",
+            &format!("Host: public.example\r\nOrigin: https://public.example\r\n{FORM}"),
+            &login("%2F"),
+        )
+        .await;
+        assert_eq!(st, 303, "{head}");
+    }
+
+    async fn sign_in_never_redirects_off_site_and_never_answers_500(b: Backend) {
+        let token = "redirect-token-0123456789";
+        let app = spawn_app(again(&b), Some(token)).await;
+        let open = spawn_app(b, None).await;
+        let hostile = [
+            "%2F%09%2Fevil.example%2Fphish",
+            "/%09/evil.example/x",
+            "%2F%0A",
+            "/%0D%0ASet-Cookie:%20x=1",
+            "%2F%2Fevil.example%2F",
+            "/%5Cevil.example",
+            "%2F%5C%5Cevil.example",
+            "/%20/evil.example",
+            "%2F%00",
+            "https%3A%2F%2Fevil.example",
+            "/%E2%80%AE/x",
+        ];
+        for next in hostile {
+            let (st, head, _) = app
+                .request(
+                    "POST",
+                    "/login",
+                    FORM,
+                    &format!("token={token}&next={next}"),
+                )
+                .await;
+            assert_eq!(st, 303, "{next}: {head}");
+            assert_eq!(location(&head), Some("/"), "{next}: {head}");
+            // The form shown for a wrong token carries no hostile next either.
+            let (st, _, page) = app
+                .request("POST", "/login", FORM, &format!("token=wrong&next={next}"))
+                .await;
+            assert_eq!(st, 401, "{next}");
+            assert!(
+                page.as_str().unwrap().contains(r#"name="next" value="/""#),
+                "{next}: {page}"
+            );
+            // An open console redirects at once: to this site only.
+            let (st, head, _) = open
+                .request("GET", &format!("/login?next={next}"), "", "")
+                .await;
+            assert_eq!(st, 303, "{next}: {head}");
+            assert_eq!(location(&head), Some("/"), "{next}: {head}");
+        }
+        for next in ["/instances/3", "/sessions/abc?status=failed&after=12"] {
+            let encoded = next
+                .replace('/', "%2F")
+                .replace('?', "%3F")
+                .replace('&', "%26");
+            let (st, head, _) = app
+                .request(
+                    "POST",
+                    "/login",
+                    FORM,
+                    &format!("token={token}&next={encoded}"),
+                )
+                .await;
+            assert_eq!(st, 303);
+            assert_eq!(location(&head), Some(next), "{head}");
+        }
+    }
+
+    async fn wrong_sign_ins_from_one_address_are_limited_and_another_address_still_signs_in(
+        b: Backend,
+    ) {
+        let token = "limited-token-0123456789";
+        let app = spawn_app(b, Some(token)).await;
+        let attempt = async |from: &str, token: &str| {
+            send(
+                app.addr,
+                from,
+                "POST",
+                "/login",
+                &format!("Host: x\r\n{FORM}"),
+                &format!("token={token}"),
+            )
+            .await
+        };
+        for i in 0..10 {
+            let (st, head, _) = attempt("127.0.0.2", &format!("guess-{i}")).await;
+            assert_eq!(st, 401, "guess {i}: {head}");
+        }
+        let (st, head, html) = attempt("127.0.0.2", "guess-10").await;
+        assert_eq!(st, 429, "{head}");
+        let retry: u64 = head
+            .lines()
+            .find_map(|l| l.strip_prefix("retry-after: "))
+            .expect("Retry-After")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert!(html.contains("Too many"), "{html}");
+        // The right token from the limited address waits too: else the answer would
+        // still tell which guess was right.
+        let (st, head, _) = attempt("127.0.0.2", token).await;
+        assert_eq!(st, 429);
+        assert!(set_cookie(&head).is_none());
+        // Another address is not affected.
+        let (st, head, _) = attempt("127.0.0.3", token).await;
+        assert_eq!(st, 303, "{head}");
+        assert!(set_cookie(&head).is_some());
+    }
+
+    async fn a_signed_out_cookie_is_refused_by_every_replica_and_replicas_share_forms(b: Backend) {
+        let token = "replica-token-0123456789";
+        let app = spawn_app(b, Some(token)).await;
+        let (other, stop_other) = replica(&app.db().url, vec![Arc::from(token)]).await;
+        let get = async |addr: SocketAddr, cookie: &str| {
+            send(
+                addr,
+                "127.0.0.1",
+                "GET",
+                "/",
+                &format!("Host: x\r\n{cookie}"),
+                "",
+            )
+            .await
+        };
+        let cookie = sign_in(&app, token).await;
+        let kept = sign_in(&app, token).await;
+        assert_eq!(
+            get(other, &cookie).await.0,
+            200,
+            "a replica accepts the cookie"
+        );
+        let (_, _, html) = page(&app, "/", &cookie).await;
+        // Signed out on the replica.
+        let (st, head, _) = send(
+            other,
+            "127.0.0.1",
+            "POST",
+            "/logout",
+            &format!("Host: x\r\n{cookie}{FORM}"),
+            &format!("csrf={}", csrf_of(&html)),
+        )
+        .await;
+        assert_eq!(st, 303, "{head}");
+        // The cookie, kept by whoever copied it, is refused everywhere.
+        for addr in [app.addr, other] {
+            let (st, head, _) = get(addr, &cookie).await;
+            assert_eq!(st, 303, "{head}");
+            assert!(location(&head).unwrap().starts_with("/login"), "{head}");
+        }
+        let (st, _, _) = page(&app, "/", &cookie).await;
+        assert_eq!(st, 303);
+        // Another sign-in of the same operator is not signed out with it.
+        assert_eq!(get(app.addr, &kept).await.0, 200);
+        assert_eq!(get(other, &kept).await.0, 200);
+        stop_other.cancel();
+
+        // Without a token, replicas still accept each other's forms: the CSRF key is the
+        // stored secret's, not a random one per process.
+        let open_a = replica(&app.db().url, vec![]).await;
+        let (open_b, stop_b) = replica(&app.db().url, vec![]).await;
+        let inst = app
+            .store
+            .instance_insert(&simulated("shared", json!({})))
+            .await
+            .unwrap();
+        let (_, _, html) = send(
+            open_a.0,
+            "127.0.0.1",
+            "GET",
+            &format!("/instances/{}", inst.id),
+            "Host: x\r\n",
+            "",
+        )
+        .await;
+        let (st, head, _) = send(
+            open_b,
+            "127.0.0.1",
+            "POST",
+            &format!("/instances/{}/active", inst.id),
+            &format!("Host: x\r\n{FORM}"),
+            &format!("active=false&csrf={}", csrf_of(&html)),
+        )
+        .await;
+        assert_eq!(st, 303, "{head}");
+        assert!(
+            !app.store
+                .instance_get(inst.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .active
+        );
+        open_a.1.cancel();
+        stop_b.cancel();
+    }
+
+    async fn the_cookie_is_not_signed_with_the_token_itself(b: Backend) {
+        let token = "offline-token-0123456789";
+        let app = spawn_app(b, Some(token)).await;
+        let cookie = sign_in(&app, token).await;
+        let value = cookie
+            .trim()
+            .strip_prefix("Cookie: syncpool_console=")
+            .unwrap();
+        let mut parts = value.splitn(3, '.');
+        let (expiry, nonce, sig) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        // What anyone holding the cookie could compute for each guess of the token.
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).unwrap();
+        for p in ["session", expiry, nonce] {
+            m.update(p.as_bytes());
+            m.update(b"\x1f");
+        }
+        let guess: String = m
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(guess.len(), sig.len(), "the same MAC, keyed otherwise");
+        assert_ne!(
+            guess, sig,
+            "a cookie must not verify under the token as key"
+        );
+        assert_eq!(page(&app, "/", &cookie).await.0, 200);
+    }
+}

@@ -41,8 +41,8 @@ async fn a_body_that_is_not_json_gets_415_and_writes_nothing(b: Backend) {
 async fn unknown_routes_wrong_methods_and_missing_tokens_get_json_errors_and_a_bearer_challenge(
     b: Backend,
 ) {
-    let app = spawn_app(b, Some("s3cr3t")).await;
-    let auth = "Authorization: Bearer s3cr3t\r\n";
+    let app = spawn_app(b, Some("s3cr3t-s3cr3t-s3cr3t")).await;
+    let auth = "Authorization: Bearer s3cr3t-s3cr3t-s3cr3t\r\n";
     let (status, _, body) = app.request("GET", "/api/v1/nope", auth, "").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -64,7 +64,7 @@ async fn unknown_routes_wrong_methods_and_missing_tokens_get_json_errors_and_a_b
         .request(
             "GET",
             "/api/v1/sessions",
-            "Authorization: bEaReR s3cr3t\r\n",
+            "Authorization: bEaReR s3cr3t-s3cr3t-s3cr3t\r\n",
             "",
         )
         .await;
@@ -182,7 +182,7 @@ async fn long_strings_and_many_unknown_ids_are_refused_with_short_messages(b: Ba
 /// `target/pyenv`.
 #[tokio::test]
 async fn the_served_openapi_document_passes_openapi_spec_validator() {
-    let app = spawn_app(Backend::Sqlite, Some("t0ken")).await;
+    let app = spawn_app(Backend::Sqlite, Some("t0ken-t0ken-t0ken-t0ken")).await;
     let (status, _, doc) = app.request("GET", "/api/v1/openapi.json", "", "").await;
     assert_eq!(status, 200);
     let dir = tempfile::tempdir().unwrap();
@@ -215,7 +215,7 @@ async fn the_served_openapi_document_passes_openapi_spec_validator() {
 async fn schemathesis_with_every_check_finds_no_difference_between_the_document_and_the_server(
     b: Backend,
 ) {
-    let app = spawn_app(b, Some("t0ken")).await;
+    let app = spawn_app(b, Some("t0ken-t0ken-t0ken-t0ken")).await;
     // Some instances to find, so that not every id is a 404.
     for name in ["sim-a", "sim-b"] {
         let body = json!({"name": name, "kind": "simulated"}).to_string();
@@ -237,7 +237,7 @@ async fn schemathesis_with_every_check_finds_no_difference_between_the_document_
             "20261126",
         ])
         .args(["--workers", "1", "--request-timeout", "30", "--no-color"])
-        .args(["-H", "Authorization: Bearer t0ken"])
+        .args(["-H", "Authorization: Bearer t0ken-t0ken-t0ken-t0ken"])
         .current_dir(report.path())
         .output()
         .await

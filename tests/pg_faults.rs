@@ -207,3 +207,64 @@ async fn a_worker_cut_off_from_postgres_abandons_its_sync_before_another_takes_t
     assert!(other.wait().unwrap().success());
     assert_no_lock_errors(&[clog, olog]);
 }
+
+/// A renewal locks leases in the one documented order (ascending instance id), the order
+/// grants lock them in. In arrival order a renewal of [high, low] took `high` and waited
+/// for `low`, while a grant holding `low` waited for `high`: PostgreSQL aborted one of the
+/// two after `deadlock_timeout`, delaying a renewal (and a lease could lapse meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_locks_leases_in_the_grants_order_and_never_deadlocks_with_one() {
+    let (_db, store, _) = crate::conformance::setup(Backend::Postgres, 2).await;
+    let p = params(Duration::from_secs(30));
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let mut jobs = jobs_of(store.as_ref(), s.session_id).await;
+    jobs.sort_by_key(|j| j.1.instance_id);
+    let granted = store
+        .lease_grant_batch(&p, &[grant(&jobs[0], "w"), grant(&jobs[1], "w")])
+        .await
+        .unwrap();
+    let renew = |j: &(String, syncpool::queue::JobPayload), o: &GrantOutcome| RenewRequest {
+        instance_id: j.1.instance_id,
+        token: token_of(o),
+        record_id: j.1.record_id,
+    };
+    // Highest instance first, as a writer's renewals may arrive.
+    let reqs = vec![renew(&jobs[1], &granted[1]), renew(&jobs[0], &granted[0])];
+    let (low, high) = (jobs[0].1.instance_id, jobs[1].1.instance_id);
+
+    let DbPool::Postgres(pool) = store.pool() else {
+        unreachable!("a PostgreSQL test")
+    };
+    // Another transaction takes the two lease rows as a grant does: the lower one first.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sync_locks WHERE instance_id = $1 FOR UPDATE")
+        .bind(low)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let renewer = store.clone();
+    let renewal = tokio::spawn(async move { renewer.lease_renew_batch(&p, &reqs).await });
+    // Long enough for the renewal to lock whatever it locks before waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::query("SELECT 1 FROM sync_locks WHERE instance_id = $1 FOR UPDATE")
+            .bind(high)
+            .execute(&mut *tx),
+    )
+    .await
+    .expect("the second lock is granted or refused, never hangs");
+    assert!(
+        second.is_ok(),
+        "the transaction taking leases in ascending order was aborted: {second:?}"
+    );
+    tx.commit().await.unwrap();
+    let renewed = renewal.await.unwrap().expect("the renewal went through");
+    assert!(
+        renewed.iter().all(|r| r.held),
+        "both leases renewed: {renewed:?}"
+    );
+}

@@ -551,3 +551,204 @@ async fn a_silent_server_times_out_and_is_retried() {
     assert_eq!(r["attempts"], 2, "a timeout is retried: {r}");
     assert!(r["error"].as_str().unwrap().contains("timed out"), "{r}");
 }
+
+/// An instance as a source reads it, for the tests that run a source in this process.
+fn spec(
+    name: &str,
+    kind: &str,
+    port: u16,
+    user: &str,
+    options: Value,
+) -> syncpool_workers::InstanceSpec {
+    syncpool_workers::InstanceSpec {
+        id: 1,
+        name: name.into(),
+        kind: kind.into(),
+        host: Some("127.0.0.1".into()),
+        port: Some(port),
+        username: Some(user.into()),
+        database: None,
+        password_env: None,
+        password_file: None,
+        options,
+    }
+}
+
+async fn read_in_process(
+    inst: &syncpool_workers::InstanceSpec,
+    settings: syncpool_workers::SourceSettings,
+) -> Result<Vec<syncpool_workers::Account>, syncpool_workers::SourceError> {
+    let source = syncpool_workers::source_for(&inst.kind).unwrap();
+    source.fetch_accounts(inst, &settings).await
+}
+
+/// A server with more roles than `max_accounts`, or roles larger than `max_account_bytes`,
+/// fails the read (fatal: another attempt reads the same) with a text naming the limit and
+/// how to raise it, instead of reading everything into the worker's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_instance_with_more_roles_than_max_accounts_fails_fatally_naming_the_limit() {
+    let server = private_pg();
+    let t = tag();
+    pg(
+        &server,
+        &(1..=5)
+            .map(|i| format!("CREATE ROLE {t}_r{i} NOLOGIN"))
+            .collect::<Vec<_>>()
+            .join(";\n"),
+    )
+    .await;
+    pg(&server, &format!("GRANT {t}_r1 TO {t}_r2")).await;
+    let inst = spec(
+        "pg-many",
+        "postgres",
+        server.port,
+        "postgres",
+        json!({"role_like": format!("{t}_%")}),
+    );
+    let limits = |max_accounts, max_row_bytes| syncpool_workers::SourceSettings {
+        max_accounts,
+        max_row_bytes,
+        ..Default::default()
+    };
+    let err = read_in_process(&inst, limits(4, 1 << 20))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "instance 'pg-many' has more than 4 accounts (limit max_accounts; raise it with \
+         --max-accounts or SYNCPOOL_MAX_ACCOUNTS)"
+    );
+    let accounts = read_in_process(&inst, limits(5, 1 << 20)).await.unwrap();
+    assert_eq!(accounts.len(), 5, "exactly the limit is allowed");
+    assert_eq!(
+        accounts[1].attributes["member_of"],
+        json!([{"role": format!("{t}_r1"), "admin_option": false}]),
+        "memberships are still attached while streaming"
+    );
+    let err = read_in_process(&inst, limits(5, 40)).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "account '{t}_r1' of instance 'pg-many' is larger than 40 bytes"
+        )) && text.contains("max_account_bytes")
+            && text.contains("--max-account-bytes"),
+        "{text}"
+    );
+    pg(
+        &server,
+        &(1..=5)
+            .map(|i| format!("DROP ROLE {t}_r{i}"))
+            .collect::<Vec<_>>()
+            .join(";\n"),
+    )
+    .await;
+}
+
+/// Every `SHOW GRANTS` line counts toward its account: a user with many grants passes
+/// `max_account_bytes` and fails the read, naming the account and the limit, while a
+/// small account beside it would have fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_user_with_more_grant_text_than_max_account_bytes_fails_fatally_naming_the_limit()
+{
+    let t = tag();
+    let grants: String = (0..40)
+        .map(|i| format!("GRANT SELECT, INSERT ON `{t}_db{i}`.* TO '{t}_many'@'%';"))
+        .collect();
+    maria(&format!(
+        "CREATE USER '{t}_few'@'%'; CREATE USER '{t}_many'@'%'; {grants}"
+    ));
+    let inst = spec(
+        "maria-many",
+        "mysql",
+        3306,
+        "root",
+        json!({"user_like": format!("{t}_%")}),
+    );
+    let limits = |max_accounts, max_row_bytes| syncpool_workers::SourceSettings {
+        max_accounts,
+        max_row_bytes,
+        ..Default::default()
+    };
+    let small = read_in_process(&inst, limits(10, 1000)).await;
+    let all = read_in_process(&inst, limits(10, 1 << 20)).await;
+    let one = read_in_process(&inst, limits(1, 1 << 20)).await;
+    maria(&format!(
+        "DROP USER '{t}_few'@'%'; DROP USER '{t}_many'@'%';"
+    ));
+    let err = small.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "account '{t}_many@%' of instance 'maria-many' is larger than 1000 bytes as read \
+             (limit max_account_bytes; raise it with --max-account-bytes or SYNCPOOL_MAX_ACCOUNT_BYTES)"
+        )
+    );
+    let all = all.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[1].privileges.as_array().unwrap().len(),
+        41,
+        "USAGE and the 40 grants: {}",
+        all[1].privileges
+    );
+    let err = one.unwrap_err().to_string();
+    assert!(
+        err.contains("instance 'maria-many' has more than 1 accounts (limit max_accounts"),
+        "{err}"
+    );
+}
+
+/// `--max-accounts` and `SYNCPOOL_MAX_ACCOUNT_BYTES` reach the sources of a real worker:
+/// the simulated kind counts its generated accounts against the same limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fails_a_record_past_its_read_limits_from_flags_or_environment() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    for (name, accounts) in [("many", 50), ("ten", 10)] {
+        store
+            .instance_insert(&simulated(
+                name,
+                json!({"accounts": accounts, "latency_ms": 0}),
+            ))
+            .await
+            .unwrap();
+    }
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let (mut w, _) = worker_at(&db, &db.url, "limits", extra, env);
+        let (_, out, err) = cli(&db.url, &["sync", "many", "ten", "--wait", "--json"]);
+        signal(&w, "TERM");
+        w.wait().unwrap();
+        let session: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        let rec = |n: &str| {
+            session["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["instance_name"] == n)
+                .unwrap()
+                .clone()
+        };
+        (rec("many"), rec("ten"))
+    };
+    let (many, ten) = run(&["--max-accounts", "10"], &[]);
+    assert_eq!(ten["status"], "completed", "{ten}");
+    assert_eq!(ten["accounts_total"], 10);
+    assert_eq!(many["status"], "failed", "{many}");
+    assert_eq!(many["attempts"], 1, "a limit is fatal: {many}");
+    assert!(
+        many["error"]
+            .as_str()
+            .unwrap()
+            .contains("instance 'many' has more than 10 accounts (limit max_accounts; raise it with --max-accounts"),
+        "{many}"
+    );
+    let (_, ten) = run(&[], &[("SYNCPOOL_MAX_ACCOUNT_BYTES", "20")]);
+    assert_eq!(ten["status"], "failed", "{ten}");
+    assert!(
+        ten["error"].as_str().unwrap().contains("max_account_bytes"),
+        "{ten}"
+    );
+}

@@ -13,9 +13,11 @@ use syncpool::model::NewInstance;
 use crate::common::*;
 
 /// A test CA and a server certificate for `localhost` only (no IP address), so that
-/// connecting to 127.0.0.1 with `verify-full` is a name mismatch by construction.
+/// connecting to 127.0.0.1 with `verify-full` is a name mismatch by construction. The
+/// folder is also the workers' certificates folder (`SYNCPOOL_CERTS_DIR`): the CA is
+/// `ca.crt` in it.
 struct Certs {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -121,7 +123,7 @@ fn make_certs() -> Certs {
         ca: d.join("ca.crt"),
         cert: d.join("server.crt"),
         key: d.join("server.key"),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -156,10 +158,10 @@ type Case = (
     &'static str,
 );
 
-/// Every mode against a TLS-only server; `ca` is the CA given as a file path (`ca_pem`
-/// inline), `filter` the kind's option that limits what is read.
-fn cases(ca: &Path, ca_pem: &str) -> Vec<Case> {
-    let ca = ca.display().to_string();
+/// Every mode against a TLS-only server; `ca` is the CA given as a file name in the
+/// workers' certificates folder (`ca_pem` inline), `filter` the kind's option that limits
+/// what is read.
+fn cases(ca: &str, ca_pem: &str) -> Vec<Case> {
     vec![
         ("default-prefer", "127.0.0.1", json!({}), "completed", ""),
         (
@@ -216,9 +218,17 @@ fn cases(ca: &Path, ca_pem: &str) -> Vec<Case> {
         (
             "unreadable-root-cert",
             "localhost",
+            json!({"ssl_mode": "verify-ca", "ssl_root_cert": "absent.crt"}),
+            "failed",
+            "is missing, unreadable or not a regular file in the certificates folder",
+        ),
+        (
+            // Refused at the door; a row written around it is not read by the worker.
+            "root-cert-path",
+            "localhost",
             json!({"ssl_mode": "verify-ca", "ssl_root_cert": "/nonexistent/ca.crt"}),
             "failed",
-            "cannot be read",
+            "is neither PEM text nor a file name in the certificates folder",
         ),
     ]
 }
@@ -230,7 +240,8 @@ async fn sync_cases(kind: &str, port: u16, user: &str, filter: Value, certs: &Ce
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.store().await;
     let pem = std::fs::read_to_string(&certs.ca).unwrap();
-    let cases = cases(&certs.ca, &pem);
+    let ca = certs.ca.file_name().unwrap().to_str().unwrap();
+    let cases = cases(ca, &pem);
     for (name, host, options, _, _) in &cases {
         let mut options = options.clone();
         for (k, v) in filter.as_object().unwrap() {
@@ -242,7 +253,14 @@ async fn sync_cases(kind: &str, port: u16, user: &str, filter: Value, certs: &Ce
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let (mut worker, _) = worker(&db, "tls", &["--retry-backoff", "100ms"]);
+    let certs_dir = certs.dir.path().display().to_string();
+    let (mut worker, _) = worker_at(
+        &db,
+        &db.url,
+        "tls",
+        &["--retry-backoff", "100ms"],
+        &[("SYNCPOOL_CERTS_DIR", certs_dir.as_str())],
+    );
     let (_, out, err) = cli(&db.url, &["sync-all", "--wait", "--json"]);
     signal(&worker, "TERM");
     worker.wait().unwrap();
@@ -338,11 +356,19 @@ async fn tls_options_are_checked_when_an_instance_is_added() {
         (
             "postgres",
             &["ssl_mode=verify-full", "ssl_root_cert=certs/ca.pem"],
-            "absolute path",
+            "or the name of a file",
+        ),
+        (
+            "postgres",
+            &[
+                "ssl_mode=verify-full",
+                "ssl_root_cert=/etc/ssl/certs/ca.pem",
+            ],
+            "certificates folder SYNCPOOL_CERTS_DIR",
         ),
         (
             "mysql",
-            &["ssl_mode=require", "ssl_root_cert=/etc/ca.pem"],
+            &["ssl_mode=require", "ssl_root_cert=ca.pem"],
             "only with ssl_mode verify-ca or verify-full",
         ),
         (
@@ -401,7 +427,7 @@ async fn tls_options_are_checked_when_an_instance_is_added() {
             "--option",
             "ssl_mode=verify-full",
             "--option",
-            "ssl_root_cert=/etc/ssl/certs/ca.pem",
+            "ssl_root_cert=ca.pem",
             "--option",
             "exclude_system_roles=false",
         ],

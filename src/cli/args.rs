@@ -75,6 +75,20 @@ pub struct TimingArgs {
     /// How often an idle worker polls for jobs (on PostgreSQL, NOTIFY wakes it sooner)
     #[arg(long, env = "SYNCPOOL_POLL_INTERVAL", hide_env_values = true, default_value = "100ms", value_parser = parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
     pub poll_interval: Duration,
+    /// Most accounts one instance may return; more fails its record
+    #[arg(long, env = "SYNCPOOL_MAX_ACCOUNTS", hide_env_values = true, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits", value_name = "N")]
+    pub max_accounts: u64,
+    /// Most bytes one account may take as read (name, attributes, privileges)
+    #[arg(long, env = "SYNCPOOL_MAX_ACCOUNT_BYTES", hide_env_values = true, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits", value_name = "BYTES")]
+    pub max_account_bytes: u64,
+    /// Most bytes one sync of an instance may read, all accounts together
+    #[arg(long, env = "SYNCPOOL_MAX_SYNC_BYTES", hide_env_values = true, default_value_t = 536_870_912, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits", value_name = "BYTES")]
+    pub max_sync_bytes: u64,
+    /// The only hosts this worker connects to, comma-separated: names, *.domain, IP
+    /// addresses, networks (10.0.0.0/8); others fail before any password is sent.
+    /// Empty: any host
+    #[arg(long, env = "SYNCPOOL_INSTANCE_HOSTS", hide_env_values = true, default_value = "", value_parser = syncpool_workers::HostAllowList::parse, help_heading = "Limits", value_name = "LIST")]
+    pub instance_hosts: syncpool_workers::HostAllowList,
 }
 
 impl TimingArgs {
@@ -98,6 +112,10 @@ impl TimingArgs {
             poll_interval: self.poll_interval,
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
+            max_accounts: usize::try_from(self.max_accounts).unwrap_or(usize::MAX),
+            max_row_bytes: usize::try_from(self.max_account_bytes).unwrap_or(usize::MAX),
+            max_sync_bytes: usize::try_from(self.max_sync_bytes).unwrap_or(usize::MAX),
+            instance_hosts: self.instance_hosts.clone(),
             ..Settings::default()
         })
     }
@@ -165,7 +183,8 @@ pub enum Command {
         after_help = "Environment: SYNCPOOL_API_TOKEN=TOKEN[,TOKEN...] requires \
                       `Authorization: Bearer TOKEN` on every route but /metrics, /healthz, \
                       /readyz and /api/v1/openapi.json (several tokens, for rotation); the \
-                      console asks for one of them at sign-in. Without it, only a loopback --bind is served unless --insecure-no-auth."
+                      console asks for one of them at sign-in; each is at least 16 characters. \
+                      Without it, only a loopback --bind is served unless --insecure-no-auth."
     )]
     Serve(ServeOpts),
     /// List sessions, newest first
@@ -334,6 +353,27 @@ pub struct ServeOpts {
     /// comma-separated for rotation); refused otherwise
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Another host name this server answers to (repeatable; env: comma-separated).
+    /// A request whose Host is none of these, the bound address, localhost or a loopback
+    /// address is refused (421)
+    #[arg(
+        long = "allowed-host",
+        env = "SYNCPOOL_ALLOWED_HOSTS",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// The URL browsers use to reach the console through a reverse proxy (e.g.
+    /// https://syncpool.example.com): its origin counts as this server's own, its host
+    /// as an allowed host, and https makes the sign-in cookie Secure
+    #[arg(
+        long,
+        env = "SYNCPOOL_PUBLIC_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub public_url: Option<String>,
     /// Timings of the in-process worker.
     #[command(flatten)]
     pub timing: TimingArgs,

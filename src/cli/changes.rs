@@ -1,6 +1,6 @@
 //! `syncpool changes`: the account change history, as a table or as the API's JSON.
 
-use super::{CliError, Out, print_json};
+use super::{CliError, Out, print_json, printable};
 use crate::model::{ChangePage, ts};
 use crate::store::{ChangeFilter, Store};
 use crate::validate;
@@ -41,15 +41,16 @@ pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
         let flags = if c.flags.is_empty() {
             String::new()
         } else {
-            format!("  [SENSITIVE: {}]", c.flags.join(", "))
+            format!("  [SENSITIVE: {}]", printable(&c.flags.join(", ")))
         };
         println!(
             "{:<27}  {:<16}  {:<24}  {:<8}  {}{flags}",
             ts::format(&c.changed_at),
-            c.instance_name,
-            who,
-            c.kind,
-            crate::history::summary(&c.kind, &c.detail)
+            printable(&c.instance_name),
+            printable(&who),
+            printable(&c.kind),
+            // Grant texts hold database and role names from the source.
+            printable(&crate::history::summary(&c.kind, &c.detail))
         );
     }
     if let Some(next) = page.next_after {

@@ -5,6 +5,7 @@
 mod args;
 mod changes;
 mod show;
+mod text;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 pub use args::*;
 pub(crate) use show::{each_record, seconds};
+pub use text::printable;
 
 use crate::model::*;
 use crate::store::{self, SessionFilter, Store, StoreError};
@@ -242,7 +244,7 @@ pub async fn run(cli: Cli) -> Out {
                     println!(
                         "{:<36}  {:<13}  {:<21}  {:>6}  {:>6}  {:>6}  {}",
                         s.session_id,
-                        s.sync_type,
+                        printable(&s.sync_type),
                         s.status,
                         s.total_instances,
                         s.successful_instances,
@@ -314,6 +316,7 @@ pub async fn run(cli: Cli) -> Out {
             if json {
                 print_json(&accounts);
             } else if accounts.is_empty() {
+                let name = printable(&name);
                 let any = !store.accounts_list(inst.id, true).await?.is_empty();
                 if any {
                     println!(
@@ -333,7 +336,13 @@ pub async fn run(cli: Cli) -> Out {
                     } else {
                         format!("{}@{}", a.username, a.host)
                     };
-                    println!("{who}  {}{deleted}", a.attributes);
+                    // serde_json escapes C0 controls in the attributes but lets DEL, C1
+                    // controls and bidi overrides through.
+                    println!(
+                        "{}  {}{deleted}",
+                        printable(&who),
+                        printable(&a.attributes.to_string())
+                    );
                 }
             }
             Ok(())
@@ -355,7 +364,12 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
             if json {
                 print_json(&inst);
             } else {
-                println!("registered {} ({}, id {})", inst.name, inst.kind, inst.id);
+                println!(
+                    "registered {} ({}, id {})",
+                    printable(&inst.name),
+                    printable(&inst.kind),
+                    inst.id
+                );
             }
             Ok(())
         }
@@ -365,7 +379,7 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
             println!(
                 "registered {} from {}",
                 plural(n as i64, "instance"),
-                file.display()
+                printable(&file.display().to_string())
             );
             Ok(())
         }
@@ -387,9 +401,9 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
                     println!(
                         "{:<6} {:<30} {:<10} {:<24} {}",
                         i.id,
-                        i.name,
-                        i.kind,
-                        addr,
+                        printable(&i.name),
+                        printable(&i.kind),
+                        printable(&addr),
                         if i.active { "active" } else { "inactive" }
                     );
                 }
@@ -402,7 +416,7 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
                 .await?
                 .ok_or_else(|| CliError::Usage(format!("unknown instance '{name}'")))?;
             store.instance_delete(inst.id).await?;
-            println!("removed {name}");
+            println!("removed {}", printable(&name));
             Ok(())
         }
     }
@@ -561,12 +575,18 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send 
     })
 }
 
-/// What `serve` needs decided before it starts: the schedules (cron expressions parsed)
-/// and the API tokens (and whether serving without one is allowed). Pure, so that
-/// `check_input` can run it before any database is opened.
-fn serve_checks(
-    opts: &ServeOpts,
-) -> Result<(Vec<crate::scheduler::Schedule>, Vec<Arc<str>>), CliError> {
+/// The schedules, the API tokens and the site `serve` runs with.
+type ServeSetup = (
+    Vec<crate::scheduler::Schedule>,
+    Vec<Arc<str>>,
+    crate::http::Site,
+);
+
+/// What `serve` needs decided before it starts: the schedules (cron expressions parsed),
+/// the API tokens (and whether serving without one is allowed) and the host names and
+/// public URL it calls its own. Pure, so that `check_input` can run it before any
+/// database is opened.
+fn serve_checks(opts: &ServeOpts) -> Result<ServeSetup, CliError> {
     use crate::scheduler::{self, Job, Schedule};
     let mut schedules = vec![Schedule {
         name: "cleanup",
@@ -593,7 +613,9 @@ fn serve_checks(
              loopback address, or pass --insecure-no-auth"
         )));
     }
-    Ok((schedules, tokens))
+    let site = crate::http::Site::new(&opts.allowed_hosts, opts.public_url.as_deref())
+        .map_err(CliError::Usage)?;
+    Ok((schedules, tokens, site))
 }
 
 async fn serve(
@@ -601,13 +623,14 @@ async fn serve(
     opts: ServeOpts,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Out {
-    let (schedules, tokens) = serve_checks(&opts)?;
+    let (schedules, tokens, site) = serve_checks(&opts)?;
     let settings = opts.timing.settings()?;
     let (bind, workers) = (opts.bind.as_str(), opts.workers);
     let stop = tokio_util::sync::CancellationToken::new();
     let state = crate::http::AppState {
         store: store.clone(),
         tokens,
+        site,
     };
     let (_, server) = crate::http::serve(state, bind, stop.clone().cancelled_owned())
         .await
@@ -656,6 +679,17 @@ fn api_tokens() -> Result<Vec<Arc<str>>, CliError> {
         return Err(CliError::Usage(format!(
             "SYNCPOOL_API_TOKEN: each token must be at most {} bytes",
             crate::http::MAX_TOKEN_LEN
+        )));
+    }
+    // A short token falls to guessing (the console limits wrong sign-ins per address,
+    // the API does not).
+    if tokens
+        .iter()
+        .any(|t| t.chars().count() < crate::http::MIN_TOKEN_LEN)
+    {
+        return Err(CliError::Usage(format!(
+            "SYNCPOOL_API_TOKEN: each token must be at least {} characters",
+            crate::http::MIN_TOKEN_LEN
         )));
     }
     Ok(tokens)

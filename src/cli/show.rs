@@ -6,7 +6,7 @@ use std::io::Write;
 
 use uuid::Uuid;
 
-use super::{CliError, plural};
+use super::{CliError, plural, printable};
 use crate::model::{Lease, LeaseList, QueueStats, Record, Session, ts};
 use crate::store::{RecordFilter, Store};
 
@@ -82,7 +82,7 @@ pub(crate) async fn session(store: &dyn Store, s: &Session, json: bool) -> Resul
         out,
         "session {}  {}  {}\n  {}: {} ok, {} failed, {} cancelled; duration {}; {outcome}",
         s.session_id,
-        s.sync_type,
+        printable(&s.sync_type),
         s.status,
         plural(s.total_instances, "instance"),
         s.successful_instances,
@@ -106,13 +106,13 @@ pub(crate) async fn session(store: &dyn Store, s: &Session, json: bool) -> Resul
         writeln!(
             out,
             "  {:<30} {:<9} {:>8} {:>8}  {}",
-            r.instance_name,
+            printable(&r.instance_name),
             r.status,
             r.attempts,
             r.accounts_total
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
-            r.error.as_deref().unwrap_or("")
+            printable(r.error.as_deref().unwrap_or(""))
         )
     })
     .await?;
@@ -140,8 +140,8 @@ pub(crate) async fn locks(store: &dyn Store, json: bool) -> Result<(), CliError>
     for l in &items {
         println!(
             "{:<30} {:<36} {:>8} {:>9} {:>11}  {}",
-            l.instance_name,
-            l.holder,
+            printable(&l.instance_name),
+            printable(&l.holder),
             l.token,
             seconds(l.age_seconds),
             expiry(l),
@@ -194,13 +194,13 @@ pub(crate) async fn queue(store: &dyn Store, json: bool) -> Result<(), CliError>
         return Ok(());
     }
     for (state, n) in &q.depth {
-        println!("{state:<8} {n:>9}");
+        println!("{:<8} {n:>9}", printable(state));
     }
     println!("pending: {} due, {} delayed", q.ready, q.delayed);
     match &q.oldest_pending {
         Some(o) => println!(
             "oldest pending: job {} due {} ({} ago, {})",
-            o.job_id,
+            printable(&o.job_id),
             ts::format(&o.run_at),
             seconds(o.waited_seconds),
             plural(o.attempts, "attempt")

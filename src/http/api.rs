@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, Params, instance_id, session_id};
+use super::extract::{ApiJson, Params, RequiredJson, instance_id, session_id};
 use super::{ApiError, AppState};
 use crate::model::{
     CleanupCounts, Instance, NewInstance, Session, SessionCreated, StoredAccount, SyncType,
@@ -128,7 +128,7 @@ pub(super) const MAX_IDS: usize = 100_000;
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = SessionRequest, responses((status = 202, description = "Accepted: the session is enqueued", body = SessionCreated), (status = 404, description = "An instance id names no instance (field instance_ids)", body = super::error::ErrorBody), (status = 409, description = "\"all\": true, but no instance is active", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn session_create(
     State(s): State<AppState>,
-    ApiJson(req): ApiJson<SessionRequest>,
+    ApiJson(req): RequiredJson<SessionRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let all = req.all.unwrap_or(false);
     match (&req.instance_ids, all) {
@@ -279,7 +279,7 @@ pub(super) async fn session_cancel(
 #[utoipa::path(post, path = "/api/v1/instances", request_body = NewInstance, responses((status = 201, description = "Created; the new resource", body = Instance), (status = 409, description = "Conflict with the current state", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn instance_create(
     State(s): State<AppState>,
-    ApiJson(new): ApiJson<NewInstance>,
+    ApiJson(new): RequiredJson<NewInstance>,
 ) -> ApiResult<impl IntoResponse> {
     let new = validate::new_instance(new)?;
     Ok((
@@ -321,18 +321,8 @@ pub(super) async fn instance_patch(
     ApiJson(patch): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<Instance>> {
     let current = load_instance(&s, &id).await?;
-    let mut new = NewInstance {
-        name: current.name,
-        kind: current.kind,
-        host: current.host,
-        port: current.port,
-        username: current.username,
-        database: current.database,
-        password_env: current.password_env,
-        password_file: current.password_file,
-        options: current.options,
-        active: current.active,
-    };
+    let named_again = patch.contains_key("password_env") || patch.contains_key("password_file");
+    let mut new = current.as_new();
     for (key, value) in patch {
         let text = |v: &Value| -> ApiResult<Option<String>> {
             match v {
@@ -385,7 +375,15 @@ pub(super) async fn instance_patch(
         },
         other => other.into(),
     })?;
-    Ok(Json(s.store.instance_update(current.id, &new).await?))
+    validate::password_rebind(&current, &new, named_again).map_err(|(field, message)| {
+        ApiError::ConflictingField {
+            field: field.into(),
+            message,
+        }
+    })?;
+    let updated = s.store.instance_update(current.id, &new).await?;
+    super::log_endpoint_change(&current, &updated);
+    Ok(Json(updated))
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{id}", params(("id" = i64, Path)), responses((status = 204, description = "Deleted"), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]

@@ -46,9 +46,13 @@ pub enum ApiError {
         /// With what.
         message: String,
     },
-    /// 403: a console form without this visitor's CSRF token, or from another site.
+    /// 403: a console form without this visitor's CSRF token, or a changing request
+    /// from another site.
     #[error("{0}")]
     Forbidden(String),
+    /// 421: the request names a host that is not this server's (`Host`).
+    #[error("{0}")]
+    MisdirectedRequest(String),
     /// 401: no bearer token, or not one of the configured ones.
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -122,6 +126,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::MisdirectedRequest(_) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                Some("Host".to_string()),
+            ),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
             ApiError::MethodNotAllowed(_) => {

@@ -9,11 +9,18 @@ use std::collections::HashMap;
 
 use super::{ApiError, MAX_BODY};
 
-/// A JSON object body, sent as `application/json` (or `*+json`; anything else is 415).
-/// An empty body reads as `{}`.
-pub struct ApiJson<T>(pub T);
+/// A JSON object body, sent as `application/json` (or `*+json`; any other declared type
+/// is 415, even with an empty body). An empty body declared as JSON reads as `{}`; so
+/// does one without a type (`curl -X POST`) where the body is `OPTIONAL`, and elsewhere
+/// it is 415 ([`RequiredJson`]).
+pub struct ApiJson<T, const OPTIONAL: bool = true>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+/// A body the route cannot do without: sent without one and without a type, 415.
+pub type RequiredJson<T> = ApiJson<T, false>;
+
+impl<S: Send + Sync, T: DeserializeOwned, const OPTIONAL: bool> FromRequest<S>
+    for ApiJson<T, OPTIONAL>
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -41,13 +48,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 }
             }
         })?;
-        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Bytes::from_static(b"{}")
-        } else if json_type != Some(true) {
-            // A body in another format is not guessed at, even when it parses as JSON.
-            return Err(ApiError::UnsupportedMediaType);
-        } else {
-            bytes
+        // A body in another format is not guessed at, even when it parses as JSON; and an
+        // empty one declared as text or a form is refused too: that is what another
+        // site's page can send without asking (a "simple" request).
+        let empty = bytes.iter().all(u8::is_ascii_whitespace);
+        let bytes = match json_type {
+            Some(false) => return Err(ApiError::UnsupportedMediaType),
+            None if !empty || !OPTIONAL => return Err(ApiError::UnsupportedMediaType),
+            _ if empty => Bytes::from_static(b"{}"),
+            _ => bytes,
         };
         let mut value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
@@ -66,7 +75,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         }
         whole_numbers_as_integers(&mut value);
         serde_path_to_error::deserialize(value)
-            .map(ApiJson)
+            .map(ApiJson::<T, OPTIONAL>)
             .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();

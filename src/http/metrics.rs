@@ -79,6 +79,7 @@ pub async fn serve_metrics(
         super::AppState {
             store,
             tokens: vec![],
+            site: super::Site::default(),
         },
     ));
     tokio::spawn(async move {

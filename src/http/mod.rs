@@ -9,6 +9,7 @@ mod extract;
 mod legacy;
 mod metrics;
 mod openapi;
+mod site;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use axum::response::Response;
 
 pub use error::ApiError;
 pub use metrics::{metrics_router, serve_metrics};
+pub use site::Site;
 
 use crate::store::Store;
 
@@ -34,17 +36,28 @@ pub struct AppState {
     /// The accepted bearer tokens (`SYNCPOOL_API_TOKEN`, comma-separated so that a new
     /// token can be rolled out before the old one is retired); empty: no auth.
     pub tokens: Vec<Arc<str>>,
+    /// The names and origins this server calls its own (`--allowed-host`,
+    /// `--public-url`); [`serve`] adds the bound address.
+    pub site: Site,
 }
 
 /// Longest accepted token. Comparisons always cover this many bytes, so their time
 /// tells nothing about a token's content or its length.
 pub const MAX_TOKEN_LEN: usize = 256;
 
+/// Shortest accepted token, in characters: a short token falls to guessing.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// The whole application: API, legacy routes, health, metrics and the OpenAPI document.
 pub fn app(state: AppState) -> Router {
     let protected = api::routes()
         .merge(legacy::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outside the token check: another site's request is refused whoever sent it.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            site::same_site_changes,
+        ))
         .with_state(state.clone());
     Router::new()
         .merge(protected)
@@ -59,6 +72,7 @@ pub fn app(state: AppState) -> Router {
             ApiError::MethodNotAllowed(method.to_string())
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state, site::own_host_only))
 }
 
 /// Compares `given` with `token` in a time that depends on neither their content nor
@@ -103,18 +117,57 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
+/// Logs an instance edit that changed where its password goes (kind, endpoint, login or
+/// TLS), with the old and new endpoint: such a move is rare and worth an operator's eye.
+/// Names only where the password comes from, never a password.
+fn log_endpoint_change(before: &crate::model::Instance, after: &crate::model::Instance) {
+    if let Some(what) = crate::validate::endpoint_change(before, &after.as_new()) {
+        let at = |i: &crate::model::Instance| {
+            format!(
+                "{}://{}@{}:{}/{}",
+                i.kind,
+                i.username.as_deref().unwrap_or(""),
+                i.host.as_deref().unwrap_or(""),
+                i.port.map(|p| p.to_string()).unwrap_or_default(),
+                i.database.as_deref().unwrap_or("")
+            )
+        };
+        tracing::warn!(
+            instance = %after.name,
+            changed = %what,
+            from = %at(before),
+            to = %at(after),
+            password_env = after.password_env.as_deref().unwrap_or(""),
+            password_file = after.password_file.as_deref().unwrap_or(""),
+            "instance moved to another endpoint"
+        );
+    }
+}
+
 /// Binds `bind` (port 0 picks a free port), logs the address, serves until `shutdown`.
 pub async fn serve(
     state: AppState,
     bind: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    if state
+        .tokens
+        .iter()
+        .any(|t| t.chars().count() < MIN_TOKEN_LEN)
+    {
+        anyhow::bail!("SYNCPOOL_API_TOKEN: each token must be at least {MIN_TOKEN_LEN} characters");
+    }
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {bind}: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "syncpool API listening on http://{addr}");
-    let app = app(state);
+    let state = AppState {
+        site: state.site.clone().bound(addr),
+        ..state
+    };
+    // The peer's address limits wrong sign-ins per client.
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let handle = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -274,7 +274,35 @@ fn make_exact(doc: &mut Value) {
             {
                 body["required"] = json!(false);
             }
+            add_guard_responses(method, op);
         }
+    }
+}
+
+/// The refusals every route shares (`site.rs`, `extract.rs`), which no handler states.
+fn add_guard_responses(method: &str, op: &mut Value) {
+    let has_body = op.get("requestBody").is_some();
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        })
+    };
+    responses.entry("421").or_insert_with(|| {
+        error("The Host is not one of this server's names (--allowed-host); the error names Host")
+    });
+    if matches!(method, "post" | "put" | "patch" | "delete") {
+        responses.entry("403").or_insert_with(|| {
+            error("Sent from another site's page (Origin or Sec-Fetch-Site say so)")
+        });
+    }
+    if has_body {
+        responses.entry("415").or_insert_with(|| {
+            error("A body, or a Content-Type, that is not JSON; the error names Content-Type")
+        });
     }
 }
 

@@ -171,6 +171,9 @@ pub(crate) trait BatchOps: Send {
     async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()>;
     /// Sets a session's cancel flag.
     async fn session_request_cancel(&mut self, session_row: i64) -> Result<()>;
+    /// The database's clock in Unix milliseconds: lock waits are judged by it, as leases
+    /// are, so that workers whose clocks disagree never misjudge another's stamp.
+    async fn db_now_ms(&mut self) -> Result<i64>;
     /// `n` fresh fencing tokens from the database-wide counter.
     async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>>;
     /// Takes (inserts or takes over) the leases; the caller has checked they are free.
@@ -277,7 +280,14 @@ pub(crate) async fn grant<O: BatchOps>(
     let mut granted: Vec<usize> = vec![];
     let mut taken: HashSet<i64> = HashSet::new();
     let mut seen_records: HashSet<i64> = HashSet::new();
-    let now_ms = Utc::now().timestamp_millis();
+    let now_ms = ops.db_now_ms().await?;
+    // Time waited so far, from the stamp the first busy grant wrote with this same clock.
+    let waited = |req: &GrantRequest| {
+        req.payload
+            .waiting_since_ms
+            .map(|w| (now_ms - w).max(0))
+            .unwrap_or(0)
+    };
     for (i, req) in reqs.iter().enumerate() {
         let rid = req.payload.record_id;
         let iid = req.payload.instance_id;
@@ -297,7 +307,7 @@ pub(crate) async fn grant<O: BatchOps>(
                         instance: Box::new(instance.clone()),
                         attempt: rec.attempts,
                         takeover: false,
-                        lock_wait_ms: req.lock_wait_ms,
+                        lock_wait_ms: waited(req),
                     },
                     _ => GrantOutcome::Stale,
                 },
@@ -359,7 +369,7 @@ pub(crate) async fn grant<O: BatchOps>(
         }
         if live {
             if rec.status == RecordStatus::Pending
-                && req.lock_wait_ms >= p.lock_wait_timeout.as_millis() as i64
+                && waited(req) >= p.lock_wait_timeout.as_millis() as i64
             {
                 let error = format!(
                     "gave up waiting for the lease of instance {iid}: another sync held it for more than {} s",
@@ -369,9 +379,7 @@ pub(crate) async fn grant<O: BatchOps>(
             } else {
                 // Wait without holding a worker slot: a delayed copy of this job takes over.
                 let mut payload = req.payload.clone();
-                payload
-                    .waiting_since_ms
-                    .get_or_insert(now_ms - req.lock_wait_ms);
+                payload.waiting_since_ms.get_or_insert(now_ms);
                 let id = queue::new_job_id();
                 busy_jobs.push(NewJob {
                     id: id.clone(),
@@ -424,12 +432,7 @@ pub(crate) async fn grant<O: BatchOps>(
         .zip(&tokens)
         .map(|(&i, &t)| {
             let r = &reqs[i];
-            (
-                r.payload.record_id,
-                r.lock_wait_ms,
-                t,
-                r.request_id.as_str(),
-            )
+            (r.payload.record_id, waited(r), t, r.request_id.as_str())
         })
         .collect();
     let attempts = ops.records_start(owner, &starts).await?;
@@ -454,7 +457,7 @@ pub(crate) async fn grant<O: BatchOps>(
             takeover: locks
                 .get(&req.payload.instance_id)
                 .is_some_and(|l| l.holder_running),
-            lock_wait_ms: req.lock_wait_ms,
+            lock_wait_ms: waited(req),
         });
     }
     for (session, (s, f, c, last)) in bumps.into_iter() {

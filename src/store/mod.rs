@@ -128,9 +128,16 @@ impl StoreError {
     /// constraint, a bug) fails the same way every time, so retrying it only delays.
     pub fn is_transient(&self) -> bool {
         if let StoreError::Sqlite(e) = self {
+            // A full disk or an I/O error is transient too: space comes back, and the
+            // write is retried whole (its transaction was rolled back).
             return matches!(
                 e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                )
             );
         }
         let StoreError::Database(e) = self else {
@@ -145,9 +152,10 @@ impl StoreError {
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
-                // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED and their extended codes (x + 256 n).
+                // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED, 10 SQLITE_IOERR, 13 SQLITE_FULL
+                // and their extended codes (x + 256 n).
                 if let Ok(n) = code.parse::<i64>() {
-                    return matches!(n & 0xff, 5 | 6);
+                    return matches!(n & 0xff, 5 | 6 | 10 | 13);
                 }
                 // PostgreSQL SQLSTATEs: 40001 serialization, 40P01 deadlock, 55P03 lock
                 // timeout, 57014 statement timeout, 57P0x shutdown, 08xxx connection, 53xxx
@@ -202,8 +210,6 @@ pub struct GrantRequest {
     pub payload: JobPayload,
     /// The worker process's id, stored as the lease owner and the record's worker_id.
     pub owner: String,
-    /// Milliseconds the job has waited for this instance so far.
-    pub lock_wait_ms: i64,
 }
 
 /// What a grant request got.
@@ -594,6 +600,19 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         slot: chrono::DateTime<chrono::Utc>,
     ) -> Result<SlotFired>;
+
+    /// The secret called `name`, stored as `candidate` when there is none yet: every
+    /// caller, in every process, gets the one stored first (insert if absent, then read).
+    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// Records a signed-out console session's nonce until `expires_at` (its cookie's
+    /// expiry: after that the cookie is refused anyway, and cleanup drops the row).
+    async fn console_nonce_revoke(
+        &self,
+        nonce: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()>;
+    /// Whether a console session's nonce was signed out.
+    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.

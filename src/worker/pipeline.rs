@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::{BoxDynError, Data, TaskId};
-use chrono::Utc;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -144,17 +143,12 @@ impl Pipeline {
             // Shutdown began after apalis fetched this job: it is handed back at exit.
             return Ok(());
         }
-        let now_ms = Utc::now().timestamp_millis();
-        let lock_wait_ms = payload
-            .waiting_since_ms
-            .map(|w| (now_ms - w).max(0))
-            .unwrap_or(0);
+        // How long the job has waited is judged in the grant, by the database clock.
         let req = GrantRequest {
             request_id: new_request_id(),
             job_id: job_id.clone(),
             payload: payload.clone(),
             owner: self.owner.clone(),
-            lock_wait_ms,
         };
         // The lease's expiry is set by the database when the grant commits, which is
         // after this instant: a deadline counted from here is never later than the real one.
@@ -178,8 +172,9 @@ impl Pipeline {
                 session_finished,
             } => {
                 if lock_timeout {
+                    // It waited at least the timeout (by the database's clock).
                     ::metrics::histogram!(metrics::LOCK_WAIT, "outcome" => "timeout")
-                        .record(lock_wait_ms as f64 / 1e3);
+                        .record(self.settings.lock_wait_timeout.as_secs_f64());
                 }
                 tracing::warn!(record_id = payload.record_id, %error, "record failed before its sync");
                 metrics::instance_synced("none", "failed", 0.0);
@@ -269,7 +264,9 @@ impl Pipeline {
             };
             match tokio::time::timeout(self.settings.sync_timeout, guarded).await {
                 Ok(None) => Err(Fetch::Expired),
-                Ok(Some(Ok(r))) => r.map_err(Fetch::Source),
+                Ok(Some(Ok(r))) => r
+                    .and_then(|a| syncpool_workers::check_storable(&spec.name, a))
+                    .map_err(Fetch::Source),
                 Ok(Some(Err(panic))) => Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
                     format!(
                         "the {} source panicked: {}",
@@ -335,7 +332,7 @@ impl Pipeline {
                     // keeps; the source read it itself, by the same rules.
                     error: crate::redact::text(
                         &e.to_string(),
-                        &[&syncpool_workers::password(&spec).ok().flatten().unwrap_or_default()],
+                        &[&syncpool_workers::password(&spec).await.ok().flatten().unwrap_or_default()],
                     ),
                     retry_after: retry_after(e.is_retryable()),
                 }

@@ -1,9 +1,15 @@
-//! What the database sources share: credentials, timeouts and error classification.
+//! What the sources share: credentials, the files they read, read limits, timeouts and
+//! error classification.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::tls::{SslMode, Tls};
-use crate::{InstanceSpec, SourceError};
+use crate::{InstanceSpec, SourceError, SourceSettings};
+
+/// Largest password file, in bytes.
+pub const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
 
 /// Reads the instance's password: from the environment variable it names, which must
 /// start with [`SECRET_ENV_PREFIX`], or from the file it names under [`secrets_dir`].
@@ -12,7 +18,18 @@ use crate::{InstanceSpec, SourceError};
 /// `SYNCPOOL_DATABASE_URL`, `SYNCPOOL_API_TOKEN` or a file outside the secrets folder
 /// and send it to whatever host the instance names. A named but missing secret is fatal:
 /// no retry will make it appear.
-pub fn password(instance: &InstanceSpec) -> Result<Option<String>, SourceError> {
+///
+/// A password file must be a regular file of at most [`MAX_PASSWORD_FILE_BYTES`] inside
+/// the folder (see [`read_small_file`]); it is read on a blocking thread, never on the
+/// runtime's, within a few seconds.
+pub async fn password(instance: &InstanceSpec) -> Result<Option<String>, SourceError> {
+    password_in(instance, &secrets_dir()).await
+}
+
+pub(crate) async fn password_in(
+    instance: &InstanceSpec,
+    dir: &Path,
+) -> Result<Option<String>, SourceError> {
     if let Some(var) = &instance.password_env {
         check_secret_env(var).map_err(SourceError::Fatal)?;
         return std::env::var(var).map(Some).map_err(|_| {
@@ -24,19 +41,251 @@ pub fn password(instance: &InstanceSpec) -> Result<Option<String>, SourceError> 
     }
     if let Some(file) = &instance.password_file {
         check_secret_file(file).map_err(SourceError::Fatal)?;
-        let path = secrets_dir().join(file);
-        return std::fs::read_to_string(&path)
-            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+        let what = format!("the password file {file} of instance '{}'", instance.name);
+        let bytes = read_small_file(dir, file, MAX_PASSWORD_FILE_BYTES)
+            .await
             .map_err(|e| {
                 SourceError::Fatal(format!(
-                    "the password file {} of instance '{}' cannot be read: {}",
-                    path.display(),
-                    instance.name,
-                    e.kind()
+                    "{what} {}",
+                    e.explain("secrets folder (SYNCPOOL_SECRETS_DIR)")
                 ))
-            });
+            })?;
+        // Never echo the bytes: the file may hold anything.
+        let text = String::from_utf8(bytes)
+            .map_err(|_| SourceError::Fatal(format!("{what} is not UTF-8 text")))?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
     }
     Ok(None)
+}
+
+/// How long reading a password or certificate file may take. A regular file on a local
+/// disk takes microseconds; this bounds a hung network file system.
+pub(crate) const FILE_READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why [`read_small_file`] read nothing. Names the rule, never the content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FileRefused {
+    /// No such file (or no folder).
+    Missing,
+    /// There, but the worker may not read it.
+    Unreadable(std::io::ErrorKind),
+    /// A path instead of a name, a symlink out of the folder, a FIFO, a socket, a device or
+    /// a directory.
+    NotRegular,
+    /// More bytes than allowed.
+    TooLarge(u64),
+    /// Not read within [`FILE_READ_DEADLINE`].
+    TimedOut(Duration),
+}
+
+impl FileRefused {
+    /// The rest of a sentence that starts with what the file is ("the password file x").
+    pub(crate) fn explain(&self, folder: &str) -> String {
+        match self {
+            FileRefused::Missing => format!("does not exist in the {folder}"),
+            FileRefused::Unreadable(kind) => {
+                format!("cannot be read from the {folder}: {kind}")
+            }
+            FileRefused::NotRegular => format!(
+                "is not a regular file in the {folder}: symlinks out of it, FIFOs, devices and folders are refused"
+            ),
+            FileRefused::TooLarge(cap) => format!("is larger than {cap} bytes"),
+            FileRefused::TimedOut(d) => {
+                format!("could not be read within {} s", d.as_secs_f64())
+            }
+        }
+    }
+}
+
+/// Reads the file `name` (a plain name, no path) of the folder `dir`: a regular file of
+/// at most `cap` bytes, or nothing. The bytes are read on a blocking thread, since a
+/// worker's runtime threads must never block, and given up on after
+/// [`FILE_READ_DEADLINE`].
+///
+/// What an instance may name is chosen by whoever can add instances, not by whoever
+/// owns the worker host: without these rules a name could lead (through a symlink) to any
+/// file the worker can read, to `/dev/zero` (read until memory runs out) or to a FIFO
+/// (an open that never returns).
+pub(crate) async fn read_small_file(
+    dir: &Path,
+    name: &str,
+    cap: u64,
+) -> Result<Vec<u8>, FileRefused> {
+    if !is_plain_file_name(name) {
+        return Err(FileRefused::NotRegular);
+    }
+    let (dir, name) = (dir.to_path_buf(), name.to_string());
+    let task = tokio::task::spawn_blocking(move || read_capped(&dir, &name, cap));
+    match tokio::time::timeout(FILE_READ_DEADLINE, task).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(_)) => Err(FileRefused::Unreadable(std::io::ErrorKind::Other)),
+        Err(_) => Err(FileRefused::TimedOut(FILE_READ_DEADLINE)),
+    }
+}
+
+fn read_capped(dir: &Path, name: &str, cap: u64) -> Result<Vec<u8>, FileRefused> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => FileRefused::Missing,
+        kind => FileRefused::Unreadable(kind),
+    };
+    // Container platforms mount secrets and config maps as symlinks into a hidden folder
+    // beside them (Kubernetes: `name -> ..data/name`), so a symlink is followed as long
+    // as where it leads stays inside the folder.
+    let folder = std::fs::canonicalize(dir).map_err(io)?;
+    let target = std::fs::canonicalize(folder.join(name)).map_err(io)?;
+    if !target.starts_with(&folder) || target == folder {
+        return Err(FileRefused::NotRegular);
+    }
+    // O_NOFOLLOW: the resolved path has no symlink left, unless one was swapped in since.
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&target)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => FileRefused::NotRegular,
+            _ => io(e),
+        })?;
+    // The handle's own metadata: the file that was opened, whatever the path names now.
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(FileRefused::NotRegular);
+    }
+    if meta.len() > cap {
+        return Err(FileRefused::TooLarge(cap));
+    }
+    // The size can lie (a file that grows, one of /proc's): never read past the cap.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(FileRefused::TooLarge(cap));
+    }
+    Ok(bytes)
+}
+
+/// What one sync may read from an instance, counted as rows arrive, so that a server
+/// with millions of roles or grants of megabytes fails its record instead of growing the
+/// worker without bound. Bytes are those of the values as read (names, attributes,
+/// privilege text), plus [`Budget::FIELD`] for each number or flag.
+pub(crate) struct Budget<'a> {
+    instance: &'a str,
+    max_accounts: usize,
+    max_account_bytes: usize,
+    max_sync_bytes: usize,
+    count: usize,
+    total: usize,
+    accounts: HashMap<String, usize>,
+}
+
+impl<'a> Budget<'a> {
+    /// What a number, a flag or a timestamp is counted as.
+    pub(crate) const FIELD: usize = 8;
+
+    pub(crate) fn new(instance: &'a str, settings: &SourceSettings) -> Self {
+        Budget {
+            instance,
+            max_accounts: settings.max_accounts,
+            max_account_bytes: settings.max_row_bytes,
+            max_sync_bytes: settings.max_sync_bytes,
+            count: 0,
+            total: 0,
+            accounts: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn max_accounts(&self) -> usize {
+        self.max_accounts
+    }
+
+    /// One more account, `key` (its name, or `user@host`), of `bytes` so far.
+    pub(crate) fn account(&mut self, key: &str, bytes: usize) -> Result<(), SourceError> {
+        if self.count >= self.max_accounts {
+            return Err(SourceError::Fatal(format!(
+                "instance '{}' has more than {} accounts (limit max_accounts; raise it with \
+                 --max-accounts or SYNCPOOL_MAX_ACCOUNTS)",
+                self.instance, self.max_accounts
+            )));
+        }
+        self.count += 1;
+        self.accounts.insert(key.to_string(), 0);
+        self.charge(key, bytes)
+    }
+
+    /// Whether `key` was counted by [`Budget::account`].
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.accounts.contains_key(key)
+    }
+
+    /// `bytes` more of the account `key`; a row of no counted account (a membership of a
+    /// role that was filtered out) counts toward the total only.
+    pub(crate) fn charge(&mut self, key: &str, bytes: usize) -> Result<(), SourceError> {
+        self.total = self.total.saturating_add(bytes);
+        if let Some(n) = self.accounts.get_mut(key) {
+            *n = n.saturating_add(bytes);
+            if *n > self.max_account_bytes {
+                return Err(SourceError::Fatal(format!(
+                    "account '{key}' of instance '{}' is larger than {} bytes as read (limit \
+                     max_account_bytes; raise it with --max-account-bytes or SYNCPOOL_MAX_ACCOUNT_BYTES)",
+                    self.instance, self.max_account_bytes
+                )));
+            }
+        }
+        if self.total > self.max_sync_bytes {
+            return Err(SourceError::Fatal(format!(
+                "instance '{}' returned more than {} bytes of accounts (limit max_sync_bytes; \
+                 raise it with --max-sync-bytes or SYNCPOOL_MAX_SYNC_BYTES)",
+                self.instance, self.max_sync_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The length of `value` as JSON text, without building the text.
+pub(crate) fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// A read that failed in the driver (classified by the caller, who knows the address)
+/// or on a rule of its own (a limit).
+pub(crate) enum ReadError {
+    Db(sqlx::Error),
+    Source(SourceError),
+}
+
+impl From<sqlx::Error> for ReadError {
+    fn from(e: sqlx::Error) -> Self {
+        ReadError::Db(e)
+    }
+}
+
+impl From<SourceError> for ReadError {
+    fn from(e: SourceError) -> Self {
+        ReadError::Source(e)
+    }
+}
+
+impl ReadError {
+    pub(crate) fn classify(self, addr: &str, user: &str) -> SourceError {
+        match self {
+            ReadError::Db(e) => classify(e, addr, user, None),
+            ReadError::Source(e) => e,
+        }
+    }
 }
 
 /// The only environment variables an instance may name for its password start with this.
@@ -48,6 +297,14 @@ pub fn secrets_dir() -> std::path::PathBuf {
     std::env::var_os("SYNCPOOL_SECRETS_DIR")
         .map(Into::into)
         .unwrap_or_else(|| "/run/secrets".into())
+}
+
+/// Where `ssl_root_cert` file names are looked up: `SYNCPOOL_CERTS_DIR`, by default
+/// `/etc/syncpool/certs`.
+pub fn certs_dir() -> std::path::PathBuf {
+    std::env::var_os("SYNCPOOL_CERTS_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| "/etc/syncpool/certs".into())
 }
 
 /// [`check_secret_env`] as a regular expression, for the API's schema.
@@ -77,15 +334,20 @@ pub fn check_secret_env(var: &str) -> Result<(), String> {
     }
 }
 
-/// The rule for `password_file`: a plain file name inside the secrets folder.
-pub fn check_secret_file(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
+/// A plain file name: letters, digits, '.', '_', '-', no leading dot, at most
+/// [`MAX_SECRET_NAME`] characters; never a path, never `.` or `..`.
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_SECRET_NAME
         && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The rule for `password_file`: a plain file name inside the secrets folder.
+pub fn check_secret_file(name: &str) -> Result<(), String> {
+    if is_plain_file_name(name) {
         Ok(())
     } else {
         Err(
@@ -93,6 +355,24 @@ pub fn check_secret_file(name: &str) -> Result<(), String> {
              in the worker's secrets folder (SYNCPOOL_SECRETS_DIR, default /run/secrets)"
                 .into(),
         )
+    }
+}
+
+/// The instance's host, if the worker may connect to it: checked before anything,
+/// password included, is sent (see `hosts.rs`).
+pub(crate) fn allowed_host<'a>(
+    inst: &'a InstanceSpec,
+    settings: &crate::SourceSettings,
+) -> Result<&'a str, SourceError> {
+    let host = require(&inst.host, "host", inst)?;
+    if settings.instance_hosts.allows(host) {
+        Ok(host)
+    } else {
+        Err(SourceError::Fatal(format!(
+            "host {host} of instance '{}' is not among this worker's allowed instance hosts \
+             (--instance-hosts / SYNCPOOL_INSTANCE_HOSTS); nothing was sent to it",
+            inst.name
+        )))
     }
 }
 
@@ -190,5 +470,231 @@ pub(crate) fn classify(e: sqlx::Error, addr: &str, user: &str, tls: Option<&Tls>
             }
         }
         other => Retryable(format!("error talking to {addr}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo");
+        assert!(ok.success());
+    }
+
+    fn spec(password_file: &str) -> InstanceSpec {
+        InstanceSpec {
+            id: 1,
+            name: "db-x".into(),
+            kind: "postgres".into(),
+            host: None,
+            port: None,
+            username: None,
+            database: None,
+            password_env: None,
+            password_file: Some(password_file.into()),
+            options: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_in_the_folder_is_read_also_through_a_symlink_that_stays_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plain"), "abc").unwrap();
+        // Kubernetes' layout: name -> ..data/name, ..data -> ..2024_01_01.
+        std::fs::create_dir(dir.path().join("..2024_01_01")).unwrap();
+        std::fs::write(dir.path().join("..2024_01_01/mounted"), "def").unwrap();
+        std::os::unix::fs::symlink("..2024_01_01", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/mounted", dir.path().join("mounted")).unwrap();
+        assert_eq!(
+            read_small_file(dir.path(), "plain", 3).await.unwrap(),
+            b"abc"
+        );
+        assert_eq!(
+            read_small_file(dir.path(), "mounted", 10).await.unwrap(),
+            b"def"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_symlink_out_of_the_folder_a_directory_or_a_path_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "outside-secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("up")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/inner"), "x").unwrap();
+        for name in [
+            "out",
+            "zero",
+            "up",
+            "sub",
+            "sub/inner",
+            "../secret",
+            "/etc/passwd",
+            "..",
+        ] {
+            assert_eq!(
+                read_small_file(dir.path(), name, 4096).await,
+                Err(FileRefused::NotRegular),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            read_small_file(dir.path(), "absent", 4096).await,
+            Err(FileRefused::Missing)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fifo_is_refused_at_once_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join("pipe"));
+        std::os::unix::fs::symlink("pipe", dir.path().join("to-pipe")).unwrap();
+        for name in ["pipe", "to-pipe"] {
+            let started = Instant::now();
+            let read = read_small_file(dir.path(), name, 4096).await;
+            assert_eq!(read, Err(FileRefused::NotRegular), "{name}");
+            assert!(
+                started.elapsed() < FILE_READ_DEADLINE,
+                "{name}: took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_the_cap_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sparse: 64 GiB of zeros a reader without a cap would try to hold in memory.
+        let huge = std::fs::File::create(dir.path().join("huge")).unwrap();
+        huge.set_len(64 << 30).unwrap();
+        std::fs::write(dir.path().join("exact"), vec![b'a'; 4096]).unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            read_small_file(dir.path(), "huge", 1 << 20).await,
+            Err(FileRefused::TooLarge(1 << 20))
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            read_small_file(dir.path(), "exact", 4096)
+                .await
+                .unwrap()
+                .len(),
+            4096,
+            "the cap itself is allowed"
+        );
+        assert_eq!(
+            read_small_file(dir.path(), "exact", 4095).await,
+            Err(FileRefused::TooLarge(4095))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_password_file_obeys_the_rules_and_errors_never_show_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good"), "s3cret-pw\r\n").unwrap();
+        std::fs::write(dir.path().join("big"), "s3cret-pw".repeat(569)).unwrap(); // 5,121 bytes
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("pw"), "s3cret-pw").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("pw"), dir.path().join("link")).unwrap();
+        mkfifo(&dir.path().join("fifo"));
+        std::fs::write(dir.path().join("binary"), [0xff, 0xfe, 0x00]).unwrap();
+        assert_eq!(
+            password_in(&spec("good"), dir.path()).await.unwrap(),
+            Some("s3cret-pw".into())
+        );
+        for (file, rule) in [
+            ("big", "is larger than 4096 bytes"),
+            ("link", "is not a regular file in the secrets folder"),
+            ("fifo", "is not a regular file in the secrets folder"),
+            ("missing", "does not exist in the secrets folder"),
+            ("binary", "is not UTF-8 text"),
+        ] {
+            let started = Instant::now();
+            let err = password_in(&spec(file), dir.path()).await.unwrap_err();
+            assert!(started.elapsed() < FILE_READ_DEADLINE, "{file}");
+            assert!(!err.is_retryable(), "{file}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!(
+                    "the password file {file} of instance 'db-x' {rule}"
+                )),
+                "{file}: {text}"
+            );
+            assert!(!text.contains("s3cret"), "{file}: {text}");
+        }
+        // The name rule is checked again here, for rows written around the API.
+        let err = password_in(&spec("../good"), dir.path()).await.unwrap_err();
+        assert!(err.to_string().contains("plain file name"), "{err}");
+    }
+
+    fn limits(accounts: usize, account_bytes: usize, sync_bytes: usize) -> SourceSettings {
+        SourceSettings {
+            max_accounts: accounts,
+            max_row_bytes: account_bytes,
+            max_sync_bytes: sync_bytes,
+            ..SourceSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_budget_counts_accounts_bytes_per_account_and_the_total() {
+        let settings = limits(2, 100, 250);
+        let mut b = Budget::new("inst", &settings);
+        b.account("a", 60).unwrap();
+        b.charge("a", 40).unwrap();
+        assert!(b.has("a") && !b.has("other"));
+        let err = b.charge("a", 1).unwrap_err().to_string();
+        assert!(
+            err.contains("account 'a' of instance 'inst' is larger than 100 bytes")
+                && err.contains("max_account_bytes")
+                && err.contains("--max-account-bytes"),
+            "{err}"
+        );
+
+        let mut b = Budget::new("inst", &settings);
+        b.account("a", 10).unwrap();
+        b.account("b", 10).unwrap();
+        // Rows of accounts not counted (filtered out) count toward the total only.
+        b.charge("not-read", 1000).unwrap_err();
+        let mut b = Budget::new("inst", &settings);
+        b.account("a", 10).unwrap();
+        b.account("b", 10).unwrap();
+        let err = b.account("c", 0).unwrap_err();
+        assert!(!err.is_retryable());
+        let err = err.to_string();
+        assert!(
+            err.contains("instance 'inst' has more than 2 accounts")
+                && err.contains("max_accounts")
+                && err.contains("--max-accounts"),
+            "{err}"
+        );
+
+        let mut b = Budget::new("inst", &settings);
+        b.account("a", 100).unwrap();
+        b.account("b", 100).unwrap();
+        b.charge("x", 50).unwrap();
+        let err = b.charge("x", 1).unwrap_err().to_string();
+        assert!(
+            err.contains("instance 'inst' returned more than 250 bytes")
+                && err.contains("max_sync_bytes")
+                && err.contains("--max-sync-bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn json_len_is_the_length_of_the_json_text() {
+        let v = serde_json::json!({"a": [1, "xé"], "b": null});
+        assert_eq!(json_len(&v), v.to_string().len());
     }
 }

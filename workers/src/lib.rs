@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod common;
+mod hosts;
 mod mysql;
 mod postgres;
 mod simulated;
@@ -19,13 +20,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use common::{
-    MAX_SECRET_NAME, SECRET_ENV_PATTERN, SECRET_ENV_PREFIX, SECRET_FILE_PATTERN, check_secret_env,
-    check_secret_file, password, secrets_dir,
+    MAX_PASSWORD_FILE_BYTES, MAX_SECRET_NAME, SECRET_ENV_PATTERN, SECRET_ENV_PREFIX,
+    SECRET_FILE_PATTERN, certs_dir, check_secret_env, check_secret_file, password, secrets_dir,
 };
+pub use hosts::HostAllowList;
 pub use mysql::{MysqlSource, parse_grant};
 pub use postgres::PostgresSource;
 pub use simulated::SimulatedSource;
-pub use tls::SSL_MODES;
+pub use tls::{MAX_ROOT_CERT_FILE_BYTES, SSL_MODES};
 
 /// The kinds of instance syncpool knows how to sync.
 pub const KINDS: &[&str] = &["postgres", "mysql", "simulated"];
@@ -109,6 +111,15 @@ pub struct SourceSettings {
     pub connect_timeout: Duration,
     /// Time allowed for one catalog query.
     pub statement_timeout: Duration,
+    /// Most accounts one instance may return (`--max-accounts`).
+    pub max_accounts: usize,
+    /// Most bytes one account may take as read: name, attributes and privilege text
+    /// (`--max-account-bytes`).
+    pub max_row_bytes: usize,
+    /// Most bytes one sync may read, all accounts together (`--max-sync-bytes`).
+    pub max_sync_bytes: usize,
+    /// The hosts a source may connect to (`--instance-hosts`); empty: any.
+    pub instance_hosts: HostAllowList,
 }
 
 impl Default for SourceSettings {
@@ -116,6 +127,10 @@ impl Default for SourceSettings {
         Self {
             connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(60),
+            max_accounts: 1_000_000,
+            max_row_bytes: 1024 * 1024,
+            max_sync_bytes: 512 * 1024 * 1024,
+            instance_hosts: HostAllowList::default(),
         }
     }
 }
@@ -141,6 +156,33 @@ pub fn source_for(kind: &str) -> Option<Box<dyn AccountSource>> {
     }
 }
 
+/// Refuses what syncpool's database cannot store: a NUL character anywhere in an
+/// account (PostgreSQL's text and JSONB refuse it). A hostile or broken server could
+/// otherwise fail the finish of every attempt; this fails the record once, with the
+/// reason, and stores nothing of it.
+pub fn check_storable(instance: &str, accounts: Vec<Account>) -> Result<Vec<Account>, SourceError> {
+    fn has_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(has_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if let Some(a) = accounts.iter().find(|a| {
+        a.username.contains('\0')
+            || a.host.contains('\0')
+            || has_nul(&a.attributes)
+            || has_nul(&a.privileges)
+    }) {
+        return Err(SourceError::Fatal(format!(
+            "instance '{instance}' returned an account with a NUL character ({:?}), which cannot be stored",
+            a.username.replace('\0', "\\0")
+        )));
+    }
+    Ok(accounts)
+}
+
 /// The JSON Schema of a kind's options: the same rules as [`validate_options`], for the
 /// API's OpenAPI document (the schemathesis run in the tests holds the two together).
 pub fn options_schema(kind: &str) -> Option<serde_json::Value> {
@@ -157,6 +199,15 @@ pub fn validate_options(
     kind: &str,
     options: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), String> {
+    // PostgreSQL's JSONB refuses \u0000: such an option would be a server error on store.
+    for (key, value) in options {
+        if key.contains('\0') {
+            return Err("option names must not contain a NUL character".into());
+        }
+        if holds_nul(value) {
+            return Err(format!("option {key} must not contain a NUL character"));
+        }
+    }
     match kind {
         "simulated" => simulated::validate_options(options),
         "postgres" | "mysql" => tls::validate_db_options(kind, options),
@@ -164,5 +215,51 @@ pub fn validate_options(
             "unknown kind '{other}' (expected one of: {})",
             KINDS.join(", ")
         )),
+    }
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod storable_tests {
+    use super::*;
+
+    #[test]
+    fn an_account_with_a_nul_anywhere_is_refused_and_others_pass() {
+        let ok = Account {
+            username: "app".into(),
+            host: "%".into(),
+            attributes: serde_json::json!({"locked": false}),
+            privileges: serde_json::json!([{"on": "*.*"}]),
+        };
+        assert!(check_storable("i", vec![ok.clone()]).is_ok());
+        for bad in [
+            Account {
+                username: "a\0b".into(),
+                ..ok.clone()
+            },
+            Account {
+                host: "\0".into(),
+                ..ok.clone()
+            },
+            Account {
+                attributes: serde_json::json!({"x\0": 1}),
+                ..ok.clone()
+            },
+            Account {
+                privileges: serde_json::json!([["deep\0"]]),
+                ..ok.clone()
+            },
+        ] {
+            let e = check_storable("i", vec![ok.clone(), bad]).unwrap_err();
+            assert!(!e.is_retryable() && e.to_string().contains("NUL"), "{e}");
+        }
     }
 }

@@ -5,11 +5,12 @@
 //! Options: `user_like` (a LIKE pattern to restrict the accounts read), `ssl_mode` and
 //! `ssl_root_cert` (TLS, see `tls.rs`).
 
+use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Row};
 
-use crate::common::{classify, password, require, within};
+use crate::common::{Budget, ReadError, allowed_host, classify, password, within};
 use crate::tls::Tls;
 use crate::{Account, AccountSource, InstanceSpec, SourceError, SourceSettings};
 
@@ -24,7 +25,7 @@ impl AccountSource for MysqlSource {
         inst: &InstanceSpec,
         settings: &SourceSettings,
     ) -> Result<Vec<Account>, SourceError> {
-        let host = require(&inst.host, "host", inst)?;
+        let host = allowed_host(inst, settings)?;
         let port = inst.port.unwrap_or(3306);
         let user = inst.username.clone().unwrap_or_else(|| "root".into());
         let addr = format!("{host}:{port}");
@@ -32,7 +33,7 @@ impl AccountSource for MysqlSource {
             .host(host)
             .port(port)
             .username(&user);
-        let tls = Tls::of(inst)?;
+        let tls = Tls::of(inst).await?;
         opts = opts.ssl_mode(tls.mysql());
         if let Some(pem) = &tls.root_cert {
             opts = opts.ssl_ca_from_pem(pem.clone());
@@ -40,7 +41,7 @@ impl AccountSource for MysqlSource {
         if let Some(db) = &inst.database {
             opts = opts.database(db);
         }
-        if let Some(pw) = password(inst)? {
+        if let Some(pw) = password(inst).await? {
             opts = opts.password(&pw);
         }
         let mut conn = within(
@@ -59,7 +60,7 @@ impl AccountSource for MysqlSource {
             async {
                 read(&mut conn, inst, settings)
                     .await
-                    .map_err(|e| classify(e, &addr, &user, None))
+                    .map_err(|e| e.classify(&addr, &user))
             },
         )
         .await;
@@ -68,11 +69,34 @@ impl AccountSource for MysqlSource {
     }
 }
 
+/// MariaDB keeps the lock flag in mysql.global_priv; MySQL has it in mysql.user.
+const USERS_MARIADB: &str = "SELECT CAST(u.User AS CHAR) AS user, CAST(u.Host AS CHAR) AS host, \
+     CAST(u.password_expired AS CHAR) AS expired, CAST(u.plugin AS CHAR) AS plugin, \
+     CAST(u.ssl_type AS CHAR) AS ssl_type, CAST(u.is_role AS CHAR) AS is_role, \
+     CAST(COALESCE(JSON_VALUE(g.Priv, '$.account_locked'), 'false') AS CHAR) AS locked \
+     FROM mysql.user u LEFT JOIN mysql.global_priv g ON g.User = u.User AND g.Host = u.Host \
+     WHERE u.User LIKE ? ORDER BY u.User, u.Host LIMIT ?";
+const USERS_MYSQL: &str = "SELECT CAST(User AS CHAR) AS user, CAST(Host AS CHAR) AS host, \
+     CAST(password_expired AS CHAR) AS expired, CAST(plugin AS CHAR) AS plugin, \
+     CAST(ssl_type AS CHAR) AS ssl_type, 'N' AS is_role, \
+     CAST(IF(account_locked = 'Y', 'true', 'false') AS CHAR) AS locked \
+     FROM mysql.user WHERE User LIKE ? ORDER BY User, Host LIMIT ?";
+
+/// An account as read from `mysql.user`, before its grants.
+struct User {
+    user: String,
+    host: String,
+    key: String,
+    attributes: Value,
+}
+
+/// The account list and then each account's `SHOW GRANTS`, every row counted against the
+/// [`Budget`] as it arrives (a grant line toward its account and the total).
 async fn read(
     conn: &mut MySqlConnection,
     inst: &InstanceSpec,
     settings: &SourceSettings,
-) -> Result<Vec<Account>, sqlx::Error> {
+) -> Result<Vec<Account>, ReadError> {
     let like = inst
         .options
         .get("user_like")
@@ -94,60 +118,86 @@ async fn read(
     .execute(&mut *conn)
     .await;
     let mut tx = conn.begin_with("START TRANSACTION READ ONLY").await?;
-    // MariaDB keeps the lock flag in mysql.global_priv; MySQL has it in mysql.user.
-    let rows = match sqlx::query(
-        "SELECT CAST(u.User AS CHAR) AS user, CAST(u.Host AS CHAR) AS host, CAST(u.password_expired AS CHAR) AS expired, \
-         CAST(u.plugin AS CHAR) AS plugin, CAST(u.ssl_type AS CHAR) AS ssl_type, CAST(u.is_role AS CHAR) AS is_role, \
-         CAST(COALESCE(JSON_VALUE(g.Priv, '$.account_locked'), 'false') AS CHAR) AS locked \
-         FROM mysql.user u LEFT JOIN mysql.global_priv g ON g.User = u.User AND g.Host = u.Host \
-         WHERE u.User LIKE ? ORDER BY u.User, u.Host",
-    )
-    .bind(&like)
-    .fetch_all(&mut *tx)
-    .await
-    {
-        Ok(rows) => rows,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42S02") || e.code().as_deref() == Some("1146") => {
-            sqlx::query(
-                "SELECT CAST(User AS CHAR) AS user, CAST(Host AS CHAR) AS host, CAST(password_expired AS CHAR) AS expired, \
-                 CAST(plugin AS CHAR) AS plugin, CAST(ssl_type AS CHAR) AS ssl_type, 'N' AS is_role, \
-                 CAST(IF(account_locked = 'Y', 'true', 'false') AS CHAR) AS locked \
-                 FROM mysql.user WHERE User LIKE ? ORDER BY User, Host",
-            )
-            .bind(&like)
-            .fetch_all(&mut *tx)
-            .await?
+    let mut budget = Budget::new(&inst.name, settings);
+    let users = match users(&mut tx, USERS_MARIADB, &like, &mut budget).await {
+        Err(ReadError::Db(sqlx::Error::Database(e)))
+            if e.code().as_deref() == Some("42S02") || e.code().as_deref() == Some("1146") =>
+        {
+            budget = Budget::new(&inst.name, settings);
+            users(&mut tx, USERS_MYSQL, &like, &mut budget).await?
         }
-        Err(e) => return Err(e),
+        other => other?,
     };
-    let mut accounts = Vec::with_capacity(rows.len());
-    for r in rows {
-        let user: String = r.try_get("user")?;
-        let host: String = r.try_get("host")?;
-        let grants: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let mut accounts = Vec::with_capacity(users.len());
+    for User {
+        user,
+        host,
+        key,
+        attributes,
+    } in users
+    {
+        let mut privileges = Vec::new();
+        let mut grants = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
             "SHOW GRANTS FOR {}@{}",
             quote(&user),
             quote(&host)
         )))
-        .fetch_all(&mut *tx)
-        .await?;
-        let ssl: String = r.try_get("ssl_type")?;
+        .fetch(&mut *tx);
+        while let Some(grant) = grants.try_next().await? {
+            budget.charge(&key, grant.len())?;
+            privileges.extend(parse_grant(&grant));
+        }
+        drop(grants);
         accounts.push(Account {
-            attributes: json!({
-                // MariaDB's JSON_VALUE renders a JSON true as "1".
-                "locked": matches!(r.try_get::<String, _>("locked")?.as_str(), "true" | "1"),
-                "password_expired": r.try_get::<String, _>("expired")? == "Y",
-                "plugin": r.try_get::<String, _>("plugin")?,
-                "ssl_required": if ssl.is_empty() { Value::Null } else { Value::String(ssl) },
-                "is_role": r.try_get::<String, _>("is_role")? == "Y",
-            }),
-            privileges: Value::Array(grants.iter().filter_map(|g| parse_grant(g)).collect()),
+            attributes,
+            privileges: Value::Array(privileges),
             username: user,
             host,
         });
     }
     tx.commit().await?;
     Ok(accounts)
+}
+
+async fn users(
+    conn: &mut MySqlConnection,
+    sql: &'static str,
+    like: &str,
+    budget: &mut Budget<'_>,
+) -> Result<Vec<User>, ReadError> {
+    const FIELD: usize = Budget::FIELD;
+    // One row past the limit is enough to know it is passed.
+    let limit = u64::try_from(budget.max_accounts())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut rows = sqlx::query(sql).bind(like).bind(limit).fetch(conn);
+    let mut users = Vec::new();
+    while let Some(r) = rows.try_next().await? {
+        let user: String = r.try_get("user")?;
+        let host: String = r.try_get("host")?;
+        let plugin: String = r.try_get("plugin")?;
+        let ssl: String = r.try_get("ssl_type")?;
+        let key = format!("{user}@{host}");
+        budget.account(
+            &key,
+            user.len() + host.len() + plugin.len() + ssl.len() + 3 * FIELD,
+        )?;
+        let attributes = json!({
+            // MariaDB's JSON_VALUE renders a JSON true as "1".
+            "locked": matches!(r.try_get::<String, _>("locked")?.as_str(), "true" | "1"),
+            "password_expired": r.try_get::<String, _>("expired")? == "Y",
+            "plugin": plugin,
+            "ssl_required": if ssl.is_empty() { Value::Null } else { Value::String(ssl) },
+            "is_role": r.try_get::<String, _>("is_role")? == "Y",
+        });
+        users.push(User {
+            user,
+            host,
+            key,
+            attributes,
+        });
+    }
+    Ok(users)
 }
 
 /// Quotes a string literal for `SHOW GRANTS FOR 'user'@'host'` (it takes no parameters).

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
-use crate::common::{classify, password, require, within};
+use crate::common::{Budget, ReadError, allowed_host, classify, password, within};
 use crate::tls::Tls;
 use crate::{Account, AccountSource, InstanceSpec, SourceError, SourceSettings};
 
@@ -25,7 +26,7 @@ impl AccountSource for PostgresSource {
         inst: &InstanceSpec,
         settings: &SourceSettings,
     ) -> Result<Vec<Account>, SourceError> {
-        let host = require(&inst.host, "host", inst)?;
+        let host = allowed_host(inst, settings)?;
         let port = inst.port.unwrap_or(5432);
         let user = inst.username.clone().unwrap_or_else(|| "postgres".into());
         let addr = format!("{host}:{port}");
@@ -35,12 +36,12 @@ impl AccountSource for PostgresSource {
             .username(&user)
             .database(inst.database.as_deref().unwrap_or("postgres"))
             .application_name("syncpool");
-        let tls = Tls::of(inst)?;
+        let tls = Tls::of(inst).await?;
         opts = opts.ssl_mode(tls.postgres());
         if let Some(pem) = &tls.root_cert {
             opts = opts.ssl_root_cert_from_pem(pem.clone());
         }
-        if let Some(pw) = password(inst)? {
+        if let Some(pw) = password(inst).await? {
             opts = opts.password(&pw);
         }
         let mut conn = within(
@@ -59,7 +60,7 @@ impl AccountSource for PostgresSource {
             async {
                 read(&mut conn, inst, settings)
                     .await
-                    .map_err(|e| classify(e, &addr, &user, None))
+                    .map_err(|e| e.classify(&addr, &user))
             },
         )
         .await;
@@ -70,11 +71,21 @@ impl AccountSource for PostgresSource {
     }
 }
 
+/// A role as read from `pg_roles`, before its memberships and privileges are known.
+struct Role {
+    name: String,
+    attributes: serde_json::Map<String, Value>,
+}
+
+/// Every query streams its rows and counts them against the [`Budget`] as they arrive, so
+/// an instance with too many roles or grants fails before it fills the worker's memory.
 async fn read(
     conn: &mut PgConnection,
     inst: &InstanceSpec,
     settings: &SourceSettings,
-) -> Result<Vec<Account>, sqlx::Error> {
+) -> Result<Vec<Account>, ReadError> {
+    const FIELD: usize = Budget::FIELD;
+    let mut budget = Budget::new(&inst.name, settings);
     let exclude_system = inst
         .options
         .get("exclude_system_roles")
@@ -96,100 +107,142 @@ async fn read(
     .execute(&mut *tx)
     .await?;
     let filter = "rolname LIKE $1 AND (NOT $2 OR rolname NOT LIKE 'pg\\_%')";
-    let roles = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT rolname, rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, \
-         rolinherit, rolconnlimit, rolvaliduntil::text AS valid_until FROM pg_roles WHERE {filter} ORDER BY rolname"
-    )))
-    .bind(&like)
-    .bind(exclude_system)
-    .fetch_all(&mut *tx)
-    .await?;
-    let members = sqlx::query(
-        "SELECT m.rolname AS member, r.rolname AS role, am.admin_option FROM pg_auth_members am \
-         JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member \
-         WHERE m.rolname LIKE $1 ORDER BY 1, 2",
-    )
-    .bind(&like)
-    .fetch_all(&mut *tx)
-    .await?;
-    let dbs = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT r.rolname, d.datname, has_database_privilege(r.oid, d.oid, 'CONNECT') AS connect, \
-         has_database_privilege(r.oid, d.oid, 'CREATE') AS create, has_database_privilege(r.oid, d.oid, 'TEMP') AS temp \
-         FROM pg_roles r CROSS JOIN pg_database d WHERE d.datallowconn AND NOT d.datistemplate AND {filter} ORDER BY 1, 2"
-    )))
-    .bind(&like)
-    .bind(exclude_system)
-    .fetch_all(&mut *tx)
-    .await?;
-    let schemas = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT r.rolname, n.nspname, has_schema_privilege(r.oid, n.oid, 'USAGE') AS usage, \
-         has_schema_privilege(r.oid, n.oid, 'CREATE') AS create FROM pg_roles r CROSS JOIN pg_namespace n \
-         WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND {filter} ORDER BY 1, 2"
-    )))
-    .bind(&like)
-    .bind(exclude_system)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-
+    let mut roles = Vec::new();
+    {
+        // One row past the limit is enough to know it is passed.
+        let limit = i64::try_from(settings.max_accounts)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT rolname, rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, \
+             rolinherit, rolconnlimit, rolvaliduntil::text AS valid_until FROM pg_roles WHERE {filter} \
+             ORDER BY rolname LIMIT $3"
+        )))
+        .bind(&like)
+        .bind(exclude_system)
+        .bind(limit)
+        .fetch(&mut *tx);
+        while let Some(r) = rows.try_next().await? {
+            let name: String = r.try_get("rolname")?;
+            let valid_until: Option<String> = r.try_get("valid_until")?;
+            budget.account(
+                &name,
+                name.len() + valid_until.as_ref().map_or(0, String::len) + 8 * FIELD,
+            )?;
+            let Value::Object(attributes) = json!({
+                "superuser": r.try_get::<bool, _>("rolsuper")?,
+                "can_login": r.try_get::<bool, _>("rolcanlogin")?,
+                "create_db": r.try_get::<bool, _>("rolcreatedb")?,
+                "create_role": r.try_get::<bool, _>("rolcreaterole")?,
+                "replication": r.try_get::<bool, _>("rolreplication")?,
+                "bypass_rls": r.try_get::<bool, _>("rolbypassrls")?,
+                "inherit": r.try_get::<bool, _>("rolinherit")?,
+                "connection_limit": r.try_get::<i32, _>("rolconnlimit")?,
+                "valid_until": valid_until,
+            }) else {
+                unreachable!("a JSON object literal")
+            };
+            roles.push(Role { name, attributes });
+        }
+    }
+    // Rows of roles that were not read (filtered out, or system roles) still count toward
+    // the total, but are not kept.
     let mut memberships: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for m in &members {
-        memberships
-            .entry(m.try_get("member")?)
-            .or_default()
-            .push(json!({"role": m.try_get::<String, _>("role")?, "admin_option": m.try_get::<bool, _>("admin_option")?}));
+    {
+        let mut rows = sqlx::query(
+            "SELECT m.rolname AS member, r.rolname AS role, am.admin_option FROM pg_auth_members am \
+             JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member \
+             WHERE m.rolname LIKE $1 ORDER BY 1, 2",
+        )
+        .bind(&like)
+        .fetch(&mut *tx);
+        while let Some(m) = rows.try_next().await? {
+            let member: String = m.try_get("member")?;
+            let role: String = m.try_get("role")?;
+            budget.charge(&member, member.len() + role.len() + FIELD)?;
+            if budget.has(&member) {
+                memberships.entry(member).or_default().push(
+                    json!({"role": role, "admin_option": m.try_get::<bool, _>("admin_option")?}),
+                );
+            }
+        }
     }
     let mut privileges: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for d in &dbs {
-        let granted: Vec<&str> = [
-            ("CONNECT", "connect"),
-            ("CREATE", "create"),
-            ("TEMP", "temp"),
-        ]
-        .into_iter()
-        .filter(|(_, col)| d.try_get::<bool, _>(*col).unwrap_or(false))
-        .map(|(p, _)| p)
-        .collect();
-        if !granted.is_empty() {
-            privileges.entry(d.try_get("rolname")?).or_default().push(
-                json!({"level": "database", "database": d.try_get::<String, _>("datname")?, "privileges": granted}),
-            );
+    {
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT r.rolname, d.datname, has_database_privilege(r.oid, d.oid, 'CONNECT') AS connect, \
+             has_database_privilege(r.oid, d.oid, 'CREATE') AS create, has_database_privilege(r.oid, d.oid, 'TEMP') AS temp \
+             FROM pg_roles r CROSS JOIN pg_database d WHERE d.datallowconn AND NOT d.datistemplate AND {filter} ORDER BY 1, 2"
+        )))
+        .bind(&like)
+        .bind(exclude_system)
+        .fetch(&mut *tx);
+        while let Some(d) = rows.try_next().await? {
+            let name: String = d.try_get("rolname")?;
+            let database: String = d.try_get("datname")?;
+            budget.charge(&name, name.len() + database.len() + 3 * FIELD)?;
+            let granted: Vec<&str> = [
+                ("CONNECT", "connect"),
+                ("CREATE", "create"),
+                ("TEMP", "temp"),
+            ]
+            .into_iter()
+            .filter(|(_, col)| d.try_get::<bool, _>(*col).unwrap_or(false))
+            .map(|(p, _)| p)
+            .collect();
+            if !granted.is_empty() && budget.has(&name) {
+                privileges.entry(name).or_default().push(
+                    json!({"level": "database", "database": database, "privileges": granted}),
+                );
+            }
         }
     }
     let database = inst.database.clone().unwrap_or_else(|| "postgres".into());
-    for s in &schemas {
-        let granted: Vec<&str> = [("USAGE", "usage"), ("CREATE", "create")]
-            .into_iter()
-            .filter(|(_, col)| s.try_get::<bool, _>(*col).unwrap_or(false))
-            .map(|(p, _)| p)
-            .collect();
-        if !granted.is_empty() {
-            privileges.entry(s.try_get("rolname")?).or_default().push(json!({
-                "level": "schema", "database": database, "schema": s.try_get::<String, _>("nspname")?, "privileges": granted
-            }));
+    {
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT r.rolname, n.nspname, has_schema_privilege(r.oid, n.oid, 'USAGE') AS usage, \
+             has_schema_privilege(r.oid, n.oid, 'CREATE') AS create FROM pg_roles r CROSS JOIN pg_namespace n \
+             WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND {filter} ORDER BY 1, 2"
+        )))
+        .bind(&like)
+        .bind(exclude_system)
+        .fetch(&mut *tx);
+        while let Some(s) = rows.try_next().await? {
+            let name: String = s.try_get("rolname")?;
+            let schema: String = s.try_get("nspname")?;
+            budget.charge(&name, name.len() + schema.len() + 2 * FIELD)?;
+            let granted: Vec<&str> = [("USAGE", "usage"), ("CREATE", "create")]
+                .into_iter()
+                .filter(|(_, col)| s.try_get::<bool, _>(*col).unwrap_or(false))
+                .map(|(p, _)| p)
+                .collect();
+            if !granted.is_empty() && budget.has(&name) {
+                privileges.entry(name).or_default().push(json!({
+                    "level": "schema", "database": database, "schema": schema, "privileges": granted
+                }));
+            }
         }
     }
-    roles
-        .iter()
-        .map(|r| {
-            let name: String = r.try_get("rolname")?;
-            Ok(Account {
-                attributes: json!({
-                    "superuser": r.try_get::<bool, _>("rolsuper")?,
-                    "can_login": r.try_get::<bool, _>("rolcanlogin")?,
-                    "create_db": r.try_get::<bool, _>("rolcreatedb")?,
-                    "create_role": r.try_get::<bool, _>("rolcreaterole")?,
-                    "replication": r.try_get::<bool, _>("rolreplication")?,
-                    "bypass_rls": r.try_get::<bool, _>("rolbypassrls")?,
-                    "inherit": r.try_get::<bool, _>("rolinherit")?,
-                    "connection_limit": r.try_get::<i32, _>("rolconnlimit")?,
-                    "valid_until": r.try_get::<Option<String>, _>("valid_until")?,
-                    "member_of": memberships.remove(&name).unwrap_or_default(),
-                }),
-                privileges: Value::Array(privileges.remove(&name).unwrap_or_default()),
-                username: name,
-                host: String::new(),
-            })
-        })
-        .collect()
+    tx.commit().await?;
+
+    Ok(roles
+        .into_iter()
+        .map(
+            |Role {
+                 name,
+                 mut attributes,
+             }| {
+                attributes.insert(
+                    "member_of".into(),
+                    Value::Array(memberships.remove(&name).unwrap_or_default()),
+                );
+                Account {
+                    attributes: Value::Object(attributes),
+                    privileges: Value::Array(privileges.remove(&name).unwrap_or_default()),
+                    username: name,
+                    host: String::new(),
+                }
+            },
+        )
+        .collect())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
+use crate::common::{Budget, json_len};
 use crate::{Account, AccountSource, InstanceSpec, SourceError, SourceSettings};
 
 /// The `simulated` kind. Options: `latency_ms` (10), `jitter_ms` (0), `fail_rate` (0.0),
@@ -117,7 +118,7 @@ impl AccountSource for SimulatedSource {
     async fn fetch_accounts(
         &self,
         instance: &InstanceSpec,
-        _settings: &SourceSettings,
+        settings: &SourceSettings,
     ) -> Result<Vec<Account>, SourceError> {
         let opts = parse(&instance.options).map_err(SourceError::Fatal)?;
         let (delay, fail, panic) = {
@@ -162,14 +163,25 @@ impl AccountSource for SimulatedSource {
                 instance.name
             )));
         }
-        Ok((0..opts.accounts)
-            .map(|i| Account {
+        // Counted like a real instance's rows, so the limits can be shown without one.
+        let mut budget = Budget::new(&instance.name, settings);
+        let mut accounts = Vec::new();
+        for i in 0..opts.accounts {
+            let account = Account {
                 username: format!("user{i:04}"),
                 host: String::new(),
                 attributes: json!({ "can_login": true, "superuser": i == 0 }),
                 privileges: json!([{ "level": "database", "privileges": ["CONNECT"] }]),
-            })
-            .collect())
+            };
+            budget.account(
+                &account.username,
+                account.username.len()
+                    + json_len(&account.attributes)
+                    + json_len(&account.privileges),
+            )?;
+            accounts.push(account);
+        }
+        Ok(accounts)
     }
 }
 
@@ -216,5 +228,45 @@ impl Trace {
 impl Drop for Trace {
     fn drop(&mut self) {
         self.line("e");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn generated_accounts_count_against_the_read_limits() {
+        let instance = InstanceSpec {
+            id: 1,
+            name: "sim".into(),
+            kind: "simulated".into(),
+            host: None,
+            port: None,
+            username: None,
+            database: None,
+            password_env: None,
+            password_file: None,
+            options: json!({"accounts": 50, "latency_ms": 0}),
+        };
+        let limited = |max_accounts, max_sync_bytes| SourceSettings {
+            max_accounts,
+            max_sync_bytes,
+            ..SourceSettings::default()
+        };
+        let read = |s: SourceSettings| {
+            let instance = instance.clone();
+            async move { SimulatedSource.fetch_accounts(&instance, &s).await }
+        };
+        assert_eq!(read(limited(50, 1 << 20)).await.unwrap().len(), 50);
+        let err = read(limited(10, 1 << 20)).await.unwrap_err();
+        assert!(!err.is_retryable());
+        assert!(
+            err.to_string()
+                .contains("instance 'sim' has more than 10 accounts (limit max_accounts"),
+            "{err}"
+        );
+        let err = read(limited(50, 1000)).await.unwrap_err().to_string();
+        assert!(err.contains("max_sync_bytes"), "{err}");
     }
 }

@@ -3,14 +3,20 @@
 //! With API tokens configured, an operator signs in once with one of them; the server
 //! answers with a session cookie that is HttpOnly (no script reads it) and
 //! SameSite=Strict (no other site's page sends it). The cookie holds no token: it is an
-//! expiry and a random nonce, signed with HMAC-SHA256 keyed by a token. Nothing is
-//! stored server-side, so every `serve` replica accepts it, and retiring a token from
-//! `SYNCPOOL_API_TOKEN` signs out everyone who signed in with it.
+//! expiry and a random nonce, signed with HMAC-SHA256 under a key derived from the token
+//! *and* a random secret stored in syncpool's database. Keyed by the token alone, one
+//! leaked cookie would let anyone test guesses of the token offline; with the secret, a
+//! guess can only be tried against the server, which limits wrong sign-ins per client
+//! (`limit.rs`). Every `serve` replica reads the same secret, so each accepts the others'
+//! cookies, and retiring a token from `SYNCPOOL_API_TOKEN` signs out everyone who signed
+//! in with it. Signing out records the nonce as revoked in the database, so a copied
+//! cookie dies with the sign-out on every replica.
 //!
 //! Every form that changes something carries a CSRF token, an HMAC of the cookie's nonce
 //! (so it is worthless without the cookie), and the server also refuses a POST whose
-//! `Origin` or `Sec-Fetch-Site` says it came from another site. Without tokens (a
-//! loopback-only `serve`, see `serve_checks`), the CSRF key is random per process.
+//! `Origin` or `Sec-Fetch-Site` says it came from another site (`site.rs`). Without
+//! tokens (a loopback-only `serve`, see `serve_checks`) the CSRF key derives from the
+//! stored secret too, so replicas accept each other's forms.
 
 use std::sync::Arc;
 
@@ -18,6 +24,9 @@ use axum::http::{HeaderMap, header};
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use tokio::sync::OnceCell;
+
+use crate::store::{Store, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -25,14 +34,22 @@ type HmacSha256 = Hmac<Sha256>;
 pub const COOKIE: &str = "syncpool_console";
 /// How long a sign-in lasts.
 pub const LIFETIME_SECS: i64 = 12 * 3600;
+/// The stored secret's name (`console_secrets`).
+const SECRET: &str = "console";
 
-/// The keys the console signs with.
+/// The keys the console signs with, derived once per process from the stored secret.
 #[derive(Clone)]
 pub struct Keys {
-    /// One per configured API token; empty: the console is open.
+    store: Arc<dyn Store>,
+    /// The configured API tokens; empty: the console is open.
     tokens: Vec<Arc<str>>,
-    /// For CSRF tokens when the console is open.
-    anonymous: Arc<[u8; 32]>,
+    derived: Arc<OnceCell<Derived>>,
+}
+
+/// The signing keys: one per token, and one for the open console's CSRF tokens.
+pub struct Derived {
+    per_token: Vec<Vec<u8>>,
+    open: Vec<u8>,
 }
 
 /// A signed-in operator (or, with no tokens configured, anyone).
@@ -40,8 +57,17 @@ pub struct Keys {
 pub struct Visitor {
     /// The signed nonce; the CSRF token derives from it.
     nonce: String,
-    /// Which key signed it (index into the tokens; 0 when open).
+    /// Which key signed it (index into the tokens; `usize::MAX` when open).
     key: usize,
+    /// When the cookie expires (Unix seconds); a revocation is kept until then.
+    pub expiry: i64,
+}
+
+impl Visitor {
+    /// The cookie's nonce (None for the open console, which has no cookie).
+    pub fn nonce(&self) -> Option<&str> {
+        (self.key != usize::MAX).then_some(self.nonce.as_str())
+    }
 }
 
 fn mac(key: &[u8], parts: &[&str]) -> Vec<u8> {
@@ -68,13 +94,14 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 impl Keys {
-    /// Keys for these API tokens (empty: an open console).
-    pub fn new(tokens: &[Arc<str>]) -> Self {
-        let mut anonymous = [0u8; 32];
-        rand::rng().fill_bytes(&mut anonymous);
+    /// Keys for these API tokens (empty: an open console), over the store that keeps
+    /// the secret. Nothing is read until a page needs a key: the database may not be
+    /// migrated yet when the server starts.
+    pub fn new(store: Arc<dyn Store>, tokens: &[Arc<str>]) -> Self {
         Keys {
+            store,
             tokens: tokens.to_vec(),
-            anonymous: Arc::new(anonymous),
+            derived: Arc::new(OnceCell::new()),
         }
     }
 
@@ -83,17 +110,93 @@ impl Keys {
         !self.tokens.is_empty()
     }
 
-    fn key(&self, i: usize) -> &[u8] {
-        match self.tokens.get(i) {
-            Some(t) => t.as_bytes(),
-            None => &self.anonymous[..],
+    /// The signing keys, from the secret stored in the database (created by whichever
+    /// process needs it first).
+    pub async fn derived(&self) -> Result<&Derived, StoreError> {
+        self.derived
+            .get_or_try_init(|| async {
+                let mut candidate = [0u8; 32];
+                rand::rng().fill_bytes(&mut candidate);
+                let secret = self.store.secret_get_or_insert(SECRET, &candidate).await?;
+                if secret.len() < 32 {
+                    return Err(StoreError::Other(
+                        "the stored console secret is shorter than 32 bytes".into(),
+                    ));
+                }
+                Ok(Derived::new(&secret, &self.tokens))
+            })
+            .await
+    }
+
+    /// Who sent these headers: the holder of a valid, unexpired, not signed-out cookie;
+    /// anyone when the console is open; None otherwise.
+    pub async fn visitor(
+        &self,
+        headers: &HeaderMap,
+        now: i64,
+    ) -> Result<Option<Visitor>, StoreError> {
+        let d = self.derived().await?;
+        if !self.required() {
+            return Ok(Some(d.open_visitor()));
+        }
+        let Some(who) = cookie(headers, COOKIE).and_then(|v| d.verify(v, now)) else {
+            return Ok(None);
+        };
+        if self.store.console_nonce_revoked(&who.nonce).await? {
+            return Ok(None);
+        }
+        Ok(Some(who))
+    }
+
+    /// The cookie value for a sign-in with `token`; None if it is not a configured one.
+    pub async fn sign_in(&self, token: &str, now: i64) -> Result<Option<String>, StoreError> {
+        Ok(self.derived().await?.sign_in(&self.tokens, token, now))
+    }
+
+    /// Signs `who` out on every replica: its nonce is refused until its cookie expires.
+    pub async fn revoke(&self, who: &Visitor) -> Result<(), StoreError> {
+        let Some(nonce) = who.nonce() else {
+            return Ok(());
+        };
+        let expiry = chrono::DateTime::from_timestamp(who.expiry, 0)
+            .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::seconds(LIFETIME_SECS));
+        self.store.console_nonce_revoke(nonce, expiry).await
+    }
+}
+
+impl Derived {
+    /// The keys for `tokens` under `secret`: HMAC-SHA256(secret, purpose, token), so a
+    /// cookie tells nothing about a token to whoever lacks the secret.
+    pub fn new(secret: &[u8], tokens: &[Arc<str>]) -> Self {
+        Derived {
+            per_token: tokens
+                .iter()
+                .map(|t| mac(secret, &["console-key", t]))
+                .collect(),
+            open: mac(secret, &["console-open-csrf"]),
         }
     }
 
-    /// The cookie value for a sign-in with `token`, or None if it is not a configured
-    /// one. Every token is compared, whichever matches (no early exit to time).
-    pub fn sign_in(&self, token: &str, now: i64) -> Option<String> {
-        let key = self.tokens.iter().enumerate().fold(None, |found, (i, t)| {
+    fn key(&self, i: usize) -> &[u8] {
+        self.per_token
+            .get(i)
+            .map(Vec::as_slice)
+            .unwrap_or(&self.open)
+    }
+
+    fn open_visitor(&self) -> Visitor {
+        Visitor {
+            nonce: "open".into(),
+            key: usize::MAX,
+            expiry: i64::MAX,
+        }
+    }
+
+    /// The cookie value for a sign-in with `token`, or None if it is not one of
+    /// `tokens` (the ones these keys were derived for). Every token is compared,
+    /// whichever matches (no early exit to time).
+    pub fn sign_in(&self, tokens: &[Arc<str>], token: &str, now: i64) -> Option<String> {
+        let key = tokens.iter().enumerate().fold(None, |found, (i, t)| {
             let ok = super::super::constant_time_eq(token.trim().as_bytes(), t.as_bytes());
             if ok && found.is_none() {
                 Some(i)
@@ -109,22 +212,16 @@ impl Keys {
         Some(format!("{expiry}.{nonce}.{sig}"))
     }
 
-    /// Who sent these headers: the holder of a valid, unexpired cookie; anyone when the
-    /// console is open; None otherwise.
-    pub fn visitor(&self, headers: &HeaderMap, now: i64) -> Option<Visitor> {
-        if !self.required() {
-            return Some(Visitor {
-                nonce: "open".into(),
-                key: usize::MAX,
-            });
-        }
-        let value = cookie(headers, COOKIE)?;
+    /// The visitor a cookie value names, if it is signed by one of these keys and has
+    /// not expired.
+    fn verify(&self, value: &str, now: i64) -> Option<Visitor> {
         let mut parts = value.splitn(3, '.');
         let (expiry, nonce, sig) = (parts.next()?, parts.next()?, unhex(parts.next()?)?);
-        if expiry.parse::<i64>().ok()? <= now || nonce.len() != 32 {
+        let expiry_at = expiry.parse::<i64>().ok()?;
+        if expiry_at <= now || nonce.len() != 32 {
             return None;
         }
-        let key = (0..self.tokens.len()).fold(None, |found, i| {
+        let key = (0..self.per_token.len()).fold(None, |found, i| {
             let ok = super::super::constant_time_eq(
                 &mac(self.key(i), &["session", expiry, nonce]),
                 &sig,
@@ -138,6 +235,7 @@ impl Keys {
         Some(Visitor {
             nonce: nonce.to_string(),
             key,
+            expiry: expiry_at,
         })
     }
 
@@ -167,38 +265,19 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The `Set-Cookie` value that signs in (or, with an empty value, out). `Secure` when
-/// the request reached a TLS-terminating proxy (`X-Forwarded-Proto: https`).
-pub fn set_cookie(value: &str, headers: &HeaderMap) -> String {
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+/// the public URL is https or the request reached a TLS-terminating proxy
+/// (`X-Forwarded-Proto: https`).
+pub fn set_cookie(value: &str, headers: &HeaderMap, public_https: bool) -> String {
+    let secure = public_https
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
     let max_age = if value.is_empty() { 0 } else { LIFETIME_SECS };
     format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
     )
-}
-
-/// Whether a state-changing request came from another site: the browser says so in
-/// `Sec-Fetch-Site`, or its `Origin` names another host than the one it asked.
-pub fn cross_site(headers: &HeaderMap) -> bool {
-    let fetch_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if fetch_site == "cross-site" || fetch_site == "same-site" {
-        return true;
-    }
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
 }
 
 #[cfg(test)]
@@ -215,43 +294,48 @@ mod tests {
         h
     }
 
-    #[test]
-    fn a_signed_cookie_is_accepted_until_it_expires_and_never_when_altered() {
-        let keys = Keys::new(&["secret-one".into(), "secret-two".into()]);
-        assert!(keys.sign_in("wrong", 0).is_none());
-        let cookie = keys.sign_in("secret-two", 1000).unwrap();
-        assert!(!cookie.contains("secret"));
-        let v = keys.visitor(&with_cookie(&cookie), 1000).unwrap();
-        assert!(keys.csrf_ok(&v, &keys.csrf(&v)));
-        assert!(!keys.csrf_ok(&v, "00"));
-        assert!(
-            keys.visitor(&with_cookie(&cookie), 1000 + LIFETIME_SECS)
-                .is_none()
-        );
-        let forged = cookie.replacen('.', "9.", 1);
-        assert!(keys.visitor(&with_cookie(&forged), 1000).is_none());
-        // A token retired from the configuration signs its sessions out.
-        let rotated = Keys::new(&["secret-one".into()]);
-        assert!(rotated.visitor(&with_cookie(&cookie), 1000).is_none());
+    fn verify(d: &Derived, h: &HeaderMap, now: i64) -> Option<Visitor> {
+        cookie(h, COOKIE).and_then(|v| d.verify(v, now))
     }
 
     #[test]
-    fn another_sites_post_is_recognised() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        assert!(!cross_site(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1:8080"),
+    fn a_signed_cookie_is_accepted_until_it_expires_and_never_when_altered() {
+        let tokens: Vec<Arc<str>> = vec!["secret-one".into(), "secret-two".into()];
+        let keys = Derived::new(&[7u8; 32], &tokens);
+        assert!(keys.sign_in(&tokens, "wrong", 0).is_none());
+        let cookie = keys.sign_in(&tokens, "secret-two", 1000).unwrap();
+        assert!(!cookie.contains("secret"));
+        let v = verify(&keys, &with_cookie(&cookie), 1000).unwrap();
+        assert_eq!(v.expiry, 1000 + LIFETIME_SECS);
+        assert!(keys.csrf_ok(&v, &keys.csrf(&v)));
+        assert!(!keys.csrf_ok(&v, "00"));
+        assert!(verify(&keys, &with_cookie(&cookie), 1000 + LIFETIME_SECS).is_none());
+        let forged = cookie.replacen('.', "9.", 1);
+        assert!(verify(&keys, &with_cookie(&forged), 1000).is_none());
+        // A token retired from the configuration signs its sessions out.
+        let rotated = Derived::new(&[7u8; 32], &tokens[..1]);
+        assert!(verify(&rotated, &with_cookie(&cookie), 1000).is_none());
+        // Another secret (another deployment) accepts none of these cookies.
+        let other = Derived::new(&[8u8; 32], &tokens);
+        assert!(verify(&other, &with_cookie(&cookie), 1000).is_none());
+    }
+
+    #[test]
+    fn the_cookie_is_not_signed_with_the_token_itself() {
+        let tokens: Vec<Arc<str>> = vec!["secret-one-0123456789".into()];
+        let keys = Derived::new(&[7u8; 32], &tokens);
+        let cookie = keys
+            .sign_in(&tokens, "secret-one-0123456789", 1000)
+            .unwrap();
+        let mut parts = cookie.splitn(3, '.');
+        let (expiry, nonce, sig) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
         );
-        assert!(!cross_site(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://evil.example"),
+        assert_ne!(
+            hex(&mac(b"secret-one-0123456789", &["session", expiry, nonce])),
+            sig
         );
-        assert!(cross_site(&h));
-        h.remove(header::ORIGIN);
-        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
-        assert!(cross_site(&h));
     }
 }

@@ -6,9 +6,13 @@
 //! [`Store`]: crate::store::Store
 
 mod auth;
+mod limit;
 mod view;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -39,11 +43,13 @@ const RECENT_SYNCS: i64 = 20;
 struct Console {
     app: AppState,
     keys: Keys,
+    limiter: Arc<limit::Limiter>,
 }
 
 /// The console's routes, with their own cookie sign-in (the API keeps bearer tokens).
 pub fn routes(app: AppState) -> Router {
-    let keys = Keys::new(&app.tokens);
+    let keys = Keys::new(app.store.clone(), &app.tokens);
+    let limiter = Arc::default();
     Router::new()
         .route("/", get(sessions))
         .route("/sessions/{session_id}", get(session))
@@ -60,7 +66,7 @@ pub fn routes(app: AppState) -> Router {
         .route("/console.css", get(css))
         .route("/console.js", get(js))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(Console { app, keys })
+        .with_state(Console { app, keys, limiter })
 }
 
 /// No framing (clickjacking), scripts and styles from this server only, no caching of
@@ -163,6 +169,7 @@ impl FromRequest<Console> for Post {
                 .await
                 .map_err(IntoResponse::into_response)?;
         who.check_post(c, &headers, &form)
+            .await
             .map_err(IntoResponse::into_response)?;
         Ok(Post { who, form, headers })
     }
@@ -180,9 +187,15 @@ impl FromRequestParts<Console> for Visitor {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Response> {
-        match c.keys.visitor(&parts.headers, now()) {
+        let page_error = |e: StoreError| PageError::from(e).into_response();
+        match c
+            .keys
+            .visitor(&parts.headers, now())
+            .await
+            .map_err(page_error)?
+        {
             Some(who) => Ok(Visitor {
-                csrf: c.keys.csrf(&who),
+                csrf: c.keys.derived().await.map_err(page_error)?.csrf(&who),
                 who,
                 signed_in: c.keys.required(),
             }),
@@ -211,14 +224,15 @@ impl Visitor {
     }
 
     /// A POST must come from this site and carry this visitor's CSRF token.
-    fn check_post(
+    async fn check_post(
         &self,
         c: &Console,
         headers: &HeaderMap,
         form: &[(String, String)],
     ) -> Result<(), PageError> {
         let token = field(form, "csrf").unwrap_or("");
-        if auth::cross_site(headers) || !c.keys.csrf_ok(&self.who, token) {
+        let keys = c.keys.derived().await?;
+        if c.app.site.cross_site(headers) || !keys.csrf_ok(&self.who, token) {
             return Err(PageError(ApiError::Forbidden(
                 "this form is stale or came from another site: reload the page and try again"
                     .into(),
@@ -405,10 +419,11 @@ async fn instance_edit(
         port: i.port.map(|p| p.to_string()).unwrap_or_default(),
         username: i.username.clone().unwrap_or_default(),
         database: i.database.clone().unwrap_or_default(),
-        password_env: i.password_env.clone().unwrap_or_default(),
-        password_file: i.password_file.clone().unwrap_or_default(),
+        password_env: String::new(),
+        password_file: String::new(),
         options: i.options.to_string(),
         active: i.active,
+        password_current: password_source(&i),
     };
     let title = format!("Edit {}", i.name);
     Ok(html(view::page(
@@ -433,6 +448,7 @@ fn read_form(
         password_file: text("password_file"),
         options: text("options"),
         active: field(form, "active") == Some("true"),
+        password_current: None,
     };
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let parsed = (|| {
@@ -496,24 +512,50 @@ async fn instance_update(
     post: Post,
 ) -> PageResult {
     let current = load_instance(&c, &id).await?;
-    save_instance(&c, &post.who, &post.form, Some(current.id)).await
+    save_instance(&c, &post.who, &post.form, Some(&current)).await
 }
 
-/// Adds (`id` None) or updates an instance from the form; a wrong field or a taken name
-/// shows the form again, naming it, with what was typed.
+/// Where an instance's password comes from, in words (never the password).
+fn password_source(i: &crate::model::Instance) -> Option<String> {
+    match (&i.password_env, &i.password_file) {
+        (Some(e), _) => Some(format!("environment variable {e}")),
+        (None, Some(f)) => Some(format!("secrets file {f}")),
+        (None, None) => None,
+    }
+}
+
+/// Adds (`current` None) or updates an instance from the form; a wrong field or a taken
+/// name shows the form again, naming it, with what was typed. On an edit, empty password
+/// fields keep the stored reference, but only for the same endpoint.
 async fn save_instance(
     c: &Console,
     who: &Visitor,
     form: &[(String, String)],
-    id: Option<i64>,
+    current: Option<&crate::model::Instance>,
 ) -> PageResult {
-    let (typed, parsed) = read_form(form);
-    let new = match parsed {
+    let (mut typed, parsed) = read_form(form);
+    let id = current.map(|i| i.id);
+    typed.password_current = current.and_then(password_source);
+    let mut new = match parsed {
         Ok(n) => n,
         Err((f, m)) => return Ok(form_error(who, &typed, id, &f, &m)),
     };
-    let saved = match id {
-        Some(id) => c.app.store.instance_update(id, &new).await,
+    let saved = match current {
+        Some(current) => {
+            let named_again = new.password_env.is_some() || new.password_file.is_some();
+            if !named_again {
+                new.password_env.clone_from(&current.password_env);
+                new.password_file.clone_from(&current.password_file);
+            }
+            if let Err((f, m)) = validate::password_rebind(current, &new, named_again) {
+                return Ok(form_error(who, &typed, id, f, &m));
+            }
+            let saved = c.app.store.instance_update(current.id, &new).await;
+            if let Ok(after) = &saved {
+                super::log_endpoint_change(current, after);
+            }
+            saved
+        }
         None => c.app.store.instance_insert(&new).await,
     };
     match saved {
@@ -573,19 +615,58 @@ async fn leases(State(c): State<Console>, who: Visitor) -> PageResult {
     )))
 }
 
-/// Where to go after signing in: a path on this site, never another site's address.
+/// Where to go after signing in: a path on this site, never another site's address. A
+/// browser strips tabs and newlines from a URL and reads `\` as `/`, so `/<TAB>/evil`
+/// would be `//evil`: only printable ASCII without a backslash passes, starting with one
+/// `/` (`//host` is another site).
 fn local_path(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n
+        }
         _ => "/",
+    }
+}
+
+/// A 303 to `path`, or to `/` should `path` not be fit for a `Location` header (axum
+/// would answer 500 after the handler had done its work).
+fn see_other(path: &str) -> Response {
+    match HeaderValue::from_str(path) {
+        Ok(_) => Redirect::to(path).into_response(),
+        Err(_) => Redirect::to("/").into_response(),
+    }
+}
+
+/// The client's address, as the connection shows it (a proxy's, behind one).
+struct ClientIp(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip()),
+        ))
     }
 }
 
 async fn login_page(State(c): State<Console>, q: Params) -> Response {
     let next = local_path(q.str("next"));
     if !c.keys.required() {
-        return Redirect::to(next).into_response();
+        return see_other(next);
     }
+    login_form(StatusCode::OK, None, next)
+}
+
+/// The sign-in page, with what went wrong.
+fn login_form(status: StatusCode, error: Option<&str>, next: &str) -> Response {
     let frame = Frame {
         title: "Sign in",
         tab: "login",
@@ -593,50 +674,73 @@ async fn login_page(State(c): State<Console>, q: Params) -> Response {
         signed_in: false,
         live: false,
     };
-    html(view::page(&frame, view::login(None, next)))
+    (status, html(view::page(&frame, view::login(error, next)))).into_response()
 }
 
 async fn login(
     State(c): State<Console>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
-) -> Response {
+) -> PageResult {
     let next = local_path(field(&form, "next")).to_string();
     let token = field(&form, "token").unwrap_or("");
-    // Another site must not sign a browser in either (login CSRF).
-    let cookie = (!auth::cross_site(&headers))
-        .then(|| c.keys.sign_in(token, now()))
-        .flatten();
-    match cookie {
-        Some(value) => (
-            [(header::SET_COOKIE, auth::set_cookie(&value, &headers))],
-            Redirect::to(&next),
-        )
-            .into_response(),
+    // Another site must not sign a browser in either (login CSRF). Said apart from a
+    // wrong token: behind a proxy without --public-url, this is what a right one meets.
+    if c.app.site.cross_site(&headers) {
+        return Ok(login_form(
+            StatusCode::FORBIDDEN,
+            Some(
+                "This sign-in came from another site (its Origin is not this server's). \
+                 Behind a reverse proxy, start syncpool with --public-url set to the address you use.",
+            ),
+            &next,
+        ));
+    }
+    let started = std::time::Instant::now();
+    if let Some(wait) = ip.and_then(|ip| c.limiter.blocked(ip, started)) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut page = login_form(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "Too many wrong tokens from your address: try again in {secs} seconds."
+            )),
+            &next,
+        );
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        return Ok(page);
+    }
+    match c.keys.sign_in(token, now()).await? {
+        Some(value) => {
+            if let Some(ip) = ip {
+                c.limiter.succeeded(ip);
+            }
+            let mut res = see_other(&next);
+            let cookie = auth::set_cookie(&value, &headers, c.app.site.public_https());
+            res.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?,
+            );
+            Ok(res)
+        }
         None => {
-            let frame = Frame {
-                title: "Sign in",
-                tab: "login",
-                csrf: "",
-                signed_in: false,
-                live: false,
-            };
-            (
+            if let Some(ip) = ip {
+                c.limiter.failed(ip, started);
+            }
+            Ok(login_form(
                 StatusCode::UNAUTHORIZED,
-                html(view::page(
-                    &frame,
-                    view::login(Some("That is not one of this server's API tokens."), &next),
-                )),
-            )
-                .into_response()
+                Some("That is not one of this server's API tokens."),
+                &next,
+            ))
         }
     }
 }
 
-async fn logout(post: Post) -> PageResult {
-    Ok((
-        [(header::SET_COOKIE, auth::set_cookie("", &post.headers))],
-        Redirect::to("/login"),
-    )
-        .into_response())
+/// Signs out here and on every replica: the cookie's nonce is recorded as revoked, so a
+/// copy of the cookie kept elsewhere is refused too.
+async fn logout(State(c): State<Console>, post: Post) -> PageResult {
+    c.keys.revoke(&post.who.who).await?;
+    let cookie = auth::set_cookie("", &post.headers, c.app.site.public_https());
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
 }

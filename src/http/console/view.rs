@@ -463,6 +463,9 @@ pub struct InstanceForm {
     pub password_file: String,
     pub options: String,
     pub active: bool,
+    /// On an edit: where the password comes from now. The fields above start empty, so
+    /// that keeping it for another endpoint takes typing it again (docs/SECURITY.md).
+    pub password_current: Option<String>,
 }
 
 pub fn instance_form(
@@ -505,6 +508,12 @@ pub fn instance_form(
             (field("port", "Port", &f.port, "empty: the kind's default"))
             (field("username", "User", &f.username, ""))
             (field("database", "Database", &f.database, ""))
+            @if let Some(current) = &f.password_current {
+                p.muted {
+                    "The password now comes from " strong { (current) } ". Leave both fields empty to keep it; "
+                    "a change of kind, host, port, user, database or a weaker TLS setting needs it typed again."
+                }
+            }
             (field("password_env", "Password environment variable", &f.password_env, "a SYNCPOOL_SECRET_* variable of the workers"))
             (field("password_file", "Password file", &f.password_file, "a file name in the workers' secrets folder"))
             label.field.wrong[error.is_some_and(|(f, _)| f == "options")] {

@@ -493,8 +493,20 @@ impl Store for PgStore {
         reqs: &[RenewRequest],
     ) -> Result<Vec<RenewOutcome>> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(reqs.len());
-        for r in reqs {
+        let mut out = vec![
+            RenewOutcome {
+                held: false,
+                cancel_requested: false,
+            };
+            reqs.len()
+        ];
+        // Leases are locked in ascending instance id, as grants lock them: in arrival
+        // order, a renewal holding instance 5 and waiting for 3 deadlocks with a grant
+        // holding 3 and waiting for 5 (docs/ARCHITECTURE.md, the one row order).
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_by_key(|&i| (reqs[i].instance_id, i));
+        for i in order {
+            let r = &reqs[i];
             // Only a live lease of a still-running record is extended (see the SQLite
             // twin for why).
             let held = sqlx::query(
@@ -517,10 +529,10 @@ impl Store for PgStore {
             .fetch_optional(&mut *tx)
             .await?
             .unwrap_or(false);
-            out.push(RenewOutcome {
+            out[i] = RenewOutcome {
                 held,
                 cancel_requested,
-            });
+            };
         }
         tx.commit().await?;
         Ok(out)
@@ -691,6 +703,10 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // A revoked nonce past its cookie's expiry is refused by the expiry alone.
+        sqlx::query("DELETE FROM console_revoked_nonces WHERE expires_at < clock_timestamp()")
+            .execute(&self.pool)
+            .await?;
         Ok(counts)
     }
 
@@ -725,6 +741,48 @@ impl Store for PgStore {
         .ok_or_else(|| StoreError::NotFound(format!("unknown instance {id}")))?;
         tx.commit().await?;
         instance_from_row(&row)
+    }
+
+    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        // Two processes starting at once both insert; the primary key keeps the first,
+        // and both read that one.
+        sqlx::query(
+            "INSERT INTO console_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT secret FROM console_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn console_nonce_revoke(
+        &self,
+        nonce: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO console_revoked_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM console_revoked_nonces WHERE nonce = $1)",
+        )
+        .bind(nonce)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn schedule_slot_claim(

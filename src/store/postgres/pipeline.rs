@@ -144,6 +144,14 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
+    async fn db_now_ms(&mut self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                .fetch_one(&mut *self.0)
+                .await?,
+        )
+    }
+
     async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>> {
         if n == 0 {
             return Ok(vec![]);

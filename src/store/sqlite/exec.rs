@@ -33,6 +33,7 @@ impl Exec {
     /// Opens a connection to the database file at `path` on a new thread.
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let conn = connect(path)?;
+        let path = path.to_path_buf();
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("syncpool-sqlite-writer".into())
@@ -40,6 +41,20 @@ impl Exec {
                 let mut conn = conn;
                 for job in rx {
                     job(&mut conn);
+                    // A connection still inside a transaction would hold SQLite's write
+                    // lock for good and stop every writer of every process (seen after a
+                    // full disk: "database is locked" until restart). `transaction` rolls
+                    // back on every failure; should even that fail, the connection is
+                    // replaced, which ends its transaction.
+                    if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+                        match connect(&path) {
+                            Ok(fresh) => {
+                                tracing::warn!("SQLite writer connection replaced after a failed rollback");
+                                conn = fresh;
+                            }
+                            Err(e) => tracing::error!(error = %e, "reopening the SQLite writer connection failed"),
+                        }
+                    }
                 }
             })
             .map_err(|e| StoreError::Other(format!("starting the SQLite writer thread: {e}")))?;

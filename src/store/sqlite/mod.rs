@@ -77,11 +77,20 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        let new_file = path.as_ref().is_some_and(|p| !p.exists());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
             .after_connect(|conn, _| {
                 Box::pin(async move { crate::sqlite_busy::install(conn).await })
+            })
+            // sqlx counts a transaction as ended only when its ROLLBACK succeeds; after a
+            // full disk SQLite may have rolled back on its own, the ROLLBACK fails, and the
+            // connection went back to the pool "inside" a transaction, refusing every
+            // later BEGIN ("begin_with at non-zero transaction depth"). Such a connection
+            // (or one whose queued rollback has not run yet) is closed, not reused.
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
             })
             .connect_with(opts)
             .await?;
@@ -90,6 +99,22 @@ impl SqliteStore {
                 "{url} (an in-memory database cannot be shared by worker processes; use a file)"
             )));
         };
+        if new_file {
+            // The inventory says who may do what on every instance: not for every local
+            // user to read. SQLite gives the -wal and -shm files the database's mode.
+            // Those made before this point get it here.
+            use std::os::unix::fs::PermissionsExt;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut f = file.clone().into_os_string();
+                f.push(suffix);
+                let f = std::path::PathBuf::from(f);
+                if suffix.is_empty() || f.exists() {
+                    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).map_err(
+                        |e| StoreError::Other(format!("making {} private: {e}", f.display())),
+                    )?;
+                }
+            }
+        }
         let exec = Exec::open(file)?;
         Ok(Self { pool, path, exec })
     }
@@ -730,6 +755,13 @@ impl Store for SqliteStore {
             .bind(&slot_cutoff)
             .execute(&mut *tx)
             .await?;
+        // A revoked nonce past its cookie's expiry is refused by the expiry alone.
+        sqlx::query(concat!(
+            "DELETE FROM console_revoked_nonces WHERE expires_at < ",
+            now!()
+        ))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(counts)
     }
@@ -765,6 +797,52 @@ impl Store for SqliteStore {
         .ok_or_else(|| StoreError::NotFound(format!("unknown instance {id}")))?;
         tx.commit().await?;
         instance_from_row(&row)
+    }
+
+    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        // Two processes starting at once both insert; the primary key keeps the first,
+        // and both read that one.
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO console_secrets (name, secret) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(
+            sqlx::query_scalar("SELECT secret FROM console_secrets WHERE name = ?1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn console_nonce_revoke(
+        &self,
+        nonce: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO console_revoked_nonces (nonce, expires_at) VALUES (?1, ?2) ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(expires_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM console_revoked_nonces WHERE nonce = ?1)",
+        )
+        .bind(nonce)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn schedule_slot_claim(

@@ -177,6 +177,14 @@ impl BatchOps for SqliteOps<'_> {
         Ok(())
     }
 
+    async fn db_now_ms(&mut self) -> Result<i64> {
+        self.one(
+            "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+            [],
+            |r| Ok(r.get(0)?),
+        )
+    }
+
     async fn tokens_next(&mut self, n: usize) -> Result<Vec<i64>> {
         if n == 0 {
             return Ok(vec![]);
