@@ -151,3 +151,106 @@ async fn a_full_disk_under_sqlite_stops_writes_only_until_space_returns() {
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+/// The same on PostgreSQL: a private cluster whose data directory is a small tmpfs fills
+/// up during a session. PostgreSQL answers `53100 disk_full` to writes (transient for
+/// syncpool), or stops when it cannot write its WAL; when space is back (and the server,
+/// had it stopped, is started again as its operator would), the fleet carries on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_postgres_stops_writes_only_until_space_returns() {
+    let pg = crate::private_pg::PrivatePg::start_on_small_disk("160m");
+    {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
+            .await
+            .expect("connect to the private cluster");
+        sqlx::query("CREATE DATABASE syncpool")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    // A temp dir for the workers' logs; the database is the private cluster's.
+    let mut db = TestDb::new(Backend::Sqlite).await;
+    db.url = pg.url("syncpool");
+    let store = db.store().await;
+    for i in 0..60 {
+        store
+            .instance_insert(&simulated(
+                &format!("big{i}"),
+                json!({"latency_ms": 300, "accounts": 400}),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut workers = vec![
+        worker(&db, "a", &["--concurrency", "4"]),
+        worker(&db, "b", &["--concurrency", "4"]),
+    ];
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let d = store.session_get(s.session_id).await.unwrap().unwrap();
+        if d.session.successful_instances >= 8 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let filler = pg.fill_disk();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    // PostgreSQL restarts itself after a failed WAL write unless its recovery also found
+    // the disk full; then it has stopped, and its operator starts it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted = !pg.is_up();
+    if restarted {
+        pg.start_server();
+    }
+    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(180)).await;
+    eprintln!(
+        "session finished {:?} after space returned (server restarted by the test: {restarted})",
+        freed.elapsed()
+    );
+    assert_invariants(&done);
+    assert_eq!(
+        done[0].session.successful_instances,
+        60,
+        "every instance synced: {:?}",
+        done[0]
+            .records
+            .iter()
+            .filter_map(|r| r.error.as_deref())
+            .collect::<Vec<_>>()
+    );
+    let logs: Vec<String> = workers
+        .iter()
+        .map(|w| std::fs::read_to_string(&w.1).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.contains("space")
+            || l.contains("disk")
+            || l.contains("53100")
+            || l.contains("connection")
+            || l.contains("terminat")),
+        "the workers saw the full disk: {logs:?}"
+    );
+    let again = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let done = wait_finished(&db, &[again.session_id], Duration::from_secs(60)).await;
+    assert_eq!(done[0].session.successful_instances, 60);
+    for (c, _) in &workers {
+        signal(c, "TERM");
+    }
+    for (c, log) in workers.iter_mut() {
+        assert!(
+            c.wait().unwrap().success(),
+            "worker exits cleanly: {}",
+            std::fs::read_to_string(&*log).unwrap_or_default()
+        );
+    }
+}

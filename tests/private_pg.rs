@@ -9,6 +9,8 @@ pub struct PrivatePg {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// The data directory is a tmpfs of this size (unmounted on drop).
+    small_disk: Option<String>,
 }
 
 /// The newest installed server's binaries (Debian keeps them out of PATH).
@@ -25,7 +27,64 @@ fn pg_bin() -> PathBuf {
 impl PrivatePg {
     /// initdb (trust auth, no fsync: a test server), then start it on a free port.
     pub fn start() -> PrivatePg {
+        Self::start_with(None)
+    }
+
+    /// Like [`PrivatePg::start`], with the data directory on a tmpfs of `size` (root
+    /// mounts it), so that a test can fill the server's disk. WAL segments are 1 MB.
+    pub fn start_on_small_disk(size: &str) -> PrivatePg {
+        Self::start_with(Some(size.to_string()))
+    }
+
+    /// Fills what space is left on the small disk; returns the filler's path.
+    pub fn fill_disk(&self) -> PathBuf {
+        use std::io::Write;
+        assert!(self.small_disk.is_some(), "not on a small disk");
+        let filler = PathBuf::from(self.data()).join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..512]).is_ok() {}
+        filler
+    }
+
+    /// Whether the server answers (it may stop by itself when its disk fills).
+    pub fn is_up(&self) -> bool {
+        let out = Command::new(self.bin.join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .output();
+        out.is_ok_and(|o| o.status.success())
+    }
+
+    fn start_with(small_disk: Option<String>) -> PrivatePg {
         let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(size) = &small_disk {
+            assert!(
+                crate::common::is_root(),
+                "a small disk is a tmpfs mount, which needs root (CI runs as root)"
+            );
+            let data = dir.path().join("data");
+            std::fs::create_dir(&data).unwrap();
+            let ids = |flag: &str| {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            };
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!(
+                    "size={size},mode=0700,uid={},gid={}",
+                    ids("-u"),
+                    ids("-g")
+                ))
+                .arg("tmpfs")
+                .arg(&data)
+                .status()
+                .expect("mount");
+            assert!(status.success(), "mount a tmpfs for the cluster");
+        }
         if crate::common::is_root() {
             // The server refuses to run as root: the cluster belongs to `postgres`.
             let status = Command::new("chown")
@@ -39,21 +98,24 @@ impl PrivatePg {
             bin: pg_bin(),
             port: crate::common::free_port(),
             dir,
+            small_disk,
         };
-        pg.run(
-            "initdb",
-            &[
-                "-D",
-                &pg.data(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
+        let data = pg.data();
+        let mut args = vec![
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ];
+        if pg.small_disk.is_some() {
+            args.push("--wal-segsize=1");
+        }
+        pg.run("initdb", &args);
         pg.start_server();
         pg
     }
@@ -187,5 +249,8 @@ impl Drop for PrivatePg {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
         }));
+        if self.small_disk.is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&data).status();
+        }
     }
 }
