@@ -62,8 +62,31 @@ pub fn text(text: &str, secrets: &[&str]) -> String {
     shown
 }
 
+/// Longest error text a record keeps, in characters.
+pub const MAX_ERROR_CHARS: usize = 2_000;
+
+/// Cuts `text` to [`MAX_ERROR_CHARS`], marking the cut. A source's error may carry text
+/// the instance chose (a server's message), of any length; the record, the console and
+/// the CLI show it, so it is bounded like every other input.
+pub fn shorten(text: String) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        None => text,
+        Some((at, _)) => format!("{} [... cut at {MAX_ERROR_CHARS} characters]", &text[..at]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_error_texts_are_cut_on_a_character_boundary() {
+        let short = "connection refused".to_string();
+        assert_eq!(super::shorten(short.clone()), short);
+        let long = "é".repeat(super::MAX_ERROR_CHARS + 10);
+        let cut = super::shorten(long);
+        assert!(cut.starts_with(&"é".repeat(super::MAX_ERROR_CHARS)));
+        assert!(cut.ends_with("[... cut at 2000 characters]"), "{cut}");
+    }
+
     #[test]
     fn url_passwords_are_hidden() {
         assert_eq!(

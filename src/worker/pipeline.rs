@@ -330,10 +330,10 @@ impl Pipeline {
                     SyncResult::Failed {
                     // Read again only on this path, to scrub it from the text the record
                     // keeps; the source read it itself, by the same rules.
-                    error: crate::redact::text(
+                    error: crate::redact::shorten(crate::redact::text(
                         &e.to_string(),
                         &[&syncpool_workers::password(&spec).await.ok().flatten().unwrap_or_default()],
-                    ),
+                    )),
                     retry_after: retry_after(e.is_retryable()),
                 }
                 }
