@@ -34,8 +34,39 @@ fi
 
 # Tests that need other server settings (password authentication, crashes and restarts)
 # start private PostgreSQL clusters in temporary directories; the machine's servers are
-# never reconfigured. Stop clusters an interrupted run left behind.
-pkill -f 'postgres -D /tmp/\.tmp[^ ]*/data' 2>/dev/null || true
+# never reconfigured. Each run keeps its temporary directories in a folder of its own
+# (TMPDIR), marked with the run's PID; a cluster's own PID file (data/postmaster.pid)
+# says which process to stop. Only the clusters of this run, at its end, and of runs
+# that are gone (interrupted) are stopped: never another live run's, and nothing is
+# matched by name.
+stop_clusters_in() { # run folder
+  local pidfile pid
+  for pidfile in "$1"/.tmp*/data/postmaster.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(head -n1 "$pidfile" 2>/dev/null) || continue
+    case "$pid" in '' | *[!0-9]*) continue ;; esac
+    # The PID may have been reused since: stop it only if it is a postgres.
+    if [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = postgres ]; then
+      kill -QUIT "$pid" 2>/dev/null || true # immediate shutdown
+    fi
+  done
+}
+for run in /tmp/syncpool-test.*; do
+  [ -d "$run" ] || continue
+  owner=$(cat "$run/run.pid" 2>/dev/null || true)
+  if [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null; then continue; fi # a live run
+  stop_clusters_in "$run"
+  rm -rf "$run" 2>/dev/null || true
+done
+RUN_TMP=$(mktemp -d /tmp/syncpool-test.XXXXXX)
+chmod 1777 "$RUN_TMP" # as /tmp: private clusters run as the postgres user
+echo $$ >"$RUN_TMP/run.pid"
+export TMPDIR=$RUN_TMP
+finish() {
+  stop_clusters_in "$RUN_TMP"
+  rm -rf "$RUN_TMP" 2>/dev/null || true
+}
+trap finish EXIT
 
 # Test databases from an interrupted earlier run would only waste disk: drop them.
 psql -h 127.0.0.1 -U postgres -d test -Atc \
@@ -84,4 +115,4 @@ fi
 # House rules first: formatting and lints (warnings are errors), then every test.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"

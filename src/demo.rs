@@ -47,15 +47,27 @@ pub async fn run(
         })
         .filter(|n| !existing.contains(&n.name))
         .collect();
+    let new_simulated = new.len();
     let mut new = new;
-    new.extend(local_servers(&existing).await);
+    let locals = local_servers(&existing).await;
+    let new_local = locals.len();
+    new.extend(locals);
     store.instance_insert_many(&new).await?;
     // A fresh database has no planner statistics yet (docs/APALIS.md, "Planner statistics").
     store.analyze().await?;
     eprintln!(
-        "registered {} simulated instances ({} new); syncing them {} at a time",
-        instances,
-        new.len(),
+        "{}",
+        registered_line(instances as usize, new_simulated, new_local)
+    );
+    let on_purpose = match instances / FAIL_EVERY {
+        0 => String::new(),
+        n => format!(
+            "; {n} of the simulated ones (every {FAIL_EVERY}th) fail on purpose, to show retries \
+             and a completed_with_errors session: the WARN lines about them are expected"
+        ),
+    };
+    eprintln!(
+        "syncing every active instance, {} at a time{on_purpose}",
         16 * workers as usize
     );
 
@@ -78,6 +90,7 @@ pub async fn run(
         created.session_id,
         created.total_instances as u64,
         true,
+        None,
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -178,6 +191,26 @@ pub async fn run(
         s.session_id
     );
     Ok(())
+}
+
+/// What the demo registered: the simulated instances new this run (of those asked for),
+/// and the local servers found.
+fn registered_line(asked: usize, new_simulated: usize, new_local: usize) -> String {
+    let simulated = match new_simulated {
+        0 => format!("the {asked} simulated instances were already registered"),
+        n if n == asked => format!("registered {asked} simulated instances"),
+        n => format!(
+            "registered {n} new simulated instances ({} were already there)",
+            asked - n
+        ),
+    };
+    match new_local {
+        0 => simulated,
+        n => format!(
+            "{simulated} and {}",
+            crate::cli::plural(n as i64, "local database server")
+        ),
+    }
 }
 
 /// The PostgreSQL and MariaDB on this machine, when they answer on their usual ports, so

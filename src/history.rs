@@ -137,15 +137,21 @@ fn flags(old: Option<&Value>, new: &Value, granted: &[Value]) -> Vec<&'static st
     out.into_iter().collect()
 }
 
-/// A new account (`Added`) or one found by the instance's first sync (`Baseline`).
+/// A new account (`Added`) or one found by the instance's first sync (`Baseline`). A
+/// baseline is never flagged: sensitive means access was *gained*, and a baseline says
+/// only what the account held when its history began.
 pub fn found(account: &Account, kind: ChangeKind) -> AccountChangeRow {
     let granted = parse_atoms(privilege_atoms(&account.privileges));
+    let flags = match kind {
+        ChangeKind::Baseline => vec![],
+        _ => flags(None, &account.attributes, &granted),
+    };
     AccountChangeRow {
         username: account.username.clone(),
         host: account.host.clone(),
         kind,
         detail: json!({"attributes": account.attributes, "privileges": account.privileges}),
-        flags: flags(None, &account.attributes, &granted),
+        flags,
     }
 }
 
@@ -371,6 +377,19 @@ mod tests {
         assert_eq!(
             found(&global, ChangeKind::Added).flags,
             vec!["all_privileges", "grant_option"]
+        );
+    }
+
+    #[test]
+    fn a_baseline_is_never_flagged_though_the_same_account_added_later_is() {
+        let root = account(
+            json!({"superuser": true}),
+            json!([{"level": "global", "privileges": ["ALL PRIVILEGES"], "grant_option": true}]),
+        );
+        assert!(found(&root, ChangeKind::Baseline).flags.is_empty());
+        assert_eq!(
+            found(&root, ChangeKind::Added).flags,
+            vec!["all_privileges", "grant_option", "superuser"]
         );
     }
 

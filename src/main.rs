@@ -29,7 +29,7 @@ fn main() {
         match &e {
             CliError::Usage(msg) => eprintln!("error: {}", printable(msg)),
             CliError::Runtime(err) => eprintln!("error: {}", printable(&format!("{err:#}"))),
-            CliError::Unsuccessful { .. } => eprintln!("{e}"),
+            CliError::Unsuccessful { .. } | CliError::TimedOut { .. } => eprintln!("{e}"),
         }
         std::process::exit(e.exit_code());
     }

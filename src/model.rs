@@ -214,7 +214,8 @@ macro_rules! status_enum {
         }
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, not `write_str`: tables format statuses with a width (`{:<21}`).
+                f.pad(self.as_str())
             }
         }
         impl PartialEq<&str> for $name {

@@ -60,6 +60,17 @@ pub fn instance_fields(n: &NewInstance) -> Result<()> {
             ));
         }
     }
+    // A host is a DNS name or an IP address: a PostgreSQL "host" starting with '/' is a
+    // Unix socket folder on the worker's own machine (peer authentication as the
+    // worker's user), never an instance of the fleet.
+    if let Some(h) = &n.host
+        && !syncpool_workers::is_network_host(h)
+    {
+        return Err(StoreError::invalid(
+            "host",
+            "host must be a DNS name or an IP address (no path, no socket folder)",
+        ));
+    }
     if let Some(p) = n.port
         && !(1..=65535).contains(&p)
     {
@@ -99,13 +110,14 @@ pub fn instance_fields(n: &NewInstance) -> Result<()> {
     Ok(())
 }
 
-fn has_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(has_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
+/// A NUL in an option's name or text value. Deeper values are wrong for every kind
+/// anyway (each kind's options are flat), so the kind's rules refuse them; this rule is
+/// the one the API's schema states (`propertyNames`, `additionalProperties`).
+fn has_nul(options: &serde_json::Value) -> bool {
+    options.as_object().is_some_and(|o| {
+        o.iter()
+            .any(|(k, v)| k.contains('\0') || v.as_str().is_some_and(|s| s.contains('\0')))
+    })
 }
 
 /// An instance name: 1 to 200 characters, no control characters, no space at either end.
@@ -295,6 +307,9 @@ pub struct ChangeQuery<'a> {
     pub limit: i64,
     /// `after`: a keyset cursor.
     pub after: Option<i64>,
+    /// `all`: every kind, baselines included (without it and without `kind`, baselines
+    /// are left out: they say what an instance held, not what changed).
+    pub all: bool,
 }
 
 /// Checks a history query and makes it a store filter.
@@ -304,6 +319,7 @@ pub fn change_filter(q: ChangeQuery) -> Result<crate::store::ChangeFilter> {
         since: q.since.map(|s| since(s, chrono::Utc::now())).transpose()?,
         kind: q.kind.map(change_kind).transpose()?,
         sensitive_only: q.sensitive,
+        without_baselines: q.kind.is_none() && !q.all,
         limit: limit(q.limit)?,
         after: q.after.map(after).transpose()?,
     })

@@ -92,7 +92,16 @@ async fn locks_show_who_holds_an_instance_and_which_jobs_wait_for_it(b: Backend)
     let (code, out, _) = cli(&app.db().url, &["queue", "--json"]);
     assert_eq!(code, 0);
     assert!(serde_json::from_str::<Value>(&out).unwrap()["depth"].is_object());
+    // In syncpool's terms (issue 22, item 3; was apalis' states, now under --raw): the
+    // waiting job, the running sync under its lease.
     let (code, out, _) = cli(&app.db().url, &["queue"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("waiting") && out.contains("running ") && out.contains("next:"),
+        "{out}"
+    );
+    assert!(!out.contains("Pending"), "{out}");
+    let (code, out, _) = cli(&app.db().url, &["queue", "--raw"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("Pending") && out.contains("oldest pending"),
@@ -130,7 +139,12 @@ async fn session_json_prints_every_record_of_a_session_larger_than_a_page(b: Bac
         ids.windows(2).all(|w| w[0] < w[1]),
         "in id order, none twice"
     );
+    // As text, the first page (issue 22, item 5; it was every record), or every record
+    // with --all.
     let (code, out, _) = cli(&app.db().url, &["session", sid]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().filter(|l| l.contains("many-")).count(), 50);
+    let (code, out, _) = cli(&app.db().url, &["session", sid, "--all"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().filter(|l| l.contains("many-")).count(), 2345);
 }

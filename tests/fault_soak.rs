@@ -263,6 +263,7 @@ async fn soak(postgres: bool, seed: u64) {
                     // The process may have been killed meanwhile: no assertion here.
                     let _ = std::process::Command::new("kill")
                         .args(["-CONT", &pid])
+                        .stderr(std::process::Stdio::null())
                         .status();
                 });
             }

@@ -69,6 +69,15 @@ async fn moving_an_instance_elsewhere_keeps_its_password_only_when_the_request_n
         assert_eq!(now.port, Some(5432), "{why}: unchanged");
         assert_eq!(now.options, json!({"ssl_mode": "verify-full"}), "{why}");
     }
+    // A null for the field that holds nothing names nothing.
+    let (st, body) = app
+        .call(
+            "PATCH",
+            &path,
+            Some(r#"{"host": "attacker.example", "password_file": null}"#),
+        )
+        .await;
+    assert_eq!(st, 409, "{body}");
     // What does not move the password needs nothing more.
     for patch in [
         json!({"active": false}),
@@ -219,6 +228,28 @@ async fn a_nul_character_in_an_option_is_a_400_naming_options(b: Backend) {
     );
 }
 
+/// Syncs every active instance once with a worker of these flags and environment (one
+/// attempt each); returns the first record.
+async fn sync_once(
+    app: &crate::api::App,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> syncpool::model::Record {
+    let s = app
+        .store
+        .session_create(SyncType::ManualSingle, None)
+        .await
+        .unwrap();
+    let mut args = vec!["--max-attempts", "1"];
+    args.extend_from_slice(flags);
+    let (mut w, _) = worker_at(app.db(), &app.db().url, "once", &args, env);
+    let done =
+        crate::processes::wait_finished(app.db(), &[s.session_id], Duration::from_secs(60)).await;
+    signal(&w, "TERM");
+    let _ = w.wait();
+    done[0].records[0].clone()
+}
+
 /// A PostgreSQL server of the attacker's: it asks for the password in clear text and
 /// keeps whatever it is sent.
 struct FakePostgres {
@@ -303,21 +334,12 @@ async fn a_token_holder_cannot_point_an_instance_at_their_own_host_and_receive_i
         )
         .await;
     assert_eq!(st, 409, "{body}");
-    let s = app
-        .store
-        .session_create(SyncType::ManualSingle, None)
-        .await
-        .unwrap();
-    let (mut w, _) = worker_at(
-        app.db(),
-        &app.db().url,
-        "secret",
-        &["--max-attempts", "1"],
+    sync_once(
+        &app,
+        &[],
         &[("SYNCPOOL_SECRET_PROD_DB", "hunter2-prod-password")],
-    );
-    crate::processes::wait_finished(app.db(), &[s.session_id], Duration::from_secs(60)).await;
-    signal(&w, "TERM");
-    let _ = w.wait();
+    )
+    .await;
     let got = fake.received.lock().unwrap().clone();
     assert!(
         !String::from_utf8_lossy(&got).contains("hunter2"),
@@ -456,30 +478,16 @@ async fn a_worker_sends_no_password_to_a_host_outside_its_allowed_instance_hosts
     let body = serde_json::to_string(&new).unwrap();
     let (st, created) = app.call("POST", "/api/v1/instances", Some(&body)).await;
     assert_eq!(st, 201, "{created}");
-    let run = |hosts: &'static str| {
-        let app = &app;
-        async move {
-            let s = app
-                .store
-                .session_create(SyncType::ManualSingle, None)
-                .await
-                .unwrap();
-            let (mut w, _) = worker_at(
-                app.db(),
-                &app.db().url,
-                "hosts",
-                &["--max-attempts", "1", "--instance-hosts", hosts],
-                &[("SYNCPOOL_SECRET_PROD_DB", "hunter2-prod-password")],
-            );
-            let done =
-                crate::processes::wait_finished(app.db(), &[s.session_id], Duration::from_secs(60))
-                    .await;
-            signal(&w, "TERM");
-            let _ = w.wait();
-            done[0].records[0].clone()
-        }
-    };
-    let refused = run("db.internal, *.prod.internal, 10.0.0.0/8").await;
+    let secret = [("SYNCPOOL_SECRET_PROD_DB", "hunter2-prod-password")];
+    let refused = sync_once(
+        &app,
+        &[
+            "--instance-hosts",
+            "db.internal, *.prod.internal, 10.0.0.0/8",
+        ],
+        &secret,
+    )
+    .await;
     assert_eq!(refused.status, "failed");
     let error = refused.error.unwrap_or_default();
     assert!(error.contains("allowed instance hosts"), "{error}");
@@ -490,9 +498,76 @@ async fn a_worker_sends_no_password_to_a_host_outside_its_allowed_instance_hosts
     );
     // The control: where the list allows the host, the fake server does get the password,
     // so the refusal above is the list's doing, not the fake's.
-    run("127.0.0.1").await;
+    sync_once(&app, &["--instance-hosts", "127.0.0.1"], &secret).await;
     assert!(
         String::from_utf8_lossy(&fake.received.lock().unwrap()).contains("hunter2"),
         "the fake server works"
     );
+}
+
+/// Review finding: sqlx's `PgConnectOptions::new()` reads `PGPASSWORD` and `~/.pgpass`
+/// from the worker's environment (there for syncpool's own database). An instance that
+/// names no password, pointed at a server of the attacker's, was sent that password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_never_sends_its_own_pgpassword_or_pgpass_to_an_instance() {
+    let app = spawn_app(Backend::Sqlite, None).await;
+    let fake = FakePostgres::start();
+    let mut new = postgres_instance("no-password", "127.0.0.1", fake.port as i64);
+    new.password_env = None;
+    new.options = json!({"ssl_mode": "disable"});
+    app.store.instance_insert(&new).await.unwrap();
+    let pgpass = app.db().dir.path().join("pgpass");
+    std::fs::write(&pgpass, "*:*:*:*:hunter2-from-pgpass\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let pgpass = pgpass.display().to_string();
+    for env in [
+        vec![("PGPASSWORD", "hunter2-from-pgpassword")],
+        vec![("PGPASSFILE", pgpass.as_str())],
+    ] {
+        sync_once(&app, &[], &env).await;
+    }
+    assert!(
+        fake.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the worker did reach the server"
+    );
+    let got = String::from_utf8_lossy(&fake.received.lock().unwrap()).to_string();
+    assert!(
+        !got.contains("hunter2"),
+        "the instance's server got the worker's own password: {got:?}"
+    );
+}
+
+/// Review finding: a PostgreSQL "host" starting with '/' is a Unix socket folder on the
+/// worker's machine, where peer authentication would log the worker in as its OS user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_is_a_socket_folder_is_refused_at_the_door() {
+    let app = spawn_app(Backend::Sqlite, None).await;
+    let mut new = postgres_instance("local-socket", "/var/run/postgresql", 5432);
+    new.password_env = None;
+    let (st, err) = app
+        .call(
+            "POST",
+            "/api/v1/instances",
+            Some(&serde_json::to_string(&new).unwrap()),
+        )
+        .await;
+    assert_eq!(st, 400, "{err}");
+    assert_eq!(err["error"]["field"], "host", "{err}");
+    let ok = app
+        .store
+        .instance_insert(&postgres_instance("ok", "db.internal", 5432))
+        .await
+        .unwrap();
+    let (st, err) = app
+        .call(
+            "PATCH",
+            &format!("/api/v1/instances/{}", ok.id),
+            Some(r#"{"host": "/tmp", "password_env": "SYNCPOOL_SECRET_PROD_DB"}"#),
+        )
+        .await;
+    assert_eq!(st, 400, "{err}");
+    assert_eq!(err["error"]["field"], "host", "{err}");
 }

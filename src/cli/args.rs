@@ -16,7 +16,8 @@ use crate::settings::Settings;
     version,
     about = "Keeps a fleet's database accounts in sync, on a database-backed queue",
     after_help = "Exit codes: 0 success; 1 runtime failure; 2 bad usage or input; \
-                  sync --wait: 3 completed_with_errors, 4 failed, 5 cancelled."
+                  sync --wait: 3 completed_with_errors, 4 failed, 5 cancelled, \
+                  6 --timeout ran out (the session goes on)."
 )]
 /// The command line: a global database URL and one command.
 pub struct Cli {
@@ -207,18 +208,36 @@ pub enum Command {
     },
     /// Account change history, newest first: who gained or lost what, and when
     Changes(ChangesArgs),
-    /// Show one session with its records
+    /// Show one session: its summary and a page of its records
     Session {
-        /// The session's id (a UUID, as `sync` and `sessions` print it)
+        /// The session's id (a UUID, as `sync` and `sessions` print it), or its first 8 or
+        /// more hex digits when no other session starts with them
         #[arg(value_name = "ID")]
         id: String,
-        /// Print the session and all its records as JSON
-        #[arg(long)]
+        /// Only records in this status: pending, running, completed, failed, cancelled
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        /// Records on the page (1-1000)
+        #[arg(
+            long,
+            default_value_t = 50,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        limit: i64,
+        /// Only records after this one (the `--after` that `more:` prints)
+        #[arg(long, allow_negative_numbers = true, value_name = "RECORD")]
+        after: Option<i64>,
+        /// Every record, not one page
+        #[arg(long, conflicts_with_all = ["limit", "after"])]
+        all: bool,
+        /// Print the session and all its records as JSON (takes no paging flags)
+        #[arg(long, conflicts_with_all = ["status", "limit", "after", "all"])]
         json: bool,
     },
     /// Cancel a session: pending records end at once, running ones at their next renewal
     Cancel {
-        /// The session's id (a UUID)
+        /// The session's id (a UUID), or its first 8 or more hex digits
         #[arg(value_name = "ID")]
         id: String,
     },
@@ -229,11 +248,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The job queue: depth by state, due and delayed jobs, the job due longest
+    /// The job queue in syncpool's terms: jobs waiting (due or delayed), instances
+    /// running, records done in the last hour, the next job due
     Queue {
-        /// Print it as JSON, as GET /api/v1/queue does
+        /// Print it as JSON, as GET /api/v1/queue does (apalis' states)
         #[arg(long)]
         json: bool,
+        /// Print apalis' own states (Pending, Queued, Running, Done, Failed, Killed)
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
     },
     /// Delete finished sessions older than N days, their records and jobs, and expired
     /// locks
@@ -292,6 +315,10 @@ pub struct SyncOpts {
     /// Wait until the session finishes; the exit code tells how it ended
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: stop waiting after this long (30s, 10m, 1h) and exit 6; the session
+    /// goes on
+    #[arg(long, requires = "wait", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
     /// Print JSON: the session id and status, or with --wait the whole session
     #[arg(long)]
     pub json: bool,
@@ -461,9 +488,13 @@ pub struct ChangesArgs {
     /// back from now (30m, 24h, 7d)
     #[arg(long, value_name = "DURATION|TIME")]
     pub since: Option<String>,
-    /// Only changes of this kind: baseline, added, removed, changed
+    /// Only changes of this kind: baseline, added, removed, changed (without it,
+    /// baselines, what an instance held when its history began, are left out)
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
+    /// Every kind, baselines included
+    #[arg(long, conflicts_with = "kind")]
+    pub all: bool,
     /// Only privilege-sensitive changes (superuser, CREATEROLE, BYPASSRLS, REPLICATION,
     /// ALL PRIVILEGES ON *.*, SUPER, grant option, unlock)
     #[arg(long)]

@@ -14,18 +14,27 @@ pub(super) fn filter(a: &super::ChangesArgs) -> Result<ChangeFilter, CliError> {
         sensitive: a.sensitive,
         limit: a.limit,
         after: a.after,
+        all: a.all,
     })?)
 }
 
 pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
     let f = filter(a)?;
+    if let Some(name) = &f.instance {
+        known_name(store, name).await?;
+    }
     let page = ChangePage::new(store.changes_list(&f).await?, f.limit);
     if a.json {
         print_json(&page);
         return Ok(());
     }
     if page.items.is_empty() {
-        println!("no account changes match");
+        let baselines = if f.without_baselines {
+            " (baselines are left out: --all shows them)"
+        } else {
+            ""
+        };
+        println!("no account changes match{baselines}");
         return Ok(());
     }
     println!(
@@ -38,7 +47,9 @@ pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
         } else {
             format!("{}@{}", c.username, c.host)
         };
-        let flags = if c.flags.is_empty() {
+        // A baseline recorded before baselines stopped being flagged still says nothing
+        // was gained.
+        let flags = if c.flags.is_empty() || c.kind == "baseline" {
             String::new()
         } else {
             format!("  [SENSITIVE: {}]", printable(&c.flags.join(", ")))
@@ -55,6 +66,24 @@ pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
     }
     if let Some(next) = page.next_after {
         println!("more: --after {next}");
+    }
+    Ok(())
+}
+
+/// An instance name that `changes` may filter on: a registered instance, or one whose
+/// history outlived it (history keeps the name it had then). Anything else is a typo,
+/// exit 2, as `accounts` and `sync` say, not "no account changes match".
+async fn known_name(store: &dyn Store, name: &str) -> Out {
+    if store.instance_get_by_name(name).await?.is_some() {
+        return Ok(());
+    }
+    let any = ChangeFilter {
+        instance: Some(name.to_string()),
+        limit: 1,
+        ..Default::default()
+    };
+    if store.changes_list(&any).await?.is_empty() {
+        return Err(CliError::Usage(format!("unknown instance '{name}'")));
     }
     Ok(())
 }

@@ -39,7 +39,24 @@ pub enum CliError {
         /// How it ended.
         status: SessionStatus,
     },
+    /// `--wait --timeout` ran out before the session finished: exit code 6, apart from
+    /// the session outcomes. The session goes on.
+    #[error(
+        "session {id} is still {status} after --timeout {}; it goes on (`syncpool session {id}`)",
+        show::seconds(waited.as_secs_f64())
+    )]
+    TimedOut {
+        /// The session.
+        id: Uuid,
+        /// Where it was when the wait ended.
+        status: SessionStatus,
+        /// How long the wait was.
+        waited: Duration,
+    },
 }
+
+/// The exit code of a `--wait` whose `--timeout` ran out (README, "Exit codes").
+pub const EXIT_TIMED_OUT: i32 = 6;
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
@@ -58,6 +75,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Runtime(_) => 1,
             CliError::Unsuccessful { status, .. } => status.exit_code(),
+            CliError::TimedOut { .. } => EXIT_TIMED_OUT,
         }
     }
 }
@@ -71,9 +89,81 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     );
 }
 
-fn parse_session_id(s: &str) -> Result<Uuid, CliError> {
-    Uuid::parse_str(s.trim())
-        .map_err(|_| CliError::Usage(format!("'{s}' is not a session id (a UUID)")))
+/// A session as the command line names it: its whole id, or the first 8 or more hex
+/// digits of it (hyphens optional), as git takes a short commit id.
+enum SessionRef {
+    Full(Uuid),
+    /// The lowest and highest ids that start with the prefix, and the prefix as typed.
+    Prefix(Uuid, Uuid, String),
+}
+
+/// The fewest hex digits a short session id may have.
+const MIN_PREFIX: usize = 8;
+
+fn parse_session_id(s: &str) -> Result<SessionRef, CliError> {
+    let s = s.trim();
+    if let Ok(id) = Uuid::parse_str(s) {
+        return Ok(SessionRef::Full(id));
+    }
+    let hex: String = s.chars().filter(|&c| c != '-').collect();
+    if (MIN_PREFIX..32).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let hex = hex.to_ascii_lowercase();
+        let pad = |fill: char| {
+            let full: String = hex
+                .chars()
+                .chain(std::iter::repeat(fill))
+                .take(32)
+                .collect();
+            Uuid::parse_str(&full).expect("32 hex digits")
+        };
+        return Ok(SessionRef::Prefix(pad('0'), pad('f'), s.to_string()));
+    }
+    Err(CliError::Usage(format!(
+        "'{s}' is not a session id (a UUID, or its first {MIN_PREFIX} or more hex digits)"
+    )))
+}
+
+/// The session a whole or short id names; a prefix that starts no session, or several,
+/// is bad input (the candidates are named).
+async fn resolve_session(store: &dyn Store, s: &str) -> Result<Uuid, CliError> {
+    let (lo, hi, typed) = match parse_session_id(s)? {
+        SessionRef::Full(id) => return Ok(id),
+        SessionRef::Prefix(lo, hi, typed) => (lo, hi, typed),
+    };
+    const SHOWN: usize = 5;
+    let found = store.session_ids_between(lo, hi, SHOWN as i64 + 1).await?;
+    match found.as_slice() {
+        [] => Err(CliError::Usage(format!("unknown session '{typed}'"))),
+        [one] => Ok(*one),
+        many => {
+            let names: Vec<String> = many.iter().take(SHOWN).map(Uuid::to_string).collect();
+            let more = if many.len() > SHOWN { ", ..." } else { "" };
+            Err(CliError::Usage(format!(
+                "'{typed}' is the start of {} sessions ({}{more}): give more of the id",
+                if many.len() > SHOWN {
+                    format!("more than {SHOWN}")
+                } else {
+                    many.len().to_string()
+                },
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// The page of records `session` shows, checked as the API checks `/records`.
+fn record_view(
+    status: Option<&str>,
+    limit: i64,
+    after: Option<i64>,
+    all: bool,
+) -> Result<show::RecordView, CliError> {
+    Ok(show::RecordView {
+        status: status.map(validate::record_status).transpose()?,
+        limit: validate::limit(limit)?,
+        after: after.map(validate::after).transpose()?.unwrap_or(0),
+        all,
+    })
 }
 
 /// Only these commands create a missing database and apply migrations: the ones that set
@@ -93,7 +183,17 @@ fn creates_database(cmd: &Command) -> bool {
 /// Every check that needs no database, run before one is opened.
 fn check_input(cmd: &Command) -> Result<(), CliError> {
     match cmd {
-        Command::Session { id, .. } | Command::Cancel { id } => {
+        Command::Session {
+            id,
+            status,
+            limit,
+            after,
+            ..
+        } => {
+            parse_session_id(id)?;
+            record_view(status.as_deref(), *limit, *after, false)?;
+        }
+        Command::Cancel { id } => {
             parse_session_id(id)?;
         }
         Command::Sessions { status, limit, .. } => {
@@ -169,14 +269,28 @@ pub async fn run(cli: Cli) -> Out {
     };
     // Input that needs no database is checked first: rejected input creates nothing.
     check_input(&cli.command)?;
-    let store = if creates_database(&cli.command) {
+    // What `migrate` is about to do, so that it can say what it did.
+    let mut pending = None;
+    let store = if let Command::Migrate = cli.command {
+        let store = store::connect(&cli.database_url).await?;
+        pending = store.migrations_pending().await?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| CliError::Runtime(anyhow::anyhow!(e).context("migrating the database")))?;
+        store
+    } else if creates_database(&cli.command) {
         open(&cli.database_url).await?
     } else {
         store::connect_existing(&cli.database_url).await?
     };
     match cli.command {
         Command::Migrate => {
-            println!("migrations applied");
+            match pending {
+                Some(0) => println!("the database is up to date: no migration to apply"),
+                Some(n) => println!("applied {}", plural(n as i64, "migration")),
+                None => println!("created syncpool's tables"),
+            }
             Ok(())
         }
         Command::Instances(cmd) => instances(store.as_ref(), cmd).await,
@@ -235,6 +349,12 @@ pub async fn run(cli: Cli) -> Out {
             if json {
                 // The API's list shape, so one parser serves both.
                 print_json(&serde_json::json!({ "items": items, "total": total }));
+            } else if items.is_empty() {
+                if total > 0 || filter.status.is_some() {
+                    println!("no sessions match");
+                } else {
+                    println!("no sessions yet: start one with `syncpool sync-all`");
+                }
             } else {
                 println!(
                     "{:<36}  {:<13}  {:<21}  {:>6}  {:>6}  {:>6}  created_at",
@@ -255,18 +375,26 @@ pub async fn run(cli: Cli) -> Out {
             }
             Ok(())
         }
-        Command::Session { id, json } => {
-            let id = parse_session_id(&id)?;
+        Command::Session {
+            id,
+            status,
+            limit,
+            after,
+            all,
+            json,
+        } => {
+            let view = record_view(status.as_deref(), limit, after, all)?;
+            let id = resolve_session(store.as_ref(), &id).await?;
             let session = store
                 .session_summary(id)
                 .await?
                 .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;
-            show::session(store.as_ref(), &session, json).await
+            show::session(store.as_ref(), &session, json, view).await
         }
         Command::Locks { json } => show::locks(store.as_ref(), json).await,
-        Command::Queue { json } => show::queue(store.as_ref(), json).await,
+        Command::Queue { json, raw } => show::queue(store.as_ref(), json, raw).await,
         Command::Cancel { id } => {
-            let id = parse_session_id(&id)?;
+            let id = resolve_session(store.as_ref(), &id).await?;
             let cancelled = store
                 .session_cancel(id)
                 .await?
@@ -292,7 +420,7 @@ pub async fn run(cli: Cli) -> Out {
                 print_json(&counts);
             } else {
                 println!(
-                    "deleted {} sessions, {} records, {} jobs, {} locks, {} history rows",
+                    "deleted {} sessions, {} records, {} jobs, {} locks, {} account changes",
                     counts.sessions_deleted,
                     counts.records_deleted,
                     counts.jobs_deleted,
@@ -387,6 +515,8 @@ async fn instances(store: &dyn Store, cmd: InstancesCmd) -> Out {
             let list = store.instance_list().await?;
             if json {
                 print_json(&list);
+            } else if list.is_empty() {
+                println!("no instances registered: add one with `syncpool instances add`");
             } else {
                 println!(
                     "{:<6} {:<30} {:<10} {:<24} state",
@@ -494,11 +624,17 @@ async fn start_session(
         created.session_id,
         created.total_instances as u64,
         !opts.json,
+        opts.timeout,
     )
     .await?;
-    show::session(store, &session, opts.json).await?;
+    show::session(store, &session, opts.json, show::RecordView::FIRST_PAGE).await?;
     match session.status {
         SessionStatus::Completed => Ok(()),
+        status if !session.is_finished() => Err(CliError::TimedOut {
+            id: session.session_id,
+            status,
+            waited: opts.timeout.unwrap_or_default(),
+        }),
         status => Err(CliError::Unsuccessful {
             id: session.session_id,
             status,
@@ -506,13 +642,27 @@ async fn start_session(
     }
 }
 
-/// Polls a session until it is finished, with a progress bar when stderr is a terminal.
+/// How long a waiting command lets a session sit unclaimed before it says on stderr that
+/// no worker runs.
+pub const NO_WORKER_NOTICE: Duration = Duration::from_secs(10);
+
+/// A worker is live when apalis has had its heartbeat this recently: three of the default
+/// 10 s heartbeats, the point at which apalis itself hands a silent worker's jobs on.
+const LIVE_WORKER_SECONDS: i64 = 30;
+
+/// Polls a session until it is finished, or until `timeout` has passed (the session is
+/// then returned unfinished), with a progress bar when stderr is a terminal. When no
+/// record of the session has started after [`NO_WORKER_NOTICE`] and no worker is live,
+/// it says so once on stderr, piped or not, and goes on waiting.
 pub async fn wait_for(
     store: &dyn Store,
     id: Uuid,
     total: u64,
     progress: bool,
+    timeout: Option<Duration>,
 ) -> Result<Session, CliError> {
+    let started = std::time::Instant::now();
+    let mut told = false;
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
@@ -535,13 +685,36 @@ pub async fn wait_for(
             );
             bar.set_message(format!("{} failed", s.failed_instances));
         }
-        if s.is_finished() {
+        let waited = started.elapsed();
+        if s.is_finished() || timeout.is_some_and(|t| waited >= t) {
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
             return Ok(s);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !told
+            && waited >= NO_WORKER_NOTICE
+            && s.started_at.is_none()
+            && store.workers_live(LIVE_WORKER_SECONDS).await? == 0
+        {
+            told = true;
+            let line = format!(
+                "no worker has claimed a job in {} s; start one with `syncpool worker`",
+                NO_WORKER_NOTICE.as_secs()
+            );
+            match &bar {
+                Some(bar) => bar.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
+        let nap = Duration::from_millis(200);
+        tokio::time::sleep(match timeout {
+            Some(t) => nap
+                .min(t.saturating_sub(waited))
+                .max(Duration::from_millis(1)),
+            None => nap,
+        })
+        .await;
     }
 }
 
@@ -604,8 +777,14 @@ fn serve_checks(opts: &ServeOpts) -> Result<ServeSetup, CliError> {
         });
     }
     opts.timing.settings()?;
-    let tokens = api_tokens()?;
     let bind = opts.bind.as_str();
+    if !has_port(bind) {
+        return Err(CliError::Usage(format!(
+            "--bind '{bind}' has no port: give HOST:PORT (e.g. 127.0.0.1:8080; port 0 picks a \
+             free one)"
+        )));
+    }
+    let tokens = api_tokens()?;
     if tokens.is_empty() && !opts.insecure_no_auth && !is_loopback(bind) {
         return Err(CliError::Usage(format!(
             "refusing to serve on {bind} without SYNCPOOL_API_TOKEN: anyone who can reach it could \
@@ -632,9 +811,15 @@ async fn serve(
         tokens,
         site,
     };
-    let (_, server) = crate::http::serve(state, bind, stop.clone().cancelled_owned())
+    let auth = if state.tokens.is_empty() {
+        "no token required (SYNCPOOL_API_TOKEN unset)"
+    } else {
+        "every route but /metrics, /healthz, /readyz and /api/v1/openapi.json needs a token"
+    };
+    let (addr, server) = crate::http::serve(state, bind, stop.clone().cancelled_owned())
         .await
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    tracing::info!("console at http://{addr}/, API at http://{addr}/api/v1/; {auth}");
     let sched = tokio::spawn(crate::scheduler::run(
         store.clone(),
         schedules,
@@ -693,6 +878,21 @@ fn api_tokens() -> Result<Vec<Arc<str>>, CliError> {
         )));
     }
     Ok(tokens)
+}
+
+/// Whether `bind` ends with a port: `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`.
+fn has_port(bind: &str) -> bool {
+    if bind.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match bind.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && (!host.contains(':') || host.starts_with('['))
+        }
+        None => false,
+    }
 }
 
 /// True when every address `bind` resolves to is a loopback one.

@@ -7,7 +7,7 @@ use std::io::Write;
 use uuid::Uuid;
 
 use super::{CliError, plural, printable};
-use crate::model::{Lease, LeaseList, QueueStats, Record, Session, ts};
+use crate::model::{Lease, LeaseList, QueueStats, Record, RecordPage, RecordStatus, Session, ts};
 use crate::store::{RecordFilter, Store};
 
 /// Records read per query while printing a session.
@@ -17,12 +17,22 @@ const PAGE: i64 = 1000;
 pub(crate) async fn each_record(
     store: &dyn Store,
     id: Uuid,
+    each: impl FnMut(&Record) -> std::io::Result<()>,
+) -> Result<(), CliError> {
+    each_record_in(store, id, None, each).await
+}
+
+/// [`each_record`], of one status only when `status` is given.
+async fn each_record_in(
+    store: &dyn Store,
+    id: Uuid,
+    status: Option<RecordStatus>,
     mut each: impl FnMut(&Record) -> std::io::Result<()>,
 ) -> Result<(), CliError> {
     let mut after = 0;
     loop {
         let filter = RecordFilter {
-            status: None,
+            status,
             limit: PAGE,
             after,
         };
@@ -40,9 +50,39 @@ pub(crate) async fn each_record(
     }
 }
 
-/// Prints the session and all its records: as text, or as the JSON object scripts read
-/// (the session's fields and `records`), written as the pages arrive.
-pub(crate) async fn session(store: &dyn Store, s: &Session, json: bool) -> Result<(), CliError> {
+/// Which of a session's records the text output shows: one page (as the API's
+/// `/records` serves it) or, with `all`, every one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordView {
+    /// Only records in this status.
+    pub status: Option<RecordStatus>,
+    /// Records on the page.
+    pub limit: i64,
+    /// Only records with a larger id (0: from the first).
+    pub after: i64,
+    /// Every record (of `status`), not one page.
+    pub all: bool,
+}
+
+impl RecordView {
+    /// The first page of 50, as the API's default.
+    pub const FIRST_PAGE: RecordView = RecordView {
+        status: None,
+        limit: 50,
+        after: 0,
+        all: false,
+    };
+}
+
+/// Prints the session: as text, its summary and one page of its records (`view`), or as
+/// the JSON object scripts read (the session's fields and all its `records`), written as
+/// the pages arrive.
+pub(crate) async fn session(
+    store: &dyn Store,
+    s: &Session,
+    json: bool,
+    view: RecordView,
+) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let io = |e: std::io::Error| CliError::Runtime(e.into());
@@ -96,13 +136,7 @@ pub(crate) async fn session(store: &dyn Store, s: &Session, json: bool) -> Resul
     if s.total_instances == 0 {
         return out.flush().map_err(io);
     }
-    writeln!(
-        out,
-        "  {:<30} {:<9} {:>8} {:>8}  error",
-        "instance", "status", "attempts", "accounts"
-    )
-    .map_err(io)?;
-    each_record(store, s.session_id, |r| {
+    let row = |out: &mut dyn Write, r: &Record| {
         writeln!(
             out,
             "  {:<30} {:<9} {:>8} {:>8}  {}",
@@ -114,8 +148,63 @@ pub(crate) async fn session(store: &dyn Store, s: &Session, json: bool) -> Resul
                 .unwrap_or_else(|| "-".into()),
             printable(r.error.as_deref().unwrap_or(""))
         )
-    })
-    .await?;
+    };
+    let header = |out: &mut dyn Write| {
+        writeln!(
+            out,
+            "  {:<30} {:<9} {:>8} {:>8}  error",
+            "instance", "status", "attempts", "accounts"
+        )
+    };
+    let none = |out: &mut dyn Write| match view.status {
+        Some(st) => writeln!(out, "  no {st} records"),
+        None => writeln!(out, "  no records after {}", view.after),
+    };
+    if view.all {
+        let mut shown = 0;
+        each_record_in(store, s.session_id, view.status, |r| {
+            if shown == 0 {
+                header(&mut out)?;
+            }
+            shown += 1;
+            row(&mut out, r)
+        })
+        .await?;
+        if shown == 0 {
+            none(&mut out).map_err(io)?;
+        }
+        return out.flush().map_err(io);
+    }
+    let filter = RecordFilter {
+        status: view.status,
+        limit: view.limit,
+        after: view.after,
+    };
+    let (_, items) = store
+        .session_records(s.session_id, &filter)
+        .await?
+        .ok_or_else(|| CliError::Usage(format!("unknown session '{}'", s.session_id)))?;
+    let page = RecordPage::new(items, view.limit);
+    if page.items.is_empty() {
+        none(&mut out).map_err(io)?;
+    } else {
+        header(&mut out).map_err(io)?;
+        for r in &page.items {
+            row(&mut out, r).map_err(io)?;
+        }
+    }
+    if let Some(next) = page.next_after {
+        let status = view
+            .status
+            .map(|st| format!(" --status {st}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "more: `syncpool session {}{status} --after {next}` (or --all)",
+            s.session_id
+        )
+        .map_err(io)?;
+    }
     out.flush().map_err(io)
 }
 
@@ -186,26 +275,78 @@ pub(crate) fn seconds(s: f64) -> String {
     }
 }
 
-/// `syncpool queue`.
-pub(crate) async fn queue(store: &dyn Store, json: bool) -> Result<(), CliError> {
+/// `syncpool queue`: in syncpool's terms, what waits (due now or delayed to a later
+/// time), what runs (instances under a live lease) and what finished in the last hour;
+/// with `raw`, apalis' own states (`Pending`, `Queued`, `Running`, `Done`, ...), which
+/// say more about apalis than about the syncs.
+pub(crate) async fn queue(store: &dyn Store, json: bool, raw: bool) -> Result<(), CliError> {
     let q: QueueStats = store.queue_stats(None).await?;
     if json {
         super::print_json(&q);
         return Ok(());
     }
+    if raw {
+        queue_raw(&q);
+        return Ok(());
+    }
+    let count = |state: &str| q.depth.get(state).copied().unwrap_or(0);
+    let running = store.fleet_gauges().await?.locks_held;
+    let done = store.records_finished_since(3600).await?;
+    let claimed = count("Queued");
+    let claimed = if claimed > 0 {
+        format!(", {claimed} fetched by a worker, not started")
+    } else {
+        String::new()
+    };
+    println!(
+        "waiting  {:>7}  ({} due now, {} delayed to a later time: retries and instances \
+         leased by another session{claimed})",
+        q.ready + q.delayed + count("Queued"),
+        q.ready,
+        q.delayed
+    );
+    println!("running  {running:>7}  (instances under a live lease: `syncpool locks`)");
+    println!("done     {done:>7}  (records finished in the last hour)");
+    match &q.oldest_pending {
+        Some(o) => println!(
+            "next:    job {} due {} ({}, {})",
+            printable(&o.job_id),
+            due(o),
+            ts::format(&o.run_at),
+            plural(o.attempts, "attempt")
+        ),
+        None => println!("next:    nothing waits"),
+    }
+    Ok(())
+}
+
+/// `syncpool queue --raw`: apalis' states as apalis counts them.
+fn queue_raw(q: &QueueStats) {
     for (state, n) in &q.depth {
         println!("{:<8} {n:>9}", printable(state));
     }
     println!("pending: {} due, {} delayed", q.ready, q.delayed);
     match &q.oldest_pending {
         Some(o) => println!(
-            "oldest pending: job {} due {} ({} ago, {})",
+            "oldest pending: job {} due {} ({}, {})",
             printable(&o.job_id),
             ts::format(&o.run_at),
-            seconds(o.waited_seconds),
+            due(o),
             plural(o.attempts, "attempt")
         ),
         None => println!("oldest pending: none"),
     }
-    Ok(())
+}
+
+/// `4.2s ago`, or `in 3.0s` for a job due later (apalis' wait is 0 for those).
+fn due(o: &crate::model::OldestJob) -> String {
+    let now = chrono::Utc::now();
+    if o.run_at > now {
+        format!(
+            "in {}",
+            seconds((o.run_at - now).num_milliseconds() as f64 / 1000.0)
+        )
+    } else {
+        format!("{} ago", seconds(o.waited_seconds))
+    }
 }

@@ -321,7 +321,10 @@ pub(super) async fn instance_patch(
     ApiJson(patch): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<Instance>> {
     let current = load_instance(&s, &id).await?;
-    let named_again = patch.contains_key("password_env") || patch.contains_key("password_file");
+    // Named again only by the field that still holds a reference, as a string: a `null`
+    // for the other field names nothing.
+    let names_env = patch.get("password_env").is_some_and(Value::is_string);
+    let names_file = patch.get("password_file").is_some_and(Value::is_string);
     let mut new = current.as_new();
     for (key, value) in patch {
         let text = |v: &Value| -> ApiResult<Option<String>> {
@@ -375,6 +378,8 @@ pub(super) async fn instance_patch(
         },
         other => other.into(),
     })?;
+    let named_again =
+        (new.password_env.is_some() && names_env) || (new.password_file.is_some() && names_file);
     validate::password_rebind(&current, &new, named_again).map_err(|(field, message)| {
         ApiError::ConflictingField {
             field: field.into(),
@@ -453,7 +458,7 @@ pub(super) async fn cleanup(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/changes", params(("instance" = Option<String>, Query, description = "Only this instance, by the name it had then"), ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration back from now: 30m, 24h, 7d"), ("kind" = Option<String>, Query), ("sensitive" = Option<bool>, Query, description = "Only privilege-sensitive changes"), ("limit" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "The next_after of the previous page")), responses((status = 200, description = "Account changes, newest first", body = crate::model::ChangePage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/changes", params(("instance" = Option<String>, Query, description = "Only this instance, by the name it had then"), ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration back from now: 30m, 24h, 7d"), ("kind" = Option<String>, Query, description = "Only this kind: baseline, added, removed, changed; without it (and without all=true) baselines are left out"), ("all" = Option<bool>, Query, description = "Every kind, baselines included"), ("sensitive" = Option<bool>, Query, description = "Only privilege-sensitive changes"), ("limit" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "The next_after of the previous page")), responses((status = 200, description = "Account changes, newest first", body = crate::model::ChangePage), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
 pub(super) async fn changes_list(
     State(s): State<AppState>,
     q: Params,
@@ -465,6 +470,7 @@ pub(super) async fn changes_list(
         sensitive: q.bool("sensitive")?,
         limit: q.int("limit", 50)?,
         after: q.opt_int("after")?,
+        all: q.bool("all")?,
     })?;
     let items = s.store.changes_list(&filter).await?;
     Ok(Json(crate::model::ChangePage::new(items, filter.limit)))

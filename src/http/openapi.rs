@@ -124,13 +124,19 @@ fn instance_properties() -> serde_json::Map<String, Value> {
             "description": "Unique; 1 to 200 characters, no control characters, no space at either end",
         },
         "kind": {"type": "string", "enum": syncpool_workers::KINDS},
-        "host": nullable_word(253),
+        "host": {"type": ["string", "null"], "maxLength": 253, "pattern": syncpool_workers::HOST_PATTERN},
         "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
         "username": nullable_word(128),
         "database": nullable_word(128),
         "password_env": secret(syncpool_workers::SECRET_ENV_PATTERN),
         "password_file": secret(syncpool_workers::SECRET_FILE_PATTERN),
-        "options": {"type": "object"},
+        // No NUL in an option's name or text, whatever the kind (a 400); deeper values
+        // are the kind's to judge (`validate::instance_fields`).
+        "options": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[^\\x00]*$"},
+            "additionalProperties": {"not": {"type": "string", "pattern": "\\x00"}},
+        },
         "active": {"type": "boolean"},
     }) else {
         unreachable!("a JSON object literal")
@@ -158,7 +164,7 @@ fn new_instance_schema() -> Value {
             properties.insert("options".into(), options);
             let mut required = vec!["name", "kind"];
             if *kind != "simulated" {
-                let mut host = nullable_word(253);
+                let mut host = json!({"maxLength": 253, "pattern": syncpool_workers::HOST_PATTERN});
                 host["type"] = json!("string");
                 host["minLength"] = json!(1);
                 properties.insert("host".into(), host);

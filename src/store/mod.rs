@@ -47,6 +47,9 @@ pub enum StoreError {
     /// what to run.
     #[error("{0}")]
     NoDatabase(String),
+    /// syncpool's own database server cannot be reached; the message names it.
+    #[error("{0}")]
+    Unreachable(String),
     /// A session would have no instance: refused rather than "completed" over nothing.
     #[error("there is no active instance to sync: register one (`instances add`) or activate one")]
     NoInstances,
@@ -441,6 +444,9 @@ pub struct ChangeFilter {
     pub kind: Option<String>,
     /// Only privilege-sensitive changes.
     pub sensitive_only: bool,
+    /// Leave out `baseline` rows (what an instance held when its history began): the
+    /// default of `changes` and `GET /api/v1/changes` unless a kind is asked for.
+    pub without_baselines: bool,
     /// Page size.
     pub limit: i64,
     /// Keyset cursor: only changes with a smaller id (the last id of the previous page).
@@ -502,6 +508,15 @@ pub trait Store: Send + Sync + 'static {
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
     /// Every lease row (live or lapsed, oldest first) with the jobs waiting for its instance.
     async fn locks_list(&self) -> Result<Vec<crate::model::Lease>>;
+    /// Up to `limit` session ids between `lo` and `hi` (inclusive) in id order: the
+    /// sessions whose id starts with a given prefix (the CLI's short ids).
+    async fn session_ids_between(&self, lo: Uuid, hi: Uuid, limit: i64) -> Result<Vec<Uuid>>;
+    /// How many records finished (completed, failed or cancelled) in the last
+    /// `seconds`, by the database's clock: `queue`'s "done in the last hour".
+    async fn records_finished_since(&self, seconds: i64) -> Result<i64>;
+    /// How many workers of syncpool's queue sent apalis a heartbeat in the last
+    /// `within_seconds` (apalis' workers table): 0 means no worker is running.
+    async fn workers_live(&self, within_seconds: i64) -> Result<i64>;
     /// syncpool's jobs in the apalis queue: depth by state and the job due longest. With
     /// `cap`, each count stops at `cap + 1` (done jobs pile up until cleanup; a page that
     /// must stay fast reads a bounded number of index entries).
@@ -641,7 +656,7 @@ async fn connect_with(url: &str, create: bool) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url, create).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+        Ok(Arc::new(postgres::PgStore::connect(url, create).await?))
     } else {
         Err(StoreError::UnsupportedUrl(crate::redact::url(url)))
     }

@@ -365,6 +365,13 @@ pub(crate) fn allowed_host<'a>(
     settings: &crate::SourceSettings,
 ) -> Result<&'a str, SourceError> {
     let host = require(&inst.host, "host", inst)?;
+    // Checked again here for rows written around the API.
+    if !crate::hosts::is_network_host(host) {
+        return Err(SourceError::Fatal(format!(
+            "host of instance '{}' is not a DNS name or an IP address (a socket folder or a path is refused)",
+            inst.name
+        )));
+    }
     if settings.instance_hosts.allows(host) {
         Ok(host)
     } else {

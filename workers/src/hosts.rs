@@ -61,6 +61,21 @@ impl HostAllowList {
     }
 }
 
+/// The characters of a host name or an IP address (IPv6 with or without brackets), as
+/// a pattern for the API's schema; [`is_network_host`] is the same rule.
+pub const HOST_PATTERN: &str = "^[A-Za-z0-9._:\\[\\]-]+$";
+
+/// Whether `host` is made of the characters of a DNS name or an IP address. Anything
+/// else, a path above all (a PostgreSQL host starting with '/' is a Unix socket folder on
+/// the worker's own machine, reached with the worker's identity), is no instance.
+pub fn is_network_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '[' | ']' | '-'))
+}
+
 fn parse_one(item: &str) -> Option<Pattern> {
     let item = item.to_ascii_lowercase();
     if let Some((addr, bits)) = item.split_once('/') {
@@ -136,6 +151,23 @@ mod tests {
             assert!(!l.allows(no), "{no}");
         }
         assert!(HostAllowList::default().allows("anything.example"));
+    }
+
+    #[test]
+    fn a_socket_folder_or_url_is_no_network_host() {
+        for ok in [
+            "db1.internal",
+            "db_1.internal.",
+            "10.0.0.1",
+            "::1",
+            "[fe80::1]",
+            "localhost",
+        ] {
+            assert!(is_network_host(ok), "{ok}");
+        }
+        for no in ["/var/run/postgresql", "", "http://x", "a b", "@x", "db/x"] {
+            assert!(!is_network_host(no), "{no}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use common::{
     MAX_PASSWORD_FILE_BYTES, MAX_SECRET_NAME, SECRET_ENV_PATTERN, SECRET_ENV_PREFIX,
     SECRET_FILE_PATTERN, certs_dir, check_secret_env, check_secret_file, password, secrets_dir,
 };
-pub use hosts::HostAllowList;
+pub use hosts::{HOST_PATTERN, HostAllowList, is_network_host};
 pub use mysql::{MysqlSource, parse_grant};
 pub use postgres::PostgresSource;
 pub use simulated::SimulatedSource;

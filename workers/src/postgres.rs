@@ -30,7 +30,10 @@ impl AccountSource for PostgresSource {
         let port = inst.port.unwrap_or(5432);
         let user = inst.username.clone().unwrap_or_else(|| "postgres".into());
         let addr = format!("{host}:{port}");
-        let mut opts = PgConnectOptions::new()
+        // Not `new()`: it reads `~/.pgpass` (and `PGPASSWORD`, below) from the worker's
+        // environment, meant for syncpool's own database, and would send that password
+        // to whatever host an instance names (docs/SECURITY.md).
+        let mut opts = PgConnectOptions::new_without_pgpass()
             .host(host)
             .port(port)
             .username(&user)
@@ -41,9 +44,9 @@ impl AccountSource for PostgresSource {
         if let Some(pem) = &tls.root_cert {
             opts = opts.ssl_root_cert_from_pem(pem.clone());
         }
-        if let Some(pw) = password(inst).await? {
-            opts = opts.password(&pw);
-        }
+        // Always set, so that `PGPASSWORD` never stands in for an instance without one.
+        let pw = password(inst).await?.unwrap_or_default();
+        opts = opts.password(&pw);
         let mut conn = within(
             settings.connect_timeout,
             &format!("connecting to {addr}"),

@@ -14,7 +14,8 @@ pub(super) async fn changes_list(pool: &PgPool, f: &ChangeFilter) -> Result<Vec<
          WHERE ($1::text IS NULL OR instance_name = $1) \
          AND ($2::timestamptz IS NULL OR changed_at >= $2) \
          AND ($3::text IS NULL OR kind = $3) AND (NOT $4 OR sensitive) \
-         AND ($5::bigint IS NULL OR id < $5) ORDER BY id DESC LIMIT $6",
+         AND ($5::bigint IS NULL OR id < $5) AND (NOT $7 OR kind <> 'baseline') \
+         ORDER BY id DESC LIMIT $6",
     )
     .bind(&f.instance)
     .bind(f.since)
@@ -22,6 +23,7 @@ pub(super) async fn changes_list(pool: &PgPool, f: &ChangeFilter) -> Result<Vec<
     .bind(f.sensitive_only)
     .bind(f.after)
     .bind(f.limit)
+    .bind(f.without_baselines)
     .fetch_all(pool)
     .await?
     .iter()

@@ -51,12 +51,24 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects with syncpool's session settings (timeouts, keepalives) and the queue's pool.
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// With `create`, a missing database is created (`CREATE DATABASE`, from the server's
+    /// `postgres` database), as a missing SQLite file is; without, it is bad input that
+    /// says how to create it.
+    pub async fn connect(url: &str, create: bool) -> Result<Self> {
         let opts = connect_options(url)?;
         // A pool retries a refused connection until its acquire timeout (30 s) and then
         // says only "pool timed out"; one plain connection first fails at once, with the
         // real cause (refused, unknown host, bad password, no such database).
-        let probe: PgConnection = sqlx::ConnectOptions::connect(&opts).await?;
+        let probe = match sqlx::ConnectOptions::connect(&opts).await {
+            Err(e) if is_missing_database(&e) && create => {
+                create_database(&opts).await?;
+                sqlx::ConnectOptions::connect(&opts)
+                    .await
+                    .map_err(|e| connect_error(&opts, e))?
+            }
+            other => other.map_err(|e| connect_error(&opts, e))?,
+        };
+        let probe: PgConnection = probe;
         sqlx::Connection::close(probe).await?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
@@ -68,6 +80,71 @@ impl PgStore {
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+/// Where `opts` connects, as an operator would write it: `HOST:PORT` or the socket.
+fn server(opts: &PgConnectOptions) -> String {
+    match opts.get_socket() {
+        Some(dir) => format!("{} (port {})", dir.display(), opts.get_port()),
+        None => format!("{}:{}", opts.get_host(), opts.get_port()),
+    }
+}
+
+/// SQLSTATE 3D000, `invalid_catalog_name`: the URL names a database the server lacks.
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"))
+}
+
+/// A failed first connection, naming the server (and the database when it is missing):
+/// "Connection refused" alone does not say which of several servers refused.
+fn connect_error(opts: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let at = server(opts);
+    if is_missing_database(&e) {
+        return StoreError::NoDatabase(format!(
+            "no database '{}' on the PostgreSQL server at {at}: create it with `syncpool \
+             migrate` (or check --database-url)",
+            opts.get_database().unwrap_or_default()
+        ));
+    }
+    match e {
+        sqlx::Error::Database(_) => StoreError::Database(e),
+        e => StoreError::Unreachable(format!(
+            "cannot connect to syncpool's PostgreSQL database at {at}: {e}"
+        )),
+    }
+}
+
+/// Creates the database `opts` names, connected to the same server's `postgres`
+/// database. Another process creating it at the same moment is no error.
+async fn create_database(opts: &PgConnectOptions) -> Result<()> {
+    let name = opts.get_database().unwrap_or_default().to_string();
+    let admin = opts.clone().database("postgres");
+    let mut conn: PgConnection = sqlx::ConnectOptions::connect(&admin)
+        .await
+        .map_err(|e| connect_error(&admin, e))?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await;
+    let _ = sqlx::Connection::close(conn).await;
+    match done {
+        Ok(_) => {
+            tracing::info!(database = %name, server = %server(opts), "created the database");
+            Ok(())
+        }
+        // 42P04 duplicate_database; 23505 when two CREATE DATABASE race on the catalog.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Other(format!(
+            "the database '{name}' does not exist on the PostgreSQL server at {} and could not \
+             be created ({}): create it (`createdb {name}`) and run `syncpool migrate`",
+            server(opts),
+            describe(&e)
+        ))),
     }
 }
 
@@ -408,6 +485,39 @@ impl Store for PgStore {
 
     async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {
         operator::locks_list(&self.pool).await
+    }
+
+    async fn session_ids_between(&self, lo: Uuid, hi: Uuid, limit: i64) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT session_id FROM sync_sessions WHERE session_id BETWEEN $1 AND $2 \
+             ORDER BY session_id LIMIT $3",
+        )
+        .bind(lo)
+        .bind(hi)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn records_finished_since(&self, seconds: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_instance_records \
+             WHERE completed_at >= now() - make_interval(secs => $1)",
+        )
+        .bind(seconds as f64)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn workers_live(&self, within_seconds: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM apalis.workers WHERE worker_type = $1 \
+             AND last_seen >= now() - make_interval(secs => $2)",
+        )
+        .bind(crate::queue::QUEUE)
+        .bind(within_seconds as f64)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn queue_stats(&self, cap: Option<i64>) -> Result<crate::model::QueueStats> {

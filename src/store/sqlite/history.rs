@@ -19,7 +19,7 @@ pub(super) async fn changes_list(
          detail, flags, sensitive, changed_at FROM account_changes \
          WHERE (?1 IS NULL OR instance_name = ?1) AND (?2 IS NULL OR changed_at >= ?2) \
          AND (?3 IS NULL OR kind = ?3) AND (NOT ?4 OR sensitive) AND (?5 IS NULL OR id < ?5) \
-         ORDER BY id DESC LIMIT ?6",
+         AND (NOT ?7 OR kind <> 'baseline') ORDER BY id DESC LIMIT ?6",
     )
     .bind(&f.instance)
     .bind(since)
@@ -27,6 +27,7 @@ pub(super) async fn changes_list(
     .bind(f.sensitive_only)
     .bind(f.after)
     .bind(f.limit)
+    .bind(f.without_baselines)
     .fetch_all(pool)
     .await?
     .iter()

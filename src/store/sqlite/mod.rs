@@ -71,6 +71,21 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "memory");
         let path = (!url.contains(":memory:")).then(|| opts.get_filename().to_path_buf());
+        // SQLite would say only "unable to open database file".
+        if let Some(dir) = path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            return Err(StoreError::NoDatabase(format!(
+                "cannot open the database at {}: its folder {} does not exist (create the \
+                 folder, or check --database-url)",
+                path.as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                dir.display()
+            )));
+        }
         if let Some(path) = path.as_ref().filter(|p| !create && !p.exists()) {
             return Err(StoreError::NoDatabase(format!(
                 "no database at {}: create it with `syncpool migrate` (or check --database-url)",
@@ -453,6 +468,44 @@ impl Store for SqliteStore {
 
     async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {
         operator::locks_list(&self.pool).await
+    }
+
+    async fn session_ids_between(&self, lo: Uuid, hi: Uuid, limit: i64) -> Result<Vec<Uuid>> {
+        // Stored as lowercase hyphenated text, which sorts as the ids do.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT session_id FROM sync_sessions WHERE session_id BETWEEN ?1 AND ?2 \
+             ORDER BY session_id LIMIT ?3",
+        )
+        .bind(lo.to_string())
+        .bind(hi.to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|s| {
+                Uuid::parse_str(s).map_err(|e| StoreError::Other(format!("session id {s}: {e}")))
+            })
+            .collect()
+    }
+
+    async fn records_finished_since(&self, seconds: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_instance_records WHERE completed_at >= \
+             strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?1 || ' seconds')",
+        )
+        .bind(seconds)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn workers_live(&self, within_seconds: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM Workers WHERE worker_type = ?1 AND last_seen >= unixepoch() - ?2",
+        )
+        .bind(crate::queue::QUEUE)
+        .bind(within_seconds)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn queue_stats(&self, cap: Option<i64>) -> Result<crate::model::QueueStats> {
