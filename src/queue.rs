@@ -106,3 +106,185 @@ impl apalis::prelude::PollStrategy for Every {
         std::task::Poll::Pending
     }
 }
+
+/// Wakes an idle worker when its notification stream says jobs were added (PostgreSQL's
+/// NOTIFY), and every `period` in any case.
+///
+/// apalis' combined strategy polls its parts in order and stops at the first that is
+/// ready, and reads one notification per fetch. A session's INSERT sends one notification
+/// per job, so after the first session each worker held a backlog of thousands: the stream
+/// was always ready, the timer behind it was never polled again, and an idle worker woke
+/// only at its next queue heartbeat (10 s): later sessions ran at a fifth of the first
+/// one's rate (docs/BENCHMARKS.md). This strategy drains every notification that has
+/// arrived, so the stream is pending again and a new one wakes the worker, and always
+/// polls the timer too. A stream that ends (its connection failed) is opened afresh at the
+/// next tick: a clone of the template starts a new listener.
+pub struct NotifyOrEvery<S> {
+    template: S,
+    notes: Option<S>,
+    every: Every,
+}
+
+/// Most notifications read in one poll: enough to drain any burst quickly without
+/// holding the task for long; the rest are read at the next poll.
+const DRAIN_AT_MOST: usize = 4096;
+
+impl<S: Clone> NotifyOrEvery<S> {
+    /// Wakes on items of `notes` (a clone of it, opened lazily) and every `period`.
+    pub fn new(notes: S, period: std::time::Duration) -> Self {
+        Self {
+            notes: Some(notes.clone()),
+            template: notes,
+            every: Every::new(period),
+        }
+    }
+}
+
+impl<S: Clone> Clone for NotifyOrEvery<S> {
+    fn clone(&self) -> Self {
+        Self {
+            notes: Some(self.template.clone()),
+            template: self.template.clone(),
+            every: self.every.clone(),
+        }
+    }
+}
+
+impl<S: futures::Stream + Unpin + Clone> apalis::prelude::PollStrategy for NotifyOrEvery<S> {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        snapshot: &apalis::prelude::PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        use futures::StreamExt;
+        use std::task::Poll;
+        let mut notified = false;
+        if let Some(notes) = self.notes.as_mut() {
+            for _ in 0..DRAIN_AT_MOST {
+                match notes.poll_next_unpin(cx) {
+                    Poll::Ready(Some(_)) => notified = true,
+                    Poll::Ready(None) => {
+                        tracing::warn!("job notifications stopped; polling until they are back");
+                        self.notes = None;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        let tick = self.every.poll_drive(cx, snapshot).is_ready();
+        if tick && self.notes.is_none() {
+            self.notes = Some(self.template.clone());
+        }
+        if notified || tick {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use apalis::prelude::{PollSnapshot, PollStrategy};
+
+    use super::NotifyOrEvery;
+
+    /// A listener with `left` notifications waiting, then nothing (or its end); each clone
+    /// is a new listener, counted in `opened`.
+    struct Listener {
+        left: Arc<AtomicUsize>,
+        ends: bool,
+        opened: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Listener {
+        fn clone(&self) -> Self {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            Listener {
+                left: self.left.clone(),
+                ends: self.ends,
+                opened: self.opened.clone(),
+            }
+        }
+    }
+
+    impl futures::Stream for Listener {
+        type Item = ();
+        fn poll_next(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<()>> {
+            let left = self.left.load(Ordering::SeqCst);
+            if left > 0 {
+                self.left.store(left - 1, Ordering::SeqCst);
+                Poll::Ready(Some(()))
+            } else if self.ends {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn listener(left: usize, ends: bool) -> (Listener, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (left, opened) = (
+            Arc::new(AtomicUsize::new(left)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let l = Listener {
+            left: left.clone(),
+            ends,
+            opened: opened.clone(),
+        };
+        (l, left, opened)
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_notifications_is_drained_and_the_timer_still_fires() {
+        let (l, left, _) = listener(10_000, false);
+        let mut s = NotifyOrEvery::new(l, Duration::from_millis(20));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let snap = PollSnapshot::default();
+        assert!(s.poll_drive(&mut cx, &snap).is_ready(), "notified");
+        for _ in 0..3 {
+            let _ = s.poll_drive(&mut cx, &snap);
+        }
+        assert_eq!(
+            left.load(Ordering::SeqCst),
+            0,
+            "a burst is read in a few polls, not one notification per fetch"
+        );
+        assert!(s.poll_drive(&mut cx, &snap).is_pending(), "nothing new");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(
+            s.poll_drive(&mut cx, &snap).is_ready(),
+            "the timer fires behind a listener (it never did behind a backlog)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_ends_is_opened_again_at_the_next_tick() {
+        let (l, _, opened) = listener(0, true);
+        let mut s = NotifyOrEvery::new(l, Duration::from_millis(20));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let snap = PollSnapshot::default();
+        let before = opened.load(Ordering::SeqCst);
+        assert!(
+            s.poll_drive(&mut cx, &snap).is_pending(),
+            "an ended listener wakes nobody"
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(
+            s.poll_drive(&mut cx, &snap).is_ready(),
+            "the timer still does"
+        );
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            before + 1,
+            "and a new listener is opened"
+        );
+    }
+}

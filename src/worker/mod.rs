@@ -16,9 +16,8 @@ use anyhow::Context;
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
-use futures::StreamExt;
 
-use crate::queue::{Every, QUEUE, RawBytes};
+use crate::queue::{Every, NotifyOrEvery, QUEUE, RawBytes};
 use crate::settings::Settings;
 use crate::store::{DbPool, Store};
 use pipeline::{Pipeline, handle_job};
@@ -151,11 +150,10 @@ pub async fn run(
                 names.lock().expect("names lock").push(name.clone());
                 // NOTIFY wakes the worker at once for new jobs; the interval catches jobs
                 // scheduled for later (NOTIFY does not fire for a future run_at).
-                let strategy = Strategy::new()
-                    .stream(
-                        apalis_postgres::Pubsub::new(pool.clone(), QUEUE.to_string()).map(|_| ()),
-                    )
-                    .apply(Every::new(poll));
+                let strategy = NotifyOrEvery::new(
+                    apalis_postgres::Pubsub::new(pool.clone(), QUEUE.to_string()),
+                    poll,
+                );
                 let backend = PostgresStorage::<Vec<u8>>::new(&pool)
                     .with_config(config.clone())
                     .with_codec(RawBytes)
