@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let backend = get("--backend").unwrap_or_else(|| "both".into());
     let wanted = get("--scenario")
-        .unwrap_or_else(|| "noop,efficiency,pickup,enqueue,scale,previous,console".into());
+        .unwrap_or_else(|| "noop,steady,efficiency,pickup,enqueue,scale,previous,console".into());
     let wants = |s: &str| wanted.split(',').any(|w| w == s);
     let backends: Vec<&'static str> = ["sqlite", "postgres"]
         .into_iter()
@@ -145,6 +145,9 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("== {b}");
         if wants("noop") {
             run!(format!("noop/{b}"), scenarios::noop(b, noop_n, rounds));
+        }
+        if wants("steady") {
+            run!(format!("steady/{b}"), scenarios::steady(b, noop_n));
         }
         if wants("efficiency") {
             run!(format!("efficiency/{b}"), scenarios::efficiency(b, eff_n));

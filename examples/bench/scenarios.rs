@@ -295,3 +295,41 @@ pub async fn scale(backend: &'static str, sizes: &[usize]) -> anyhow::Result<Vec
     }
     Ok(out)
 }
+
+/// Three sessions in a row of the same `n` no-op instances on the same two workers x 16
+/// (issue #21): a fleet lives in later sessions, over tables that already hold finished
+/// ones, with workers that have run before. Each later session's rate is compared with
+/// the first's (target >= 0.9), the third's with raw apalis in the same run (>= 0.6).
+pub async fn steady(backend: &'static str, n: usize) -> anyhow::Result<Vec<Fig>> {
+    let db = Db::with_instances(backend, n, instant_options()).await?;
+    let workers = spawn_workers(&db.url, 2, 16)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rates = vec![];
+    for session in 1..=3 {
+        let t = Instant::now();
+        let created = db.store.session_create(SyncType::ManualBatch, None).await?;
+        let ok = db
+            .wait_finished(created.session_id, Duration::from_secs(1800))
+            .await?;
+        anyhow::ensure!(
+            ok as usize == n,
+            "session {session}: only {ok} of {n} syncs completed"
+        );
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+        eprintln!(
+            "  steady {backend} session {session}: {:.0}/s",
+            rates[session - 1]
+        );
+    }
+    stop(workers);
+    db.close().await?;
+    let raw = raw_apalis(backend, n).await?;
+    let s = "steady";
+    Ok(vec![
+        Fig::one(s, backend, "session1_syncs_per_s", rates[0], "1/s").vs(raw),
+        Fig::one(s, backend, "session2_syncs_per_s", rates[1], "1/s").vs(rates[0]),
+        Fig::one(s, backend, "session3_syncs_per_s", rates[2], "1/s").vs(rates[0]),
+        Fig::one(s, backend, "session3_vs_raw_apalis", rates[2] / raw, "x").vs(0.6),
+        Fig::one(s, backend, "raw_apalis_jobs_per_s", raw, "1/s"),
+    ])
+}
