@@ -571,3 +571,13 @@ async fn a_host_that_is_a_socket_folder_is_refused_at_the_door() {
     assert_eq!(st, 400, "{err}");
     assert_eq!(err["error"]["field"], "host", "{err}");
 }
+
+/// A worker whose `--instance-hosts` cannot be read must not start allowing every host.
+#[test]
+fn a_worker_with_an_unreadable_instance_hosts_list_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let (code, _, err) = cli(&url, &["worker", "--instance-hosts", "db.internal, http://evil"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--instance-hosts") && err.contains("http://evil"), "{err}");
+}
