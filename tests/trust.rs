@@ -577,7 +577,13 @@ async fn a_host_that_is_a_socket_folder_is_refused_at_the_door() {
 fn a_worker_with_an_unreadable_instance_hosts_list_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    let (code, _, err) = cli(&url, &["worker", "--instance-hosts", "db.internal, http://evil"]);
+    let (code, _, err) = cli(
+        &url,
+        &["worker", "--instance-hosts", "db.internal, http://evil"],
+    );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--instance-hosts") && err.contains("http://evil"), "{err}");
+    assert!(
+        err.contains("--instance-hosts") && err.contains("http://evil"),
+        "{err}"
+    );
 }
