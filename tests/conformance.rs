@@ -268,20 +268,17 @@ async fn a_granted_and_finished_sync_completes_the_session_with_true_totals(b: B
         }
     );
     let fin = store
-        .record_finish_batch(
-            &p,
-            &[
-                finish(&jobs[0], t0, SyncResult::Completed(accounts(&["a", "b"]))),
-                finish(
-                    &jobs[1],
-                    t1,
-                    SyncResult::Failed {
-                        error: "boom".into(),
-                        retry_after: None,
-                    },
-                ),
-            ],
-        )
+        .record_finish_batch(&[
+            finish(&jobs[0], t0, SyncResult::Completed(accounts(&["a", "b"]))),
+            finish(
+                &jobs[1],
+                t1,
+                SyncResult::Failed {
+                    error: "boom".into(),
+                    retry_after: None,
+                },
+            ),
+        ])
         .await
         .unwrap();
     assert_eq!(
@@ -385,7 +382,7 @@ async fn a_busy_instance_requeues_the_job_until_the_lease_is_released(b: Backend
         "the superseded job does nothing: {stale:?}"
     );
     store
-        .record_finish_batch(&p, &[finish(&j1, t1, SyncResult::Completed(vec![]))])
+        .record_finish_batch(&[finish(&j1, t1, SyncResult::Completed(vec![]))])
         .await
         .unwrap();
     let t2 = token_of(
@@ -441,18 +438,12 @@ async fn a_stale_token_is_refused_after_a_takeover(b: Backend) {
         .unwrap();
     assert!(!renew[0].held);
     let late = store
-        .record_finish_batch(
-            &short,
-            &[finish(&job, old, SyncResult::Completed(accounts(&["x"])))],
-        )
+        .record_finish_batch(&[finish(&job, old, SyncResult::Completed(accounts(&["x"])))])
         .await
         .unwrap();
     assert_eq!(late[0].record, RecordOutcome::Fenced);
     let ok = store
-        .record_finish_batch(
-            &short,
-            &[finish(&job, new, SyncResult::Completed(accounts(&["y"])))],
-        )
+        .record_finish_batch(&[finish(&job, new, SyncResult::Completed(accounts(&["y"])))])
         .await
         .unwrap();
     assert!(matches!(ok[0].record, RecordOutcome::Completed { .. }));
@@ -502,7 +493,7 @@ async fn cancel_marks_pending_records_and_finishes_the_session(b: Backend) {
         .unwrap();
     assert!(hb[0].cancel_requested);
     let fin = store
-        .record_finish_batch(&p, &[finish(&jobs[0], t, SyncResult::Cancelled)])
+        .record_finish_batch(&[finish(&jobs[0], t, SyncResult::Cancelled)])
         .await
         .unwrap();
     assert_eq!(
@@ -549,17 +540,14 @@ async fn a_retryable_failure_schedules_the_next_attempt_then_fails(b: Backend) {
             .unwrap()[0],
     );
     let out = store
-        .record_finish_batch(
-            &p,
-            &[finish(
-                &job,
-                t,
-                SyncResult::Failed {
-                    error: "timeout".into(),
-                    retry_after: Some(Duration::from_secs(1)),
-                },
-            )],
-        )
+        .record_finish_batch(&[finish(
+            &job,
+            t,
+            SyncResult::Failed {
+                error: "timeout".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+        )])
         .await
         .unwrap();
     assert_eq!(out[0].record, RecordOutcome::Retrying { next_attempt: 2 });
@@ -581,17 +569,14 @@ async fn a_retryable_failure_schedules_the_next_attempt_then_fails(b: Backend) {
     };
     assert_eq!(attempt, 2);
     let out = store
-        .record_finish_batch(
-            &p,
-            &[finish(
-                &job2,
-                token,
-                SyncResult::Failed {
-                    error: "timeout again".into(),
-                    retry_after: None,
-                },
-            )],
-        )
+        .record_finish_batch(&[finish(
+            &job2,
+            token,
+            SyncResult::Failed {
+                error: "timeout again".into(),
+                retry_after: None,
+            },
+        )])
         .await
         .unwrap();
     assert_eq!(out[0].session_finished.as_ref().unwrap().status, "failed");
@@ -620,7 +605,7 @@ async fn the_inventory_diff_counts_added_removed_and_changed_accounts(b: Backend
                     .unwrap()[0],
             );
             store
-                .record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(found))])
+                .record_finish_batch(&[finish(&job, t, SyncResult::Completed(found))])
                 .await
                 .unwrap()
                 .remove(0)
@@ -680,7 +665,7 @@ async fn cleanup_deletes_old_finished_sessions_but_not_running_ones(b: Backend) 
                 .unwrap()[0],
         );
         store
-            .record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(vec![]))])
+            .record_finish_batch(&[finish(&job, t, SyncResult::Completed(vec![]))])
             .await
             .unwrap();
     }
@@ -820,10 +805,7 @@ async fn session_list_filters_by_status_newest_first_with_a_total(b: Backend) {
             .unwrap()[0],
     );
     store
-        .record_finish_batch(
-            &p,
-            &[finish(&job, t, SyncResult::Completed(accounts(&["a"])))],
-        )
+        .record_finish_batch(&[finish(&job, t, SyncResult::Completed(accounts(&["a"])))])
         .await
         .unwrap();
     let second = store

@@ -431,7 +431,7 @@ async fn a_fenced_finish_records_no_history_and_a_replayed_one_records_it_once(b
     // The first sync is the baseline.
     let (job, token, result) = session(accounts(&["a"])).await;
     store
-        .record_finish_batch(&p, &[finish(&job, token, result)])
+        .record_finish_batch(&[finish(&job, token, result)])
         .await
         .unwrap();
     let got = new_changes(store.as_ref(), &mut seen).await;
@@ -445,10 +445,10 @@ async fn a_fenced_finish_records_no_history_and_a_replayed_one_records_it_once(b
     let (job, token, result) = session(accounts(&["a", "b"])).await;
     let req = finish(&job, token, result);
     store
-        .record_finish_batch(&p, std::slice::from_ref(&req))
+        .record_finish_batch(std::slice::from_ref(&req))
         .await
         .unwrap();
-    store.record_finish_batch(&p, &[req]).await.unwrap();
+    store.record_finish_batch(&[req]).await.unwrap();
     let got = new_changes(store.as_ref(), &mut seen).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("added", "b"));
@@ -456,14 +456,11 @@ async fn a_fenced_finish_records_no_history_and_a_replayed_one_records_it_once(b
     // A finish with a token that is no longer current is fenced: nothing is written.
     let (job, token, _) = session(accounts(&[])).await;
     let out = store
-        .record_finish_batch(
-            &p,
-            &[finish(
-                &job,
-                token - 1,
-                SyncResult::Completed(accounts(&["c"])),
-            )],
-        )
+        .record_finish_batch(&[finish(
+            &job,
+            token - 1,
+            SyncResult::Completed(accounts(&["c"])),
+        )])
         .await
         .unwrap();
     assert_eq!(out[0].record, syncpool::store::RecordOutcome::Fenced);

@@ -26,7 +26,7 @@ on_both_databases!(
     a_completed_sync_of_a_deleted_instance_stores_no_accounts,
     a_hundred_thousand_accounts_going_to_zero_are_all_marked_deleted,
     cancel_racing_grants_and_finishes_at_64_way_concurrency_never_fails_or_deadlocks,
-    pipeline_round_commits_finishes_renewals_and_grants_in_one_transaction,
+    pipeline_round_commits_finishes_then_renewals_then_grants,
     a_cron_slot_is_claimed_and_its_session_started_in_one_transaction_and_fires_once,
     cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots,
     a_cron_slot_with_no_active_instance_is_recorded_skipped_and_starts_nothing,
@@ -76,10 +76,7 @@ async fn a_renewal_that_arrives_after_the_finish_does_not_revive_the_released_le
             .unwrap()[0],
     );
     store
-        .record_finish_batch(
-            &p,
-            &[finish(&job, t, SyncResult::Completed(accounts(&["a"])))],
-        )
+        .record_finish_batch(&[finish(&job, t, SyncResult::Completed(accounts(&["a"])))])
         .await
         .unwrap();
     let late = store
@@ -267,10 +264,7 @@ async fn the_rescuer_hands_on_a_record_whose_lease_was_taken_by_another_session(
         "the frozen holder's record is handed on, not left running"
     );
     let late = store
-        .record_finish_batch(
-            &p,
-            &[finish(&j1, t1, SyncResult::Completed(accounts(&["stale"])))],
-        )
+        .record_finish_batch(&[finish(&j1, t1, SyncResult::Completed(accounts(&["stale"])))])
         .await
         .unwrap();
     assert_eq!(late[0].record, RecordOutcome::Fenced);
@@ -285,10 +279,7 @@ async fn the_rescuer_hands_on_a_record_whose_lease_was_taken_by_another_session(
         "it waits for the live holder: {busy:?}"
     );
     store
-        .record_finish_batch(
-            &long,
-            &[finish(&j2, t2, SyncResult::Completed(accounts(&["a"])))],
-        )
+        .record_finish_batch(&[finish(&j2, t2, SyncResult::Completed(accounts(&["a"])))])
         .await
         .unwrap();
     j1b.0 = job_id_of(store.as_ref(), j1.1.record_id).await;
@@ -299,10 +290,7 @@ async fn the_rescuer_hands_on_a_record_whose_lease_was_taken_by_another_session(
             .unwrap()[0],
     );
     let fin = store
-        .record_finish_batch(
-            &long,
-            &[finish(&j1b, t, SyncResult::Completed(accounts(&["a"])))],
-        )
+        .record_finish_batch(&[finish(&j1b, t, SyncResult::Completed(accounts(&["a"])))])
         .await
         .unwrap();
     assert_eq!(
@@ -339,10 +327,7 @@ async fn cancel_ends_a_running_record_whose_lease_is_gone_and_finishes_the_sessi
         Some("cancelled")
     );
     let late = store
-        .record_finish_batch(
-            &p,
-            &[finish(&jobs[0], t, SyncResult::Completed(accounts(&["x"])))],
-        )
+        .record_finish_batch(&[finish(&jobs[0], t, SyncResult::Completed(accounts(&["x"])))])
         .await
         .unwrap();
     assert_eq!(late[0].record, RecordOutcome::Fenced);
@@ -426,7 +411,7 @@ async fn a_finish_retried_after_its_commit_replays_its_outcome_and_counts_once(b
     );
     for _ in 0..2 {
         let fin = store
-            .record_finish_batch(&p, &[done.clone(), retry.clone()])
+            .record_finish_batch(&[done.clone(), retry.clone()])
             .await
             .unwrap();
         assert_eq!(
@@ -469,10 +454,7 @@ async fn a_completed_sync_of_a_deleted_instance_stores_no_accounts(b: Backend) {
     );
     assert!(store.instance_delete(ids[0]).await.unwrap());
     let fin = store
-        .record_finish_batch(
-            &p,
-            &[finish(&job, t, SyncResult::Completed(accounts(&["x"])))],
-        )
+        .record_finish_batch(&[finish(&job, t, SyncResult::Completed(accounts(&["x"])))])
         .await
         .unwrap();
     assert_eq!(fin[0].record, RecordOutcome::Failed);
@@ -543,7 +525,7 @@ async fn a_hundred_thousand_accounts_going_to_zero_are_all_marked_deleted(b: Bac
         );
         let started = std::time::Instant::now();
         let fin = store
-            .record_finish_batch(&p, &[finish(&job, t, SyncResult::Completed(found))])
+            .record_finish_batch(&[finish(&job, t, SyncResult::Completed(found))])
             .await
             .unwrap();
         eprintln!("finish of a {N}-account diff: {:?}", started.elapsed());
@@ -573,10 +555,11 @@ async fn cancel_racing_grants_and_finishes_at_64_way_concurrency_never_fails_or_
                     .await?;
                 if let GrantOutcome::Granted { token, .. } = g[0] {
                     store
-                        .record_finish_batch(
-                            &p,
-                            &[finish(&job, token, SyncResult::Completed(accounts(&["a"])))],
-                        )
+                        .record_finish_batch(&[finish(
+                            &job,
+                            token,
+                            SyncResult::Completed(accounts(&["a"])),
+                        )])
                         .await?;
                 }
                 Ok::<_, StoreError>(())
@@ -610,7 +593,7 @@ async fn cancel_racing_grants_and_finishes_at_64_way_concurrency_never_fails_or_
     }
 }
 
-async fn pipeline_round_commits_finishes_renewals_and_grants_in_one_transaction(b: Backend) {
+async fn pipeline_round_commits_finishes_then_renewals_then_grants(b: Backend) {
     let (_db, store, _) = setup(b, 2).await;
     let p = params(Duration::from_secs(30));
     let s = store
@@ -618,15 +601,6 @@ async fn pipeline_round_commits_finishes_renewals_and_grants_in_one_transaction(
         .await
         .unwrap();
     let jobs = jobs_of(store.as_ref(), s.session_id).await;
-    if !store.combines_rounds() {
-        assert!(
-            store
-                .pipeline_round(&p, &[], &[], &[grant(&jobs[0], "w")])
-                .await
-                .is_err()
-        );
-        return;
-    }
     let (_, _, g) = store
         .pipeline_round(&p, &[], &[], &[grant(&jobs[0], "w")])
         .await

@@ -70,12 +70,12 @@ async fn a_grant_and_a_finish_whose_commit_answer_is_lost_are_replayed_by_their_
     proxy.cut_after_next_commit();
     assert!(
         store
-            .record_finish_batch(&p, std::slice::from_ref(&fin))
+            .record_finish_batch(std::slice::from_ref(&fin))
             .await
             .is_err()
     );
     let fins = [fin.clone()];
-    let replay = until_ok(|| store.record_finish_batch(&p, &fins)).await;
+    let replay = until_ok(|| store.record_finish_batch(&fins)).await;
     assert!(
         matches!(replay[0].record, RecordOutcome::Completed { total: 1, .. }),
         "the retry is not reported as fenced: {:?}",
@@ -125,7 +125,7 @@ async fn a_frozen_transaction_holding_the_session_row_stalls_others_only_until_t
         token_of(&out[0]),
         SyncResult::Completed(accounts(&["a"])),
     )];
-    let fin = until_ok(|| store.record_finish_batch(&p, &fins)).await;
+    let fin = until_ok(|| store.record_finish_batch(&fins)).await;
     let stalled = started.elapsed();
     eprintln!(
         "another worker's finish waited {stalled:?} behind a frozen transaction (idle_in_transaction_session_timeout {})",

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures::future::BoxFuture;
 
 use super::*;
 use crate::queue::{self, JobPayload};
@@ -54,7 +55,7 @@ pub(crate) struct SessionTotals {
 
 /// Adds to a session's totals in the caller's transaction and finishes the session when
 /// its last record became terminal (invariant 3). The one place that decides it.
-pub(crate) async fn session_bump<O: BatchOps>(
+pub(crate) async fn session_bump<O: BatchOps + ?Sized>(
     ops: &mut O,
     session_row: i64,
     ok: i64,
@@ -239,6 +240,48 @@ pub(crate) trait BatchOps: Send {
     async fn changes_insert(&mut self, rows: &[NewChange]) -> Result<()>;
     /// Marks these instances' history as begun (their baseline is in this transaction).
     async fn instances_history_start(&mut self, ids: &[i64]) -> Result<()>;
+    /// Extends the leases whose token is still current, in request order; reports
+    /// each record's cancel request.
+    async fn leases_renew(
+        &mut self,
+        ttl: Duration,
+        reqs: &[RenewRequest],
+    ) -> Result<Vec<RenewOutcome>>;
+    /// A session's row id and whether it has finished, by its public id.
+    async fn session_find(&mut self, session_id: uuid::Uuid) -> Result<Option<FoundSession>>;
+}
+
+/// A session found by its public id.
+pub(crate) struct FoundSession {
+    pub row: i64,
+    pub finished: bool,
+}
+
+/// One write transaction's work, over the database's [`BatchOps`]: run by
+/// [`super::common::Backend::write`] and committed if it returns `Ok`.
+pub(crate) type Batch<T> =
+    Box<dyn for<'o> FnOnce(&'o mut dyn BatchOps) -> BoxFuture<'o, Result<T>> + Send>;
+
+/// Boxes a closure as a [`Batch`] (a function, so that the closure's signature is
+/// inferred as higher-ranked over the borrow of the ops).
+pub(crate) fn batch<T, F>(f: F) -> Batch<T>
+where
+    F: for<'o> FnOnce(&'o mut dyn BatchOps) -> BoxFuture<'o, Result<T>> + Send + 'static,
+{
+    Box::new(f)
+}
+
+/// Cancels the session `session_id`: `None` if there is none, `Some(None)` if it had
+/// finished already or its running records end it later.
+pub(crate) async fn cancel_by_id<O: BatchOps + ?Sized>(
+    ops: &mut O,
+    session_id: uuid::Uuid,
+) -> Result<Option<Option<SessionFinished>>> {
+    match ops.session_find(session_id).await? {
+        None => Ok(None),
+        Some(found) if found.finished => Ok(Some(None)),
+        Some(found) => cancel(ops, found.row).await.map(Some),
+    }
 }
 
 /// A history row with the sync it came from.
@@ -257,7 +300,7 @@ fn sorted_unique(mut v: Vec<i64>) -> Vec<i64> {
 }
 
 /// Step 3 for a batch of jobs.
-pub(crate) async fn grant<O: BatchOps>(
+pub(crate) async fn grant<O: BatchOps + ?Sized>(
     ops: &mut O,
     p: &LeaseParams,
     reqs: &[GrantRequest],
@@ -474,7 +517,7 @@ pub(crate) async fn grant<O: BatchOps>(
 }
 
 /// Step 5 for a batch of finished syncs.
-pub(crate) async fn finish<O: BatchOps>(
+pub(crate) async fn finish<O: BatchOps + ?Sized>(
     ops: &mut O,
     reqs: &[FinishRequest],
 ) -> Result<Vec<FinishOutcome>> {
@@ -747,7 +790,7 @@ fn lease_alive(rec: &RecState, locks: &HashMap<i64, LockState>) -> bool {
 
 /// The rescuer's sweep (see [`Store::records_rescue`]). Rows are locked in the one order:
 /// records, leases, sessions.
-pub(crate) async fn rescue<O: BatchOps>(
+pub(crate) async fn rescue<O: BatchOps + ?Sized>(
     ops: &mut O,
     p: &LeaseParams,
     limit: i64,
@@ -832,7 +875,7 @@ pub(crate) async fn rescue<O: BatchOps>(
 /// running ones under a live lease see the flag at their next heartbeat. Rows are locked
 /// in the pipeline's one order (records, leases, then the session row last), so a cancel
 /// racing grants and finishes cannot deadlock with them on PostgreSQL.
-pub(crate) async fn cancel<O: BatchOps>(
+pub(crate) async fn cancel<O: BatchOps + ?Sized>(
     ops: &mut O,
     session_row: i64,
 ) -> Result<Option<SessionFinished>> {

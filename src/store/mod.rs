@@ -1,17 +1,21 @@
 //! The storage layer: the only code that knows SQL or which database is in use.
 //!
-//! [`Store`] is one interface with one implementation per database ([`sqlite::SqliteStore`],
-//! [`postgres::PgStore`]), in the manner of River's driver interface; the CLI, the HTTP API
-//! and the worker pipeline call it and never run SQL themselves. The conformance suite in
-//! `tests/conformance.rs` and `tests/lease_faults.rs` runs the same checks against both.
+//! [`Store`] is one interface, implemented once by `common::SqlStore<D>` over a backend
+//! `D` (SQLite or PostgreSQL) that holds only what differs between them, in the manner of
+//! River's driver interface; the CLI, the HTTP API and the worker pipeline call it and
+//! never run SQL themselves. The conformance suite in `tests/conformance.rs` and
+//! `tests/lease_faults.rs` runs the same checks against both.
 //!
-//! Methods read noun-then-verb. The three `*_batch` methods are the worker pipeline's
-//! grant and finish steps (docs/ARCHITECTURE.md); they take many requests so that one process can commit
-//! the work of all its concurrent syncs in one short transaction (group commit).
+//! Methods read noun-then-verb. The `*_batch` methods and `pipeline_round` are the worker
+//! pipeline's grant, renew and finish steps (docs/ARCHITECTURE.md); they take many
+//! requests so that one process can commit the work of all its concurrent syncs in one
+//! short transaction (group commit).
 
 pub(crate) mod batch;
+pub(crate) mod common;
 pub mod postgres;
-pub mod sqlite;
+pub(crate) mod sql;
+pub(crate) mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -551,29 +555,18 @@ pub trait Store: Send + Sync + 'static {
         reqs: &[RenewRequest],
     ) -> Result<Vec<RenewOutcome>>;
     /// Step 5 for a batch of syncs, in one transaction; each fenced by its token.
-    async fn record_finish_batch(
-        &self,
-        params: &LeaseParams,
-        reqs: &[FinishRequest],
-    ) -> Result<Vec<FinishOutcome>>;
-    /// Whether `pipeline_round` commits a whole round in one all-or-nothing transaction.
-    fn combines_rounds(&self) -> bool {
-        false
-    }
-    /// One group-commit round, finishes then renewals then grants, in one transaction
-    /// (SQLite: one write-lock acquisition instead of three). Only called when
-    /// `combines_rounds`; PostgreSQL keeps one kind per transaction for its lock order.
+    async fn record_finish_batch(&self, reqs: &[FinishRequest]) -> Result<Vec<FinishOutcome>>;
+    /// One group-commit round: finishes, then renewals, then grants. On SQLite in one
+    /// all-or-nothing transaction (one write-lock acquisition instead of three); on
+    /// PostgreSQL one transaction per kind, in that order, for its lock order (a failure
+    /// may leave the earlier kinds committed: every step replays safely).
     async fn pipeline_round(
         &self,
-        _params: &LeaseParams,
-        _finishes: &[FinishRequest],
-        _renews: &[RenewRequest],
-        _grants: &[GrantRequest],
-    ) -> Result<(Vec<FinishOutcome>, Vec<RenewOutcome>, Vec<GrantOutcome>)> {
-        Err(StoreError::Other(
-            "this store commits each kind of request on its own".into(),
-        ))
-    }
+        params: &LeaseParams,
+        finishes: &[FinishRequest],
+        renews: &[RenewRequest],
+        grants: &[GrantRequest],
+    ) -> Result<(Vec<FinishOutcome>, Vec<RenewOutcome>, Vec<GrantOutcome>)>;
     /// The rescuer's sweep: running records whose lease is gone (their worker died,
     /// froze past the TTL, lost the lease to a takeover or panicked) are handed to a new
     /// job, failed at the attempt limit, or cancelled with their session. Judged by the
@@ -696,44 +689,6 @@ impl SessionBumps {
 }
 
 /// Reads a status column; the schema's CHECK constraints make a failure a bug.
-/// Reads the fleet-wide session metrics (migration 0005) on either backend.
-pub(crate) async fn session_stats_read<'c, DB, E>(
-    db: E,
-) -> Result<(Vec<SessionStat>, Vec<(String, f64)>)>
-where
-    DB: sqlx::Database,
-    E: sqlx::Executor<'c, Database = DB> + Copy,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    f64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-{
-    use sqlx::Row;
-    let sql = batch::session_stats_select();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(db).await?;
-    let mut stats = Vec::with_capacity(rows.len());
-    for r in rows {
-        stats.push(SessionStat {
-            sync_type: r.try_get(0)?,
-            status: r.try_get(1)?,
-            finished: r.try_get(2)?,
-            duration_sum: r.try_get(3)?,
-            buckets: (0..SESSION_DURATION_BUCKETS.len())
-                .map(|i| r.try_get::<i64, _>(4 + i))
-                .collect::<std::result::Result<_, _>>()?,
-        });
-    }
-    let last =
-        sqlx::query("SELECT sync_type, success_rate FROM session_last_finished ORDER BY sync_type")
-            .fetch_all(db)
-            .await?
-            .into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_>>()?;
-    Ok((stats, last))
-}
-
 pub(crate) fn parse_status<T: std::str::FromStr<Err = String>>(text: String) -> Result<T> {
     text.parse().map_err(StoreError::Other)
 }

@@ -96,28 +96,26 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
             };
         }
         // Finishes first: they release leases that grants in the same round may want.
-        if store.combines_rounds() {
-            // All or nothing: on failure nothing was written, so each kind is retried alone.
-            match store
-                .pipeline_round(&params, &finishes.0, &[], &grants.0)
-                .await
-            {
-                Ok((f, _, g)) => {
-                    reply(finishes.1, f);
-                    reply(grants.1, g);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "group commit round failed; committing each kind alone")
-                }
+        // On failure each kind is retried alone: whatever the round committed replays
+        // as a no-op (request ids, tokens).
+        match store
+            .pipeline_round(&params, &finishes.0, &[], &grants.0)
+            .await
+        {
+            Ok((f, _, g)) => {
+                reply(finishes.1, f);
+                reply(grants.1, g);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "group commit round failed; committing each kind alone")
             }
         }
         if !finishes.0.is_empty() {
             let reqs = finishes.0;
             commit(&reqs, finishes.1, |batch| {
                 let store = store.clone();
-                let params = params.clone();
-                async move { store.record_finish_batch(&params, &batch).await }
+                async move { store.record_finish_batch(&batch).await }
             })
             .await;
         }

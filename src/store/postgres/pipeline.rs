@@ -639,4 +639,69 @@ impl BatchOps for PgOps<'_> {
         .await?;
         Ok(())
     }
+
+    async fn leases_renew(
+        &mut self,
+        ttl: Duration,
+        reqs: &[RenewRequest],
+    ) -> Result<Vec<RenewOutcome>> {
+        let mut out = vec![
+            RenewOutcome {
+                held: false,
+                cancel_requested: false,
+            };
+            reqs.len()
+        ];
+        // Leases are locked in ascending instance id, as grants lock them: in arrival
+        // order, a renewal holding instance 5 and waiting for 3 deadlocks with a grant
+        // holding 3 and waiting for 5 (docs/ARCHITECTURE.md, the one row order).
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_by_key(|&i| (reqs[i].instance_id, i));
+        for i in order {
+            let r = &reqs[i];
+            // Only a live lease of a still-running record is extended (see the SQLite
+            // twin for why).
+            let held = sqlx::query(
+                "UPDATE sync_locks SET expires_at = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE instance_id = $1 AND token = $2 AND expires_at > clock_timestamp() \
+                 AND EXISTS (SELECT 1 FROM sync_instance_records r WHERE r.id = sync_locks.record_id \
+                 AND r.status = 'running' AND r.lock_token = $2)",
+            )
+            .bind(r.instance_id)
+            .bind(r.token)
+            .bind(ttl.as_secs_f64())
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected()
+                == 1;
+            let cancel_requested: bool = sqlx::query_scalar(
+                "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = $1",
+            )
+            .bind(r.record_id)
+            .fetch_optional(&mut *self.0)
+            .await?
+            .unwrap_or(false);
+            out[i] = RenewOutcome {
+                held,
+                cancel_requested,
+            };
+        }
+        Ok(out)
+    }
+
+    async fn session_find(&mut self, session_id: Uuid) -> Result<Option<FoundSession>> {
+        let found = sqlx::query("SELECT id, status FROM sync_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        found
+            .map(|r| {
+                let status: String = r.try_get(1)?;
+                Ok(FoundSession {
+                    row: r.try_get(0)?,
+                    finished: FINISHED_SESSION_STATUSES.contains(&status.as_str()),
+                })
+            })
+            .transpose()
+    }
 }

@@ -610,4 +610,53 @@ impl BatchOps for SqliteOps<'_> {
         )?;
         Ok(())
     }
+
+    async fn leases_renew(
+        &mut self,
+        ttl: Duration,
+        reqs: &[RenewRequest],
+    ) -> Result<Vec<RenewOutcome>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            // Only a live lease of a still-running record is extended. A renewal that was
+            // queued when its sync ended must not revive the released lease for a whole TTL,
+            // and an expired lease stays expired: its holder's local deadline has passed
+            // too, and the rescuer may already be handing the record on.
+            let held = self.exec(
+                concat!(
+                    "UPDATE sync_locks SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ','now', '+' || ?3 || ' seconds') ",
+                    "WHERE instance_id = ?1 AND token = ?2 AND expires_at > ",
+                    now!(),
+                    " AND EXISTS (SELECT 1 FROM sync_instance_records r WHERE r.id = sync_locks.record_id ",
+                    "AND r.status = 'running' AND r.lock_token = ?2)"
+                ),
+                rusqlite::params![r.instance_id, r.token, ttl.as_secs_f64()],
+            )? == 1;
+            let cancel_requested = self
+                .rows(
+                    "SELECT s.cancel_requested FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id WHERE r.id = ?1",
+                    [r.record_id],
+                    |row| Ok(row.get::<_, bool>(0)?),
+                )?
+                .pop()
+                .unwrap_or(false);
+            out.push(RenewOutcome {
+                held,
+                cancel_requested,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn session_find(&mut self, session_id: uuid::Uuid) -> Result<Option<FoundSession>> {
+        let found = self.rows(
+            "SELECT id, status FROM sync_sessions WHERE session_id = ?1",
+            [session_id.to_string()],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        Ok(found.into_iter().next().map(|(row, status)| FoundSession {
+            row,
+            finished: FINISHED_SESSION_STATUSES.contains(&status.as_str()),
+        }))
+    }
 }

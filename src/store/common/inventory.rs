@@ -1,0 +1,198 @@
+//! The inventory: instances, their stored accounts, and the account change history's
+//! reads (its writes are in the finish transaction, `store/batch.rs`).
+
+use super::{Backend, SqlStore, is_unique_violation, rows};
+use crate::model::{AccountChange, Instance, NewInstance, StoredAccount};
+use crate::store::sql::{Arg, Q};
+use crate::store::{ChangeFilter, Result, StoreError};
+
+fn conflict(name: &str) -> impl FnOnce(StoreError) -> StoreError + '_ {
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!("an instance named '{name}' already exists"))
+        } else {
+            e
+        }
+    }
+}
+
+async fn insert_one<D: Backend>(
+    tx: &mut sqlx::Transaction<'static, D>,
+    n: &NewInstance,
+) -> Result<i64> {
+    let q = Q::new(
+        "INSERT INTO instances (name, kind, host, port, username, database, password_env, \
+         options, active, password_file) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         RETURNING id",
+    )
+    .bind(&n.name)
+    .bind(&n.kind)
+    .bind(&n.host)
+    .bind(n.port)
+    .bind(&n.username)
+    .bind(&n.database)
+    .bind(&n.password_env)
+    .bind(Arg::Json(n.options.clone()))
+    .bind(n.active)
+    .bind(&n.password_file);
+    let row = D::one(tx, q).await.map_err(conflict(&n.name))?;
+    D::get(&row, "id")
+}
+
+pub(super) async fn insert<D: Backend>(s: &SqlStore<D>, new: &NewInstance) -> Result<Instance> {
+    let mut tx = s.begin().await?;
+    let id = insert_one(&mut tx, new).await?;
+    let q = Q::new("SELECT * FROM instances WHERE id = $1").bind(id);
+    let row = D::one(&mut tx, q).await?;
+    tx.commit().await?;
+    rows::instance::<D>(&row)
+}
+
+pub(super) async fn insert_many<D: Backend>(s: &SqlStore<D>, new: &[NewInstance]) -> Result<u64> {
+    let mut tx = s.begin().await?;
+    for n in new {
+        insert_one(&mut tx, n).await?;
+    }
+    tx.commit().await?;
+    Ok(new.len() as u64)
+}
+
+pub(super) async fn list<D: Backend>(s: &SqlStore<D>) -> Result<Vec<Instance>> {
+    let rows = D::all(&s.pool, Q::new("SELECT * FROM instances ORDER BY name")).await?;
+    rows.iter().map(rows::instance::<D>).collect()
+}
+
+pub(super) async fn get<D: Backend>(s: &SqlStore<D>, id: i64) -> Result<Option<Instance>> {
+    let q = Q::new("SELECT * FROM instances WHERE id = $1").bind(id);
+    let row = D::opt(&s.pool, q).await?;
+    row.as_ref().map(rows::instance::<D>).transpose()
+}
+
+pub(super) async fn get_by_name<D: Backend>(
+    s: &SqlStore<D>,
+    name: &str,
+) -> Result<Option<Instance>> {
+    let q = Q::new("SELECT * FROM instances WHERE name = $1").bind(name);
+    let row = D::opt(&s.pool, q).await?;
+    row.as_ref().map(rows::instance::<D>).transpose()
+}
+
+pub(super) async fn delete<D: Backend>(s: &SqlStore<D>, id: i64) -> Result<bool> {
+    let mut tx = s.begin().await?;
+    // The instance row first, then its accounts: the order a finish takes them in
+    // (it share-locks the instance), so a delete racing a finish cannot deadlock.
+    let n = D::run(
+        &mut tx,
+        Q::new("DELETE FROM instances WHERE id = $1").bind(id),
+    )
+    .await?;
+    let q = Q::new("DELETE FROM instance_accounts WHERE instance_id = $1").bind(id);
+    D::run(&mut tx, q).await?;
+    tx.commit().await?;
+    Ok(n > 0)
+}
+
+pub(super) async fn update<D: Backend>(
+    s: &SqlStore<D>,
+    id: i64,
+    new: &NewInstance,
+) -> Result<Instance> {
+    let mut tx = s.begin().await?;
+    let q = Q::new(format!(
+        "UPDATE instances SET name = $2, kind = $3, host = $4, port = $5, username = $6, \
+         database = $7, password_env = $8, options = $9, active = $10, password_file = $11, \
+         updated_at = {} WHERE id = $1 RETURNING *",
+        D::SQL.now
+    ))
+    .bind(id)
+    .bind(&new.name)
+    .bind(&new.kind)
+    .bind(&new.host)
+    .bind(new.port)
+    .bind(&new.username)
+    .bind(&new.database)
+    .bind(&new.password_env)
+    .bind(Arg::Json(new.options.clone()))
+    .bind(new.active)
+    .bind(&new.password_file);
+    let row = D::opt(&mut tx, q)
+        .await
+        .map_err(conflict(&new.name))?
+        .ok_or_else(|| StoreError::NotFound(format!("unknown instance {id}")))?;
+    tx.commit().await?;
+    rows::instance::<D>(&row)
+}
+
+pub(super) async fn accounts<D: Backend>(
+    s: &SqlStore<D>,
+    instance_id: i64,
+    include_deleted: bool,
+) -> Result<Vec<StoredAccount>> {
+    let q = Q::new(
+        "SELECT username, host, attributes, privileges, first_seen_at, last_seen_at, deleted_at \
+         FROM instance_accounts WHERE instance_id = $1 AND ($2 OR deleted_at IS NULL) \
+         ORDER BY username, host",
+    )
+    .bind(instance_id)
+    .bind(include_deleted);
+    D::all(&s.pool, q)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredAccount {
+                username: D::get(r, "username")?,
+                host: D::get(r, "host")?,
+                attributes: D::get(r, "attributes")?,
+                privileges: D::get(r, "privileges")?,
+                first_seen_at: D::get(r, "first_seen_at")?,
+                last_seen_at: D::get(r, "last_seen_at")?,
+                deleted_at: D::get(r, "deleted_at")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn changes<D: Backend>(
+    s: &SqlStore<D>,
+    f: &ChangeFilter,
+) -> Result<Vec<AccountChange>> {
+    // Each filter is "NULL or equal", so one statement (and one plan) serves them all.
+    let q = Q::new(format!(
+        "SELECT id, instance_id, instance_name, session_id, record_id, username, host, kind, \
+         detail, flags, sensitive, changed_at FROM account_changes \
+         WHERE (CAST($1 AS TEXT) IS NULL OR instance_name = $1) \
+         AND (CAST($2 AS {}) IS NULL OR changed_at >= $2) \
+         AND (CAST($3 AS TEXT) IS NULL OR kind = $3) AND (NOT $4 OR sensitive) \
+         AND (CAST($5 AS BIGINT) IS NULL OR id < $5) AND (NOT $7 OR kind <> 'baseline') \
+         ORDER BY id DESC LIMIT $6",
+        D::SQL.time_type
+    ))
+    .bind(&f.instance)
+    .bind(f.since)
+    .bind(&f.kind)
+    .bind(f.sensitive_only)
+    .bind(f.after)
+    .bind(f.limit)
+    .bind(f.without_baselines);
+    D::all(&s.pool, q)
+        .await?
+        .iter()
+        .map(|r| {
+            let flags: serde_json::Value = D::get(r, "flags")?;
+            Ok(AccountChange {
+                id: D::get(r, "id")?,
+                instance_id: D::get(r, "instance_id")?,
+                instance_name: D::get(r, "instance_name")?,
+                session_id: D::get(r, "session_id")?,
+                record_id: D::get(r, "record_id")?,
+                username: D::get(r, "username")?,
+                host: D::get(r, "host")?,
+                kind: D::get(r, "kind")?,
+                detail: D::get(r, "detail")?,
+                flags: serde_json::from_value(flags).unwrap_or_default(),
+                sensitive: D::get(r, "sensitive")?,
+                changed_at: D::get(r, "changed_at")?,
+            })
+        })
+        .collect()
+}
