@@ -213,12 +213,77 @@ pub fn changed(
     })
 }
 
+/// Compares the accounts found on an instance with the stored ones (keyed by
+/// `(username, host)`): what to insert, what to update, what to mark deleted.
+pub struct AccountDiff<'a> {
+    /// Accounts new to the inventory.
+    pub added: Vec<&'a Account>,
+    /// Accounts whose attributes or privileges changed, each with its stored row (the
+    /// history records the difference).
+    pub changed: Vec<(&'a Account, &'a StoredRow)>,
+    /// Stored, not-deleted accounts no longer on the instance.
+    pub removed: Vec<&'a StoredRow>,
+    /// Accounts previously marked deleted that came back: they count as added.
+    pub revived: Vec<&'a Account>,
+}
+
+/// An account as the inventory holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    /// The account's name.
+    pub username: String,
+    /// Its host (MySQL) or `""`.
+    pub host: String,
+    /// Its attributes, as the source reported them.
+    pub attributes: Value,
+    /// Its privileges, as the source reported them.
+    pub privileges: Value,
+    /// Marked deleted: gone from the instance at an earlier sync.
+    pub deleted: bool,
+}
+
+impl<'a> AccountDiff<'a> {
+    /// Compares `found` with the inventory's `stored` rows of the same instance.
+    pub fn compute(found: &'a [Account], stored: &'a [StoredRow]) -> Self {
+        use std::collections::HashMap;
+        let index: HashMap<(&str, &str), &StoredRow> = stored
+            .iter()
+            .map(|row| ((row.username.as_str(), row.host.as_str()), row))
+            .collect();
+        let mut diff = AccountDiff {
+            added: vec![],
+            changed: vec![],
+            removed: vec![],
+            revived: vec![],
+        };
+        let mut seen = std::collections::HashSet::new();
+        for acc in found {
+            seen.insert((acc.username.as_str(), acc.host.as_str()));
+            match index.get(&(acc.username.as_str(), acc.host.as_str())) {
+                None => diff.added.push(acc),
+                Some(row) if row.deleted => diff.revived.push(acc),
+                Some(row) => {
+                    if row.attributes != acc.attributes || row.privileges != acc.privileges {
+                        diff.changed.push((acc, row))
+                    }
+                }
+            }
+        }
+        for row in stored {
+            if !row.deleted && !seen.contains(&(row.username.as_str(), row.host.as_str())) {
+                diff.removed.push(row);
+            }
+        }
+        diff
+    }
+}
+
 /// The history rows of one completed sync: with `baseline` (the instance's first), every
 /// account found; otherwise one row per account the diff added, revived, changed or
 /// removed.
 pub fn rows_for_sync(
     found_accounts: &[Account],
-    diff: &crate::store::AccountDiff<'_>,
+    diff: &AccountDiff<'_>,
     baseline: bool,
 ) -> Vec<AccountChangeRow> {
     if baseline {
@@ -236,12 +301,12 @@ pub fn rows_for_sync(
     rows.extend(
         diff.changed
             .iter()
-            .filter_map(|(a, (_, _, attrs, privs, _))| changed(attrs, privs, a)),
+            .filter_map(|(a, row)| changed(&row.attributes, &row.privileges, a)),
     );
     rows.extend(
         diff.removed
             .iter()
-            .map(|(user, host, attrs, privs, _)| removed(user, host, attrs, privs)),
+            .map(|row| removed(&row.username, &row.host, &row.attributes, &row.privileges)),
     );
     rows
 }

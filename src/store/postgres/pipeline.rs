@@ -115,12 +115,12 @@ impl BatchOps for PgOps<'_> {
         .await?)
     }
 
-    async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()> {
+    async fn records_mark_request(&mut self, rows: &[RequestStamp]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let reqs: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.record_id).collect();
+        let reqs: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
         sqlx::query(
             "UPDATE sync_instance_records r SET request_id = v.q FROM UNNEST($1::bigint[], $2::text[]) AS v(id, q) \
              WHERE r.id = v.id",
@@ -205,11 +205,11 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn locks_release(&mut self, leases: &[(i64, i64)]) -> Result<()> {
+    async fn locks_release(&mut self, leases: &[LeaseKey]) -> Result<()> {
         if leases.is_empty() {
             return Ok(());
         }
-        let (i, t): (Vec<i64>, Vec<i64>) = leases.iter().copied().unzip();
+        let (i, t): (Vec<i64>, Vec<i64>) = leases.iter().map(|l| (l.instance_id, l.token)).unzip();
         sqlx::query(concat!(
             "UPDATE sync_locks l SET expires_at = ",
             now!(),
@@ -225,15 +225,15 @@ impl BatchOps for PgOps<'_> {
     async fn records_start(
         &mut self,
         owner: &str,
-        rows: &[(i64, i64, i64, &str)],
+        rows: &[RecordStart],
     ) -> Result<HashMap<i64, i64>> {
         if rows.is_empty() {
             return Ok(HashMap::new());
         }
-        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let wait: Vec<i64> = rows.iter().map(|r| r.1).collect();
-        let token: Vec<i64> = rows.iter().map(|r| r.2).collect();
-        let request: Vec<&str> = rows.iter().map(|r| r.3).collect();
+        let id: Vec<i64> = rows.iter().map(|r| r.record_id).collect();
+        let wait: Vec<i64> = rows.iter().map(|r| r.lock_wait_ms).collect();
+        let token: Vec<i64> = rows.iter().map(|r| r.token).collect();
+        let request: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
         let out = sqlx::query(concat!(
             "UPDATE sync_instance_records r SET status = 'running', attempts = r.attempts + 1, worker_id = $4, ",
             "lock_wait_ms = v.w, lock_token = v.t, request_id = v.q, started_at = ",
@@ -255,13 +255,13 @@ impl BatchOps for PgOps<'_> {
             .collect()
     }
 
-    async fn records_end(&mut self, rows: &[(i64, RecordStatus, Option<String>)]) -> Result<()> {
+    async fn records_end(&mut self, rows: &[RecordEnd]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let status: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-        let error: Vec<Option<String>> = rows.iter().map(|r| r.2.clone()).collect();
+        let id: Vec<i64> = rows.iter().map(|r| r.record_id).collect();
+        let status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        let error: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
         sqlx::query(concat!(
             "UPDATE sync_instance_records r SET status = v.s, error = COALESCE(v.e, r.error), completed_at = ",
             now!(),
@@ -277,14 +277,12 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64, &str)]) -> Result<()> {
+    async fn records_complete(&mut self, rows: &[RecordCompletion]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let col = |f: fn(&(i64, i64, i64, i64, i64, &str)) -> i64| {
-            rows.iter().map(f).collect::<Vec<i64>>()
-        };
-        let request: Vec<&str> = rows.iter().map(|r| r.5).collect();
+        let col = |f: fn(&RecordCompletion) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        let request: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
         sqlx::query(concat!(
             "UPDATE sync_instance_records r SET status = 'completed', accounts_total = v.t, accounts_added = v.a, ",
             "accounts_removed = v.d, accounts_changed = v.c, request_id = v.q, error = NULL, completed_at = ",
@@ -294,28 +292,24 @@ impl BatchOps for PgOps<'_> {
             " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) ",
             "AS v(i, t, a, d, c, q) WHERE r.id = v.i"
         ))
-        .bind(col(|r| r.0))
-        .bind(col(|r| r.1))
-        .bind(col(|r| r.2))
-        .bind(col(|r| r.3))
-        .bind(col(|r| r.4))
+        .bind(col(|r| r.record_id))
+        .bind(col(|r| r.total))
+        .bind(col(|r| r.added))
+        .bind(col(|r| r.removed))
+        .bind(col(|r| r.changed))
         .bind(&request)
         .execute(&mut *self.0)
         .await?;
         Ok(())
     }
 
-    async fn records_requeue(
-        &mut self,
-        rows: &[(i64, String, Option<String>)],
-        to_pending: bool,
-    ) -> Result<()> {
+    async fn records_requeue(&mut self, rows: &[Requeue], to_pending: bool) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let id: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let job: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-        let error: Vec<Option<String>> = rows.iter().map(|r| r.2.clone()).collect();
+        let id: Vec<i64> = rows.iter().map(|r| r.record_id).collect();
+        let job: Vec<&str> = rows.iter().map(|r| r.job_id.as_str()).collect();
+        let error: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
         sqlx::query(concat!(
             "UPDATE sync_instance_records r SET job_id = v.j, error = COALESCE(v.e, r.error), ",
             "status = CASE WHEN $4 THEN 'pending' ELSE r.status END, updated_at = ",
@@ -503,26 +497,26 @@ impl BatchOps for PgOps<'_> {
         .fetch_all(&mut *self.0)
         .await?;
         for r in rows {
-            out.entry(r.try_get(0)?).or_default().push((
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-                r.try_get(5)?,
-            ));
+            out.entry(r.try_get(0)?).or_default().push(StoredRow {
+                username: r.try_get(1)?,
+                host: r.try_get(2)?,
+                attributes: r.try_get(3)?,
+                privileges: r.try_get(4)?,
+                deleted: r.try_get(5)?,
+            });
         }
         Ok(out)
     }
 
-    async fn accounts_insert(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+    async fn accounts_insert(&mut self, rows: &[AccountWrite<'_>]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let inst: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let user: Vec<&str> = rows.iter().map(|r| r.1.username.as_str()).collect();
-        let host: Vec<&str> = rows.iter().map(|r| r.1.host.as_str()).collect();
-        let attrs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.attributes).collect();
-        let privs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.privileges).collect();
+        let inst: Vec<i64> = rows.iter().map(|r| r.instance_id).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.account.username.as_str()).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.account.host.as_str()).collect();
+        let attrs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.account.attributes).collect();
+        let privs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.account.privileges).collect();
         sqlx::query(concat!(
             "INSERT INTO instance_accounts (instance_id, username, host, attributes, privileges, first_seen_at, last_seen_at) ",
             "SELECT i, u, h, a, p, ",
@@ -541,15 +535,15 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn accounts_update(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+    async fn accounts_update(&mut self, rows: &[AccountWrite<'_>]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let inst: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let user: Vec<&str> = rows.iter().map(|r| r.1.username.as_str()).collect();
-        let host: Vec<&str> = rows.iter().map(|r| r.1.host.as_str()).collect();
-        let attrs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.attributes).collect();
-        let privs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.1.privileges).collect();
+        let inst: Vec<i64> = rows.iter().map(|r| r.instance_id).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.account.username.as_str()).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.account.host.as_str()).collect();
+        let attrs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.account.attributes).collect();
+        let privs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.account.privileges).collect();
         sqlx::query(concat!(
             "UPDATE instance_accounts t SET attributes = v.a, privileges = v.p, deleted_at = NULL, last_seen_at = ",
             now!(),
@@ -566,13 +560,13 @@ impl BatchOps for PgOps<'_> {
         Ok(())
     }
 
-    async fn accounts_mark_deleted(&mut self, rows: &[(i64, &str, &str)]) -> Result<()> {
+    async fn accounts_mark_deleted(&mut self, rows: &[AccountKey]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let inst: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let user: Vec<&str> = rows.iter().map(|r| r.1).collect();
-        let host: Vec<&str> = rows.iter().map(|r| r.2).collect();
+        let inst: Vec<i64> = rows.iter().map(|r| r.instance_id).collect();
+        let user: Vec<&str> = rows.iter().map(|r| r.username.as_str()).collect();
+        let host: Vec<&str> = rows.iter().map(|r| r.host.as_str()).collect();
         sqlx::query(concat!(
             "UPDATE instance_accounts t SET deleted_at = ",
             now!(),

@@ -65,6 +65,22 @@ fn arr<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("plain rows serialise")
 }
 
+/// Accounts as JSON rows `[instance_id, username, host, attributes, privileges]`.
+fn account_rows(rows: &[AccountWrite<'_>]) -> Vec<Value> {
+    rows.iter()
+        .map(|w| {
+            let a = w.account;
+            json!([
+                w.instance_id,
+                a.username,
+                a.host,
+                a.attributes,
+                a.privileges
+            ])
+        })
+        .collect()
+}
+
 #[async_trait]
 impl BatchOps for SqliteOps<'_> {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
@@ -153,14 +169,15 @@ impl BatchOps for SqliteOps<'_> {
         )
     }
 
-    async fn records_mark_request(&mut self, rows: &[(i64, &str)]) -> Result<()> {
+    async fn records_mark_request(&mut self, rows: &[RequestStamp]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows.iter().map(|r| (r.record_id, &r.request_id)).collect();
         self.exec(
             "UPDATE sync_instance_records SET request_id = v.value->>1 FROM json_each(?1) AS v \
              WHERE sync_instance_records.id = v.value->>0",
-            [arr(rows)],
+            [arr(&rows)],
         )?;
         Ok(())
     }
@@ -220,10 +237,11 @@ impl BatchOps for SqliteOps<'_> {
         Ok(())
     }
 
-    async fn locks_release(&mut self, leases: &[(i64, i64)]) -> Result<()> {
+    async fn locks_release(&mut self, leases: &[LeaseKey]) -> Result<()> {
         if leases.is_empty() {
             return Ok(());
         }
+        let leases: Vec<_> = leases.iter().map(|l| (l.instance_id, l.token)).collect();
         // Expired, not deleted: the row keeps the last token for inspection until cleanup.
         self.exec(
             concat!(
@@ -231,7 +249,7 @@ impl BatchOps for SqliteOps<'_> {
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_locks.instance_id = v.value->>0 AND sync_locks.token = v.value->>1"
             ),
-            [arr(leases)],
+            [arr(&leases)],
         )?;
         Ok(())
     }
@@ -239,11 +257,15 @@ impl BatchOps for SqliteOps<'_> {
     async fn records_start(
         &mut self,
         owner: &str,
-        rows: &[(i64, i64, i64, &str)],
+        rows: &[RecordStart],
     ) -> Result<HashMap<i64, i64>> {
         if rows.is_empty() {
             return Ok(HashMap::new());
         }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| (r.record_id, r.lock_wait_ms, r.token, &r.request_id))
+            .collect();
         let out = self.rows(
             concat!(
                 "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = ?2, ",
@@ -253,16 +275,20 @@ impl BatchOps for SqliteOps<'_> {
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0 RETURNING id, attempts"
             ),
-            params![arr(rows), owner],
+            params![arr(&rows), owner],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(out.into_iter().collect())
     }
 
-    async fn records_end(&mut self, rows: &[(i64, RecordStatus, Option<String>)]) -> Result<()> {
+    async fn records_end(&mut self, rows: &[RecordEnd]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| (r.record_id, r.status, &r.error))
+            .collect();
         self.exec(
             concat!(
                 "UPDATE sync_instance_records SET status = v.value->>1, error = COALESCE(v.value->>2, error), completed_at = ",
@@ -271,15 +297,28 @@ impl BatchOps for SqliteOps<'_> {
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
             ),
-            [arr(rows)],
+            [arr(&rows)],
         )?;
         Ok(())
     }
 
-    async fn records_complete(&mut self, rows: &[(i64, i64, i64, i64, i64, &str)]) -> Result<()> {
+    async fn records_complete(&mut self, rows: &[RecordCompletion]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.record_id,
+                    r.total,
+                    r.added,
+                    r.removed,
+                    r.changed,
+                    &r.request_id,
+                )
+            })
+            .collect();
         self.exec(
             concat!(
                 "UPDATE sync_instance_records SET status = 'completed', accounts_total = v.value->>1, ",
@@ -290,19 +329,19 @@ impl BatchOps for SqliteOps<'_> {
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
             ),
-            [arr(rows)],
+            [arr(&rows)],
         )?;
         Ok(())
     }
 
-    async fn records_requeue(
-        &mut self,
-        rows: &[(i64, String, Option<String>)],
-        to_pending: bool,
-    ) -> Result<()> {
+    async fn records_requeue(&mut self, rows: &[Requeue], to_pending: bool) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| (r.record_id, &r.job_id, &r.error))
+            .collect();
         self.exec(
             concat!(
                 "UPDATE sync_instance_records SET job_id = v.value->>1, error = COALESCE(v.value->>2, error), ",
@@ -310,7 +349,7 @@ impl BatchOps for SqliteOps<'_> {
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
             ),
-            params![arr(rows), to_pending],
+            params![arr(&rows), to_pending],
         )?;
         Ok(())
     }
@@ -485,13 +524,13 @@ impl BatchOps for SqliteOps<'_> {
                 let p: String = r.get(4)?;
                 Ok((
                     r.get::<_, i64>(0)?,
-                    (
-                        r.get(1)?,
-                        r.get(2)?,
-                        serde_json::from_str(&a).unwrap_or_default(),
-                        serde_json::from_str(&p).unwrap_or_default(),
-                        r.get(5)?,
-                    ),
+                    StoredRow {
+                        username: r.get(1)?,
+                        host: r.get(2)?,
+                        attributes: serde_json::from_str(&a).unwrap_or_default(),
+                        privileges: serde_json::from_str(&p).unwrap_or_default(),
+                        deleted: r.get(5)?,
+                    },
                 ))
             },
         )?;
@@ -501,14 +540,11 @@ impl BatchOps for SqliteOps<'_> {
         Ok(out)
     }
 
-    async fn accounts_insert(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+    async fn accounts_insert(&mut self, rows: &[AccountWrite<'_>]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<Value> = rows
-            .iter()
-            .map(|(i, a)| json!([i, a.username, a.host, a.attributes, a.privileges]))
-            .collect();
+        let rows = account_rows(rows);
         self.exec(
             concat!(
                 "INSERT INTO instance_accounts (instance_id, username, host, attributes, privileges, first_seen_at, last_seen_at) ",
@@ -523,14 +559,11 @@ impl BatchOps for SqliteOps<'_> {
         Ok(())
     }
 
-    async fn accounts_update(&mut self, rows: &[(i64, &Account)]) -> Result<()> {
+    async fn accounts_update(&mut self, rows: &[AccountWrite<'_>]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<Value> = rows
-            .iter()
-            .map(|(i, a)| json!([i, a.username, a.host, a.attributes, a.privileges]))
-            .collect();
+        let rows = account_rows(rows);
         self.exec(
             concat!(
                 "UPDATE instance_accounts SET attributes = v.value->3, privileges = v.value->4, deleted_at = NULL, ",
@@ -544,10 +577,14 @@ impl BatchOps for SqliteOps<'_> {
         Ok(())
     }
 
-    async fn accounts_mark_deleted(&mut self, rows: &[(i64, &str, &str)]) -> Result<()> {
+    async fn accounts_mark_deleted(&mut self, rows: &[AccountKey]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| (r.instance_id, &r.username, &r.host))
+            .collect();
         self.exec(
             concat!(
                 "UPDATE instance_accounts SET deleted_at = ",
@@ -555,7 +592,7 @@ impl BatchOps for SqliteOps<'_> {
                 " FROM json_each(?1) AS v WHERE instance_accounts.instance_id = v.value->>0 ",
                 "AND instance_accounts.username = v.value->>1 AND instance_accounts.host = v.value->>2"
             ),
-            [arr(rows)],
+            [arr(&rows)],
         )?;
         Ok(())
     }
