@@ -9,8 +9,8 @@
 //! - [`http`]: `serve`'s API (OpenAPI at `/api/v1/openapi.json`), the legacy routes,
 //!   bearer auth, health and `/metrics`; handlers call the store, never SQL.
 //! - [`scheduler`]: cron slots (each fires once across replicas) and the daily cleanup.
-//! - [`cli`]: the `syncpool` command line (grammar in `cli/args.rs`); [`demo`]: the
-//!   newcomer's first run.
+//! - [`cli`]: the `syncpool` command line (grammar in `cli/args.rs`, one file per command
+//!   or family of commands in `cli/cmd/`, the newcomer's first run in `cli/demo.rs`).
 //! - [`validate`]: input rules shared by the CLI and the API (one message, one field).
 //! - [`metrics`]: metric names, per-process recording, fleet-wide rendering from the
 //!   database.
@@ -18,12 +18,12 @@
 //!   changes are privilege-sensitive); written by the store's finish step.
 //! - [`settings`], [`model`], [`redact`]: timings, the shared types, secret scrubbing.
 //! - `sqlite_busy`: the SQLite busy handler that counts waits (the one `unsafe`).
+//! - `text`: wording shared by the CLI and the console (`1 instance`, `4m05s`).
 //!
 //! The account sources (PostgreSQL, MySQL, simulated) and TLS to instances live in the
 //! `syncpool-workers` crate (`workers/`).
 
 pub mod cli;
-pub mod demo;
 pub mod history;
 pub mod http;
 pub mod metrics;
@@ -34,5 +34,6 @@ pub mod scheduler;
 pub mod settings;
 mod sqlite_busy;
 pub mod store;
+mod text;
 pub mod validate;
 pub mod worker;

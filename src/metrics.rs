@@ -14,10 +14,14 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::{
-    FINISHED_SESSION_STATUSES, FleetGauges, SESSION_DURATION_BUCKETS, SYNC_TYPES, SessionStat,
+    FINISHED_SESSION_STATUSES, FleetGauges, SESSION_DURATION_BUCKETS, SYNC_TYPES, SessionFinished,
+    SessionStat,
 };
-use crate::store::SessionFinished;
 
+/// Counter of cron slots fired but skipped (the last session still ran, or nothing to sync).
+pub const SCHEDULE_SKIPPED: &str = "syncpool_schedule_skipped_total";
+/// Counter of cron slots that started their job.
+pub const SCHEDULE_FIRED: &str = "syncpool_schedule_fired_total";
 /// Histogram: time from a job's first try to its lease.
 pub const LOCK_WAIT: &str = "syncpool_lock_wait_seconds";
 /// Histogram of finished sessions' durations (fleet-wide, from the database).
@@ -122,11 +126,11 @@ fn register() {
     );
     describe_gauge!(SESSIONS_RUNNING, "Sessions running (fleet-wide)");
     describe_counter!(
-        crate::scheduler::FIRED,
+        SCHEDULE_FIRED,
         "Cron slots this process claimed, by schedule (sync, cleanup)"
     );
     describe_counter!(
-        crate::scheduler::SKIPPED,
+        SCHEDULE_SKIPPED,
         "Claimed sync slots this process skipped: the last scheduled session still ran, or no instance was active"
     );
     describe_gauge!(

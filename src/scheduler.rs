@@ -10,12 +10,8 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{SCHEDULE_FIRED as FIRED, SCHEDULE_SKIPPED as SKIPPED};
 use crate::store::{SlotFired, Store};
-
-/// Counter of slots fired but skipped (the last session still ran, or nothing to sync).
-pub const SKIPPED: &str = "syncpool_schedule_skipped_total";
-/// Counter of slots that started their job.
-pub const FIRED: &str = "syncpool_schedule_fired_total";
 
 /// What a schedule does when its slot comes.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,6 +1,6 @@
 //! The command line's grammar: every command, flag and argument with its help text. What
-//! they do is in `mod.rs`. Help never prints an environment value (`hide_env_values`):
-//! the database URL and tokens are secrets.
+//! they do is in `cmd/` (and `demo.rs`), dispatched from `mod.rs`. Help never prints an
+//! environment value (`hide_env_values`): the database URL and tokens are secrets.
 
 use std::path::PathBuf;
 use std::time::Duration;

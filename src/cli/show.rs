@@ -1,14 +1,15 @@
-//! What the read-only commands print: a session with all its records (paged from the
-//! database, so a session of 100,000 records never sits in memory whole), the leases
-//! and the queue.
+//! How a session prints: its summary and its records (paged from the database, so a
+//! session of 100,000 records never sits in memory whole), as a table or as JSON. Used
+//! by `session`, `sync --wait` and the demo.
 
 use std::io::Write;
 
 use uuid::Uuid;
 
-use super::{CliError, plural, printable};
-use crate::model::{Lease, LeaseList, QueueStats, Record, RecordPage, RecordStatus, Session, ts};
+use super::{CliError, printable};
+use crate::model::{Record, RecordPage, RecordStatus, Session};
 use crate::store::{RecordFilter, Store};
+use crate::text::plural;
 
 /// Records read per query while printing a session.
 const PAGE: i64 = 1000;
@@ -85,23 +86,45 @@ pub(crate) async fn session(
 ) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let io = |e: std::io::Error| CliError::Runtime(e.into());
     if json {
-        // The session's own pretty object, reopened to append the records.
-        let head = serde_json::to_string_pretty(s).map_err(|e| CliError::Runtime(e.into()))?;
-        let head = head.strip_suffix("\n}").unwrap_or(&head);
-        write!(out, "{head},\n  \"records\": [").map_err(io)?;
-        let mut first = true;
-        each_record(store, s.session_id, |r| {
-            let text = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
-            let sep = if std::mem::take(&mut first) { "" } else { "," };
-            write!(out, "{sep}\n    {}", text.replace('\n', "\n    "))
-        })
-        .await?;
-        let close = if first { "]\n}" } else { "\n  ]\n}" };
-        writeln!(out, "{close}").map_err(io)?;
-        return out.flush().map_err(io);
+        session_json(store, s, &mut out).await?;
+    } else {
+        summary(&mut out, s).map_err(io_error)?;
+        if s.total_instances != 0 {
+            if view.all {
+                every_record(store, s, view, &mut out).await?;
+            } else {
+                one_page(store, s, view, &mut out).await?;
+            }
+        }
     }
+    out.flush().map_err(io_error)
+}
+
+fn io_error(e: std::io::Error) -> CliError {
+    CliError::Runtime(e.into())
+}
+
+/// `session --json`: the session's fields, then all its `records`, page after page.
+async fn session_json(store: &dyn Store, s: &Session, out: &mut dyn Write) -> Result<(), CliError> {
+    // The session's own pretty object, reopened to append the records.
+    let head = serde_json::to_string_pretty(s).map_err(|e| CliError::Runtime(e.into()))?;
+    let head = head.strip_suffix("\n}").unwrap_or(&head);
+    write!(out, "{head},\n  \"records\": [").map_err(io_error)?;
+    let mut first = true;
+    each_record(store, s.session_id, |r| {
+        let text = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
+        let sep = if std::mem::take(&mut first) { "" } else { "," };
+        write!(out, "{sep}\n    {}", text.replace('\n', "\n    "))
+    })
+    .await?;
+    let close = if first { "]\n}" } else { "\n  ]\n}" };
+    writeln!(out, "{close}").map_err(io_error)
+}
+
+/// The session's summary lines: kind, status, counts, duration, and the success rate or,
+/// while it runs, how far it is.
+fn summary(out: &mut dyn Write, s: &Session) -> std::io::Result<()> {
     let done = s.successful_instances + s.failed_instances + s.cancelled_instances;
     // A running session has no success rate yet: show how far it is instead.
     let outcome = if s.is_finished() {
@@ -132,49 +155,69 @@ pub(crate) async fn session(
             .map(|d| format!("{d:.3}s"))
             .unwrap_or_else(|| "-".into()),
     )
-    .map_err(io)?;
-    if s.total_instances == 0 {
-        return out.flush().map_err(io);
-    }
-    let row = |out: &mut dyn Write, r: &Record| {
-        writeln!(
-            out,
-            "  {:<30} {:<9} {:>8} {:>8}  {}",
-            printable(&r.instance_name),
-            r.status,
-            r.attempts,
-            r.accounts_total
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
-            printable(r.error.as_deref().unwrap_or(""))
-        )
-    };
-    let header = |out: &mut dyn Write| {
-        writeln!(
-            out,
-            "  {:<30} {:<9} {:>8} {:>8}  error",
-            "instance", "status", "attempts", "accounts"
-        )
-    };
-    let none = |out: &mut dyn Write| match view.status {
+}
+
+/// One record's row in the table under the summary.
+fn row(out: &mut dyn Write, r: &Record) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  {:<30} {:<9} {:>8} {:>8}  {}",
+        printable(&r.instance_name),
+        r.status,
+        r.attempts,
+        r.accounts_total
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+        printable(r.error.as_deref().unwrap_or(""))
+    )
+}
+
+/// The table's header.
+fn header(out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  {:<30} {:<9} {:>8} {:>8}  error",
+        "instance", "status", "attempts", "accounts"
+    )
+}
+
+/// What stands in for the table when `view` finds no record.
+fn none(out: &mut dyn Write, view: RecordView) -> std::io::Result<()> {
+    match view.status {
         Some(st) => writeln!(out, "  no {st} records"),
         None => writeln!(out, "  no records after {}", view.after),
-    };
-    if view.all {
-        let mut shown = 0;
-        each_record_in(store, s.session_id, view.status, |r| {
-            if shown == 0 {
-                header(&mut out)?;
-            }
-            shown += 1;
-            row(&mut out, r)
-        })
-        .await?;
-        if shown == 0 {
-            none(&mut out).map_err(io)?;
-        }
-        return out.flush().map_err(io);
     }
+}
+
+/// `session --all`: every record (of `view.status`), read a page at a time.
+async fn every_record(
+    store: &dyn Store,
+    s: &Session,
+    view: RecordView,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut shown = 0;
+    each_record_in(store, s.session_id, view.status, |r| {
+        if shown == 0 {
+            header(&mut *out)?;
+        }
+        shown += 1;
+        row(&mut *out, r)
+    })
+    .await?;
+    if shown == 0 {
+        none(out, view).map_err(io_error)?;
+    }
+    Ok(())
+}
+
+/// One page of records, as the API's `/records` serves it, and how to ask for the next.
+async fn one_page(
+    store: &dyn Store,
+    s: &Session,
+    view: RecordView,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let filter = RecordFilter {
         status: view.status,
         limit: view.limit,
@@ -186,11 +229,11 @@ pub(crate) async fn session(
         .ok_or_else(|| CliError::Usage(format!("unknown session '{}'", s.session_id)))?;
     let page = RecordPage::new(items, view.limit);
     if page.items.is_empty() {
-        none(&mut out).map_err(io)?;
+        none(out, view).map_err(io_error)?;
     } else {
-        header(&mut out).map_err(io)?;
+        header(out).map_err(io_error)?;
         for r in &page.items {
-            row(&mut out, r).map_err(io)?;
+            row(out, r).map_err(io_error)?;
         }
     }
     if let Some(next) = page.next_after {
@@ -203,150 +246,7 @@ pub(crate) async fn session(
             "more: `syncpool session {}{status} --after {next}` (or --all)",
             s.session_id
         )
-        .map_err(io)?;
-    }
-    out.flush().map_err(io)
-}
-
-/// `syncpool locks`.
-pub(crate) async fn locks(store: &dyn Store, json: bool) -> Result<(), CliError> {
-    let items = store.locks_list().await?;
-    if json {
-        super::print_json(&LeaseList {
-            total: items.len(),
-            items,
-        });
-        return Ok(());
-    }
-    if items.is_empty() {
-        println!("no instance is leased");
-        return Ok(());
-    }
-    println!(
-        "{:<30} {:<36} {:>8} {:>9} {:>11}  waiting",
-        "instance", "holder", "token", "age", "expires in"
-    );
-    for l in &items {
-        println!(
-            "{:<30} {:<36} {:>8} {:>9} {:>11}  {}",
-            printable(&l.instance_name),
-            printable(&l.holder),
-            l.token,
-            seconds(l.age_seconds),
-            expiry(l),
-            waiting(l)
-        );
+        .map_err(io_error)?;
     }
     Ok(())
-}
-
-fn expiry(l: &Lease) -> String {
-    if l.expired {
-        format!("lapsed {}", seconds(-l.expires_in_seconds))
-    } else {
-        seconds(l.expires_in_seconds)
-    }
-}
-
-fn waiting(l: &Lease) -> String {
-    match l.waiting.first() {
-        None => "-".into(),
-        Some(w) => format!(
-            "{} (longest {})",
-            plural(l.waiting_total, "job"),
-            seconds(w.waited_seconds)
-        ),
-    }
-}
-
-/// `12.3s`, `4m05s`, `2h03m`: short and readable at a glance.
-pub(crate) fn seconds(s: f64) -> String {
-    let s = s.max(0.0);
-    if s < 60.0 {
-        format!("{s:.1}s")
-    } else if s < 3600.0 {
-        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
-    } else {
-        format!(
-            "{}h{:02}m",
-            (s / 3600.0) as u64,
-            ((s % 3600.0) / 60.0) as u64
-        )
-    }
-}
-
-/// `syncpool queue`: in syncpool's terms, what waits (due now or delayed to a later
-/// time), what runs (instances under a live lease) and what finished in the last hour;
-/// with `raw`, apalis' own states (`Pending`, `Queued`, `Running`, `Done`, ...), which
-/// say more about apalis than about the syncs.
-pub(crate) async fn queue(store: &dyn Store, json: bool, raw: bool) -> Result<(), CliError> {
-    let q: QueueStats = store.queue_stats(None).await?;
-    if json {
-        super::print_json(&q);
-        return Ok(());
-    }
-    if raw {
-        queue_raw(&q);
-        return Ok(());
-    }
-    let count = |state: &str| q.depth.get(state).copied().unwrap_or(0);
-    let running = store.fleet_gauges().await?.locks_held;
-    let done = store.records_finished_since(3600).await?;
-    let claimed = count("Queued");
-    let claimed = if claimed > 0 {
-        format!(", {claimed} fetched by a worker, not started")
-    } else {
-        String::new()
-    };
-    println!(
-        "waiting  {:>7}  ({} due now, {} delayed to a later time: retries and instances \
-         leased by another session{claimed})",
-        q.ready + q.delayed + count("Queued"),
-        q.ready,
-        q.delayed
-    );
-    println!("running  {running:>7}  (instances under a live lease: `syncpool locks`)");
-    println!("done     {done:>7}  (records finished in the last hour)");
-    match &q.oldest_pending {
-        Some(o) => println!(
-            "next:    job {} due {} ({}, {})",
-            printable(&o.job_id),
-            due(o),
-            ts::format(&o.run_at),
-            plural(o.attempts, "attempt")
-        ),
-        None => println!("next:    nothing waits"),
-    }
-    Ok(())
-}
-
-/// `syncpool queue --raw`: apalis' states as apalis counts them.
-fn queue_raw(q: &QueueStats) {
-    for (state, n) in &q.depth {
-        println!("{:<8} {n:>9}", printable(state));
-    }
-    println!("pending: {} due, {} delayed", q.ready, q.delayed);
-    match &q.oldest_pending {
-        Some(o) => println!(
-            "oldest pending: job {} due {} ({}, {})",
-            printable(&o.job_id),
-            ts::format(&o.run_at),
-            due(o),
-            plural(o.attempts, "attempt")
-        ),
-        None => println!("oldest pending: none"),
-    }
-}
-
-/// `4.2s ago`, or `in 3.0s` for a job due later (apalis' wait is 0 for those).
-fn due(o: &crate::model::OldestJob) -> String {
-    let now = chrono::Utc::now();
-    if o.run_at > now {
-        format!(
-            "in {}",
-            seconds((o.run_at - now).num_milliseconds() as f64 / 1000.0)
-        )
-    } else {
-        format!("{} ago", seconds(o.waited_seconds))
-    }
 }

@@ -71,13 +71,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/queue", get(queue_stats))
 }
 
-/// Routes that never need the token.
-pub fn open_routes() -> Router<AppState> {
-    health_routes()
-        // Tools need the document to talk to the API; it holds no secret.
-        .route("/api/v1/openapi.json", get(super::openapi::serve))
-}
-
 /// Liveness and readiness, also served on a worker's metrics port for its orchestrator.
 pub fn health_routes() -> Router<AppState> {
     Router::new()

@@ -18,6 +18,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::routing::get;
 
 pub use error::ApiError;
 pub use metrics::{metrics_router, serve_metrics};
@@ -61,7 +62,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone());
     Router::new()
         .merge(protected)
-        .merge(api::open_routes().with_state(state.clone()))
+        // Routes that never need the token. Tools need the document to talk to the API;
+        // it holds no secret.
+        .merge(
+            api::health_routes()
+                .route("/api/v1/openapi.json", get(openapi::serve))
+                .with_state(state.clone()),
+        )
         .merge(metrics_router(state.store.clone()))
         .merge(console::routes(state.clone()))
         // Unknown routes and wrong methods answer in the API's JSON error shape too.

@@ -353,19 +353,6 @@ pub enum RecordOutcome {
     Fenced,
 }
 
-/// Reported once, by the finish that made a session's last record terminal.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionFinished {
-    /// The session's type.
-    pub sync_type: String,
-    /// How it ended.
-    pub status: SessionStatus,
-    /// Start to finish, in seconds.
-    pub duration_seconds: f64,
-    /// Completed records over all records.
-    pub success_rate: f64,
-}
-
 /// What a finish did.
 #[derive(Debug, Clone)]
 pub struct FinishOutcome {

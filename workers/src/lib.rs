@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod common;
+mod files;
 mod hosts;
 mod mysql;
 mod postgres;
@@ -20,9 +21,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use common::{
-    MAX_PASSWORD_FILE_BYTES, MAX_SECRET_NAME, SECRET_ENV_PATTERN, SECRET_ENV_PREFIX,
-    SECRET_FILE_PATTERN, certs_dir, check_secret_env, check_secret_file, password, secrets_dir,
+    MAX_PASSWORD_FILE_BYTES, SECRET_ENV_PATTERN, SECRET_ENV_PREFIX, SECRET_FILE_PATTERN, certs_dir,
+    check_secret_env, check_secret_file, password, secrets_dir,
 };
+pub use files::MAX_SECRET_NAME;
 pub use hosts::{HOST_PATTERN, HostAllowList, is_network_host};
 pub use mysql::{MysqlSource, parse_grant};
 pub use postgres::PostgresSource;

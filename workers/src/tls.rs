@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{is_plain_file_name, read_small_file};
+use crate::files::{is_plain_file_name, read_small_file};
 use crate::{InstanceSpec, SourceError};
 
 /// Largest `ssl_root_cert` file, in bytes.
@@ -79,7 +79,7 @@ impl Tls {
                 )));
             }
             Some(name) => {
-                use crate::common::FileRefused as R;
+                use crate::files::FileRefused as R;
                 let what = format!("the ssl_root_cert file {name} of instance '{}'", inst.name);
                 let bytes = read_small_file(certs, name, MAX_ROOT_CERT_FILE_BYTES)
                     .await
@@ -261,7 +261,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::common::FILE_READ_DEADLINE;
+    use crate::files::FILE_READ_DEADLINE;
 
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 

@@ -84,7 +84,7 @@ fn opt_time(t: Option<&DateTime<Utc>>) -> Markup {
 }
 
 pub fn secs(s: f64) -> String {
-    crate::cli::seconds(s)
+    crate::text::seconds(s)
 }
 
 fn ms(v: Option<i64>) -> String {
@@ -192,7 +192,7 @@ pub fn sessions(v: &SessionsView) -> Markup {
             }
         }
         nav.pager {
-            span { (crate::cli::plural(v.total, "session")) }
+            span { (crate::text::plural(v.total, "session")) }
             @if v.offset > 0 { a href=(link((v.offset - v.limit).max(0))) { "← Newer" } }
             @if v.offset + v.limit < v.total { a href=(link(v.offset + v.limit)) { "Older →" } }
         }

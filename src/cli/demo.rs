@@ -6,10 +6,13 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CliError, each_record, printable, wait_for};
-use crate::model::{NewInstance, SyncType};
+use super::show::each_record;
+use super::wait::wait_for;
+use super::{CliError, printable};
+use crate::model::{NewInstance, Record, Session, SyncType};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::text::plural;
 
 /// Every this-many demo instances, one always fails, so the demo shows retries and a
 /// `completed_with_errors` session.
@@ -17,12 +20,40 @@ const FAIL_EVERY: u32 = 50;
 
 /// `syncpool demo`: registers `instances` simulated instances, syncs them all with
 /// in-process workers and prints a summary.
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<dyn Store>,
     settings: Settings,
     instances: u32,
     workers: u16,
 ) -> Result<(), CliError> {
+    register(store.as_ref(), instances).await?;
+    let on_purpose = match instances / FAIL_EVERY {
+        0 => String::new(),
+        n => format!(
+            "; {n} of the simulated ones (every {FAIL_EVERY}th) fail on purpose, to show retries \
+             and a completed_with_errors session: the WARN lines about them are expected"
+        ),
+    };
+    eprintln!(
+        "syncing every active instance, {} at a time{on_purpose}",
+        16 * workers as usize
+    );
+    let (session, elapsed) = sync_all(&store, &settings, workers).await?;
+    // A demo's few hundred records fit in memory; they are read in pages all the same.
+    let mut records = Vec::new();
+    each_record(store.as_ref(), session.session_id, |r| {
+        records.push(r.clone());
+        Ok(())
+    })
+    .await?;
+    print_summary(&session, &records, elapsed);
+    print_instances_and_hints(&session, &records);
+    Ok(())
+}
+
+/// Registers the simulated instances not registered yet and the local database servers
+/// found, and says on stderr what it registered.
+async fn register(store: &dyn Store, instances: u32) -> Result<(), CliError> {
     let existing: std::collections::HashSet<String> = store
         .instance_list()
         .await?
@@ -59,18 +90,16 @@ pub async fn run(
         "{}",
         registered_line(instances as usize, new_simulated, new_local)
     );
-    let on_purpose = match instances / FAIL_EVERY {
-        0 => String::new(),
-        n => format!(
-            "; {n} of the simulated ones (every {FAIL_EVERY}th) fail on purpose, to show retries \
-             and a completed_with_errors session: the WARN lines about them are expected"
-        ),
-    };
-    eprintln!(
-        "syncing every active instance, {} at a time{on_purpose}",
-        16 * workers as usize
-    );
+    Ok(())
+}
 
+/// Starts a session over every active instance and runs an in-process worker until it
+/// has finished; returns the session and the seconds the wait took.
+async fn sync_all(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    workers: u16,
+) -> Result<(Session, f64), CliError> {
     let stop = CancellationToken::new();
     // One in-process worker with all the slots: one set of log lines, not one per slot.
     let handles = {
@@ -100,15 +129,12 @@ pub async fn run(
             .map_err(|e| CliError::Runtime(e.into()))?
             .map_err(CliError::Runtime)?;
     }
+    Ok((session, elapsed))
+}
 
-    // A demo's few hundred records fit in memory; they are read in pages all the same.
-    let mut records = Vec::new();
-    each_record(store.as_ref(), session.session_id, |r| {
-        records.push(r.clone());
-        Ok(())
-    })
-    .await?;
-    let s = &session;
+/// The session's outcome in figures: counts, duration, success rate, lock waits,
+/// throughput and the time the retries took.
+fn print_summary(s: &Session, records: &[Record], elapsed: f64) {
     let mut waits: Vec<i64> = records.iter().filter_map(|r| r.lock_wait_ms).collect();
     waits.sort_unstable();
     let pct = |p: f64| {
@@ -153,9 +179,14 @@ pub async fn run(
         println!(
             "retries        {:.2} s more for {} (backoff --retry-backoff)",
             total_secs - first_secs,
-            crate::cli::plural((records.len() - first.len()) as i64, "retried instance")
+            plural((records.len() - first.len()) as i64, "retried instance")
         );
     }
+}
+
+/// A few failed instances with their errors, the local servers' outcomes, and the
+/// commands to look further.
+fn print_instances_and_hints(s: &Session, records: &[Record]) {
     let failed: Vec<_> = records
         .iter()
         .filter(|r| r.status == "failed")
@@ -190,7 +221,6 @@ pub async fn run(
         "\nnext: `{me} sessions`, `{me} session {}`, `{me} accounts demo-00001`",
         s.session_id
     );
-    Ok(())
 }
 
 /// What the demo registered: the simulated instances new this run (of those asked for),
@@ -208,7 +238,7 @@ fn registered_line(asked: usize, new_simulated: usize, new_local: usize) -> Stri
         0 => simulated,
         n => format!(
             "{simulated} and {}",
-            crate::cli::plural(n as i64, "local database server")
+            plural(n as i64, "local database server")
         ),
     }
 }

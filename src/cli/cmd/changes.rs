@@ -1,12 +1,12 @@
 //! `syncpool changes`: the account change history, as a table or as the API's JSON.
 
-use super::{CliError, Out, print_json, printable};
+use crate::cli::{ChangesArgs, CliError, Out, print_json, printable};
 use crate::model::{ChangePage, ts};
 use crate::store::{ChangeFilter, Store};
 use crate::validate;
 
 /// The filter the arguments describe; every check needs no database.
-pub(super) fn filter(a: &super::ChangesArgs) -> Result<ChangeFilter, CliError> {
+pub(crate) fn filter(a: &ChangesArgs) -> Result<ChangeFilter, CliError> {
     Ok(validate::change_filter(validate::ChangeQuery {
         instance: a.instance.as_deref(),
         since: a.since.as_deref(),
@@ -18,7 +18,7 @@ pub(super) fn filter(a: &super::ChangesArgs) -> Result<ChangeFilter, CliError> {
     })?)
 }
 
-pub(super) async fn run(store: &dyn Store, a: &super::ChangesArgs) -> Out {
+pub(crate) async fn run(store: &dyn Store, a: &ChangesArgs) -> Out {
     let f = filter(a)?;
     if let Some(name) = &f.instance {
         known_name(store, name).await?;
