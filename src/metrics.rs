@@ -14,8 +14,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::{
-    FINISHED_SESSION_STATUSES, FleetGauges, SESSION_DURATION_BUCKETS, SYNC_TYPES, SessionFinished,
-    SessionStat,
+    FleetGauges, SESSION_DURATION_BUCKETS, SessionFinished, SessionStat, SessionStatus, SyncType,
 };
 
 /// Counter of cron slots fired but skipped (the last session still ran, or nothing to sync).
@@ -215,19 +214,23 @@ pub fn render_sessions(g: &FleetGauges) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     // Every type and status, zero until it happens, so each series exists from the start.
-    let zero = SessionStat {
+    let zero = |sync_type, status| SessionStat {
+        sync_type,
+        status,
+        finished: 0,
+        duration_sum: 0.0,
         buckets: vec![0; SESSION_DURATION_BUCKETS.len()],
-        ..SessionStat::default()
     };
-    let combos: Vec<(&str, &str, &SessionStat)> = SYNC_TYPES
+    let combos: Vec<(SyncType, SessionStatus, SessionStat)> = SyncType::ALL
         .iter()
-        .flat_map(|t| FINISHED_SESSION_STATUSES.iter().map(move |st| (*t, *st)))
+        .flat_map(|&t| SessionStatus::FINISHED.iter().map(move |&st| (t, st)))
         .map(|(t, st)| {
             let s = g
                 .session_stats
                 .iter()
                 .find(|s| s.sync_type == t && s.status == st)
-                .unwrap_or(&zero);
+                .cloned()
+                .unwrap_or_else(|| zero(t, st));
             (t, st, s)
         })
         .collect();

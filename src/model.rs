@@ -156,43 +156,8 @@ fn yes() -> bool {
     true
 }
 
-/// Who started a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncType {
-    /// One instance, by hand.
-    ManualSingle,
-    /// Several or all instances, by hand.
-    ManualBatch,
-    /// The scheduler's cron.
-    Scheduled,
-}
-
-/// Every sync type's name, for metrics that show each one from the start.
-pub const SYNC_TYPES: &[&str] = &["manual_single", "manual_batch", "scheduled"];
-
-impl SyncType {
-    /// Its stored and serialized name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncType::ManualSingle => "manual_single",
-            SyncType::ManualBatch => "manual_batch",
-            SyncType::Scheduled => "scheduled",
-        }
-    }
-    /// The type with this name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "manual_single" => SyncType::ManualSingle,
-            "manual_batch" => SyncType::ManualBatch,
-            "scheduled" => SyncType::Scheduled,
-            _ => return None,
-        })
-    }
-}
-
-/// Defines a status enum stored and serialised as its snake_case name, comparable with
-/// the plain name (`status == "running"`) for tests and callers that hold text.
+/// Defines an enum stored and serialised as its snake_case name; its list of names comes
+/// from the enum (`ALL`), so no list of strings can drift from it.
 macro_rules! status_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
         $(#[$doc])*
@@ -207,6 +172,10 @@ macro_rules! status_enum {
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),* }
             }
+            /// Every name, in order (for error messages, schemas and forms).
+            pub fn names() -> Vec<&'static str> {
+                Self::ALL.iter().map(|v| v.as_str()).collect()
+            }
             /// The status with this name.
             pub fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some($name::$variant),)* _ => None }
@@ -218,16 +187,6 @@ macro_rules! status_enum {
                 f.pad(self.as_str())
             }
         }
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool {
-                self.as_str() == other
-            }
-        }
         impl std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
@@ -236,6 +195,15 @@ macro_rules! status_enum {
         }
     };
 }
+
+status_enum!(
+    /// Who started a session.
+    SyncType {
+        ManualSingle => "manual_single",
+        ManualBatch => "manual_batch",
+        Scheduled => "scheduled",
+    }
+);
 
 status_enum!(
     /// Where one instance's record is. `running` only ever under a lease (or until the
@@ -290,18 +258,15 @@ impl SessionStatus {
     }
 }
 
-/// Every session status's name.
-pub const SESSION_STATUSES: &[&str] = &[
-    "pending",
-    "running",
-    "completed",
-    "completed_with_errors",
-    "failed",
-    "cancelled",
-];
-/// The statuses of a finished session.
-pub const FINISHED_SESSION_STATUSES: &[&str] =
-    &["completed", "completed_with_errors", "failed", "cancelled"];
+impl SessionStatus {
+    /// The statuses of a finished session.
+    pub const FINISHED: &'static [SessionStatus] = &[
+        SessionStatus::Completed,
+        SessionStatus::CompletedWithErrors,
+        SessionStatus::Failed,
+        SessionStatus::Cancelled,
+    ];
+}
 
 /// One sync session and its totals.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -310,8 +275,8 @@ pub struct Session {
     pub id: i64,
     /// Public id.
     pub session_id: Uuid,
-    /// `manual_single`, `manual_batch` or `scheduled`.
-    pub sync_type: String,
+    /// Who started it.
+    pub sync_type: SyncType,
     /// Where it is.
     pub status: SessionStatus,
     /// Instances in it.
@@ -426,7 +391,7 @@ pub struct SessionCreated {
     /// Instances in it.
     pub total_instances: i64,
     /// `pending` at first.
-    pub status: String,
+    pub status: SessionStatus,
 }
 
 /// An account in syncpool's inventory.
@@ -484,7 +449,7 @@ pub struct FleetGauges {
     /// Every finished session ever, by type and status (never cleaned up).
     pub session_stats: Vec<SessionStat>,
     /// `(sync_type, success_rate)` of the last finished, not cancelled, session per type.
-    pub last_success: Vec<(String, f64)>,
+    pub last_success: Vec<(SyncType, f64)>,
     /// Age of the oldest pending or running session (0 when none).
     pub oldest_session_seconds: f64,
     /// Running records without a live lease carrying their token.
@@ -502,12 +467,12 @@ pub const SESSION_DURATION_BUCKETS: &[u32] = &[
 ];
 
 /// The finished sessions of one type and status, as a cumulative histogram.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionStat {
     /// The sessions' type.
-    pub sync_type: String,
+    pub sync_type: SyncType,
     /// Their status.
-    pub status: String,
+    pub status: SessionStatus,
     /// How many finished so.
     pub finished: i64,
     /// Their durations summed, in seconds.
@@ -526,7 +491,7 @@ pub struct AccountChange {
     /// The instance's name when the change was recorded.
     pub instance_name: String,
     /// The session whose sync found it.
-    pub session_id: String,
+    pub session_id: Uuid,
     /// The record of that sync.
     pub record_id: i64,
     /// User name.
@@ -593,7 +558,7 @@ impl ChangePage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionFinished {
     /// The session's type.
-    pub sync_type: String,
+    pub sync_type: SyncType,
     /// How it ended.
     pub status: SessionStatus,
     /// Start to finish, in seconds.

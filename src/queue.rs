@@ -16,7 +16,7 @@ pub const APALIS_MAX_ATTEMPTS: i64 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobPayload {
     /// The session's public id.
-    pub session_id: String,
+    pub session_id: uuid::Uuid,
     /// The record this job syncs.
     pub record_id: i64,
     /// The instance whose lease it needs.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Instance, NewInstance};
+use crate::model::{Instance, NewInstance, SessionStatus, SyncType};
 use crate::store::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -373,31 +373,29 @@ pub fn offset(o: i64) -> Result<i64> {
 }
 
 /// A session type, as the `sync_type` filter names it.
-pub fn sync_type(s: &str) -> Result<String> {
-    if !crate::model::SYNC_TYPES.contains(&s) {
-        return Err(StoreError::invalid(
+pub fn sync_type(s: &str) -> Result<SyncType> {
+    SyncType::parse(s).ok_or_else(|| {
+        StoreError::invalid(
             "sync_type",
             format!(
                 "unknown sync type '{s}' (expected one of: {})",
-                crate::model::SYNC_TYPES.join(", ")
+                SyncType::names().join(", ")
             ),
-        ));
-    }
-    Ok(s.to_string())
+        )
+    })
 }
 
 /// One of the session statuses.
-pub fn session_status(s: &str) -> Result<String> {
-    if !crate::model::SESSION_STATUSES.contains(&s) {
-        return Err(StoreError::invalid(
+pub fn session_status(s: &str) -> Result<SessionStatus> {
+    SessionStatus::parse(s).ok_or_else(|| {
+        StoreError::invalid(
             "status",
             format!(
                 "unknown status '{s}' (expected one of: {})",
-                crate::model::SESSION_STATUSES.join(", ")
+                SessionStatus::names().join(", ")
             ),
-        ));
-    }
-    Ok(s.to_string())
+        )
+    })
 }
 
 /// One of the record statuses.

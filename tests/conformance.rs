@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use syncpool::model::SyncType;
+use syncpool::model::{SessionStatus, SyncType};
 use syncpool::queue::JobPayload;
 use syncpool::store::*;
 use syncpool_workers::Account;
@@ -44,7 +44,7 @@ pub(crate) async fn jobs_of(store: &dyn Store, session: uuid::Uuid) -> Vec<(Stri
         out.push((
             job_id,
             JobPayload {
-                session_id: session.to_string(),
+                session_id: session,
                 record_id: r.id,
                 instance_id: r.instance_id,
                 attempt: 1,
@@ -144,7 +144,7 @@ pub(crate) fn finish(job: &(String, JobPayload), token: i64, result: SyncResult)
         job_id: job.0.clone(),
         record_id: job.1.record_id,
         instance_id: job.1.instance_id,
-        session_id: job.1.session_id.clone(),
+        session_id: job.1.session_id,
         token,
         result,
     }
@@ -195,7 +195,7 @@ async fn a_session_enqueues_one_record_and_one_job_per_instance(b: Backend) {
         .await
         .unwrap();
     assert_eq!(created.total_instances, 5);
-    assert_eq!(created.status, "pending");
+    assert_eq!(created.status.as_str(), "pending");
     let d = store
         .session_get(created.session_id)
         .await
@@ -205,7 +205,7 @@ async fn a_session_enqueues_one_record_and_one_job_per_instance(b: Backend) {
     assert!(
         d.records
             .iter()
-            .all(|r| r.status == "pending" && r.attempts == 0)
+            .all(|r| r.status.as_str() == "pending" && r.attempts == 0)
     );
     assert_eq!(
         count(
@@ -296,13 +296,13 @@ async fn a_granted_and_finished_sync_completes_the_session_with_true_totals(b: B
         .filter_map(|f| f.session_finished.clone())
         .collect::<Vec<_>>();
     assert_eq!(finished.len(), 1, "the session finishes exactly once");
-    assert_eq!(finished[0].status, "completed_with_errors");
+    assert_eq!(finished[0].status.as_str(), "completed_with_errors");
     let d = store.session_get(s.session_id).await.unwrap().unwrap();
     assert_eq!(
         (d.session.successful_instances, d.session.failed_instances),
         (1, 1)
     );
-    assert_eq!(d.session.status, "completed_with_errors");
+    assert_eq!(d.session.status.as_str(), "completed_with_errors");
     assert_eq!(d.session.success_rate, Some(0.5));
     // The fleet-wide session metrics counted it once, in the finishing transaction.
     let g = store.fleet_gauges().await.unwrap();
@@ -321,7 +321,7 @@ async fn a_granted_and_finished_sync_completes_the_session_with_true_totals(b: B
         stat.duration_sum >= 0.0 && stat.duration_sum < 60.0,
         "{stat:?}"
     );
-    assert_eq!(g.last_success, vec![("manual_batch".to_string(), 0.5)]);
+    assert_eq!(g.last_success, vec![(SyncType::ManualBatch, 0.5)]);
     assert!(
         d.records
             .iter()
@@ -579,7 +579,10 @@ async fn a_retryable_failure_schedules_the_next_attempt_then_fails(b: Backend) {
         )])
         .await
         .unwrap();
-    assert_eq!(out[0].session_finished.as_ref().unwrap().status, "failed");
+    assert_eq!(
+        out[0].session_finished.as_ref().unwrap().status.as_str(),
+        "failed"
+    );
     let d = store.session_get(s.session_id).await.unwrap().unwrap();
     assert_eq!(d.records[0].error.as_deref(), Some("timeout again"));
     assert_eq!(d.records[0].attempts, 2);
@@ -826,7 +829,7 @@ async fn session_list_filters_by_status_newest_first_with_a_total(b: Backend) {
         "newest first"
     );
     let done = SessionFilter {
-        status: Some("completed".into()),
+        status: Some(SessionStatus::Completed),
         limit: 10,
         offset: 0,
         sync_type: None,

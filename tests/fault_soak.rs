@@ -328,7 +328,7 @@ async fn soak(postgres: bool, seed: u64) {
             .await
             .unwrap()
             .unwrap();
-        let n = |st: &str| d.records.iter().filter(|r| r.status == st).count() as i64;
+        let n = |st: &str| d.records.iter().filter(|r| r.status.as_str() == st).count() as i64;
         assert_eq!(
             (n("completed"), n("failed"), n("cancelled")),
             (

@@ -142,7 +142,7 @@ async fn the_rescuer_hands_a_record_whose_lease_lapsed_to_a_new_attempt_and_fail
     let o = store.records_rescue(&p, 100).await.unwrap();
     assert_eq!((o.requeued, o.failed, o.cancelled), (1, 0, 0));
     let r = record(store.as_ref(), s.session_id, rid).await;
-    assert_eq!(r.status, "pending");
+    assert_eq!(r.status.as_str(), "pending");
     assert!(
         r.error.as_deref().unwrap_or("").contains("lost its lease"),
         "{:?}",
@@ -181,9 +181,9 @@ async fn the_rescuer_hands_a_record_whose_lease_lapsed_to_a_new_attempt_and_fail
         "the last attempt is not retried"
     );
     assert_eq!(o.sessions_finished.len(), 1);
-    assert_eq!(o.sessions_finished[0].status, "failed");
+    assert_eq!(o.sessions_finished[0].status.as_str(), "failed");
     let r = record(store.as_ref(), s.session_id, rid).await;
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status.as_str(), "failed");
     assert!(
         r.error
             .as_deref()
@@ -318,7 +318,8 @@ async fn cancel_ends_a_running_record_whose_lease_is_gone_and_finishes_the_sessi
     tokio::time::sleep(LAPSE).await;
     let c = store.session_cancel(s.session_id).await.unwrap().unwrap();
     assert_eq!(
-        c.session.status, "cancelled",
+        c.session.status.as_str(),
+        "cancelled",
         "nothing is left running without a lease"
     );
     assert_eq!(c.session.cancelled_instances, 2);
@@ -475,7 +476,8 @@ async fn a_completed_sync_of_a_deleted_instance_stores_no_accounts(b: Backend) {
             .unwrap()
             .unwrap()
             .session
-            .status,
+            .status
+            .as_str(),
         "failed"
     );
 }
@@ -576,7 +578,7 @@ async fn cancel_racing_grants_and_finishes_at_64_way_concurrency_never_fails_or_
             }
         }
         let d = store.session_get(s.session_id).await.unwrap().unwrap();
-        let n = |st: &str| d.records.iter().filter(|r| r.status == st).count() as i64;
+        let n = |st: &str| d.records.iter().filter(|r| r.status.as_str() == st).count() as i64;
         assert!(
             d.session.is_finished(),
             "round {round}: {:?}",
@@ -656,7 +658,7 @@ async fn a_cron_slot_is_claimed_and_its_session_started_in_one_transaction_and_f
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d.session.sync_type, "scheduled");
+    assert_eq!(d.session.sync_type.as_str(), "scheduled");
 }
 
 async fn cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots(b: Backend) {

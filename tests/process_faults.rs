@@ -70,7 +70,7 @@ async fn a_session_whose_worker_froze_past_its_lease_finishes_after_another_sess
         resumed.elapsed()
     );
     assert_invariants(&done);
-    assert_eq!(done[0].session.status, "completed");
+    assert_eq!(done[0].session.status.as_str(), "completed");
     assert_eq!(done[0].records[0].attempts, 2, "handed to a second attempt");
     assert_eq!(
         store.fleet_gauges().await.unwrap().locks_held,
@@ -117,14 +117,14 @@ async fn a_panicking_source_fails_its_record_and_frees_the_lease_at_once(b: Back
             .iter()
             .find(|r| r.instance_name == "buggy")
             .unwrap();
-        assert_eq!(buggy.status, "failed");
+        assert_eq!(buggy.status.as_str(), "failed");
         assert_eq!(buggy.attempts, 1, "a panic is fatal: no retry");
         assert!(
             buggy.error.as_deref().unwrap_or("").contains("panicked"),
             "{:?}",
             buggy.error
         );
-        assert_eq!(done[0].session.status, "completed_with_errors");
+        assert_eq!(done[0].session.status.as_str(), "completed_with_errors");
         assert_eq!(
             store.fleet_gauges().await.unwrap().locks_held,
             0,
@@ -172,7 +172,7 @@ async fn a_sigkilled_workers_record_is_handed_on_after_the_lease_not_the_queue_o
         killed.elapsed()
     );
     assert_invariants(&done);
-    assert_eq!(done[0].session.status, "completed");
+    assert_eq!(done[0].session.status.as_str(), "completed");
     assert_eq!(done[0].records[0].attempts, 2);
     signal(&other, "TERM");
     assert!(other.wait().unwrap().success());

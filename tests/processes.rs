@@ -55,7 +55,7 @@ pub(crate) fn assert_invariants(sessions: &[SessionDetail]) {
     let mut by_instance: HashMap<i64, Vec<Span>> = HashMap::new();
     for d in sessions {
         let s = &d.session;
-        let count = |st: &str| d.records.iter().filter(|r| r.status == st).count() as i64;
+        let count = |st: &str| d.records.iter().filter(|r| r.status.as_str() == st).count() as i64;
         assert_eq!(count("completed"), s.successful_instances);
         assert_eq!(count("failed"), s.failed_instances);
         assert_eq!(count("cancelled"), s.cancelled_instances);
@@ -144,15 +144,20 @@ async fn three_workers_finish_two_overlapping_sessions_without_overlapping_syncs
     .await;
     assert_invariants(&done);
     for d in &done {
-        assert_eq!(d.session.status, "completed_with_errors");
+        assert_eq!(d.session.status.as_str(), "completed_with_errors");
         assert_eq!(d.session.failed_instances, 4);
-        assert!(d.records.iter().filter(|r| r.status == "failed").all(|r| {
-            r.attempts == 3
-                && r.error
-                    .as_deref()
-                    .unwrap_or("")
-                    .contains("simulated failure")
-        }));
+        assert!(
+            d.records
+                .iter()
+                .filter(|r| r.status.as_str() == "failed")
+                .all(|r| {
+                    r.attempts == 3
+                        && r.error
+                            .as_deref()
+                            .unwrap_or("")
+                            .contains("simulated failure")
+                })
+        );
     }
     let text = scrape(&metrics);
     eprintln!(
@@ -203,7 +208,7 @@ async fn a_sigkilled_workers_instances_are_finished_by_the_others(b: Backend) {
     let start = Instant::now();
     loop {
         let d = store.session_get(s.session_id).await.unwrap().unwrap();
-        if d.records.iter().any(|r| r.status == "running") {
+        if d.records.iter().any(|r| r.status.as_str() == "running") {
             break;
         }
         assert!(
@@ -276,7 +281,7 @@ async fn a_paused_workers_late_result_is_refused_by_the_fencing_token(b: Backend
         .unwrap()
         .records
         .iter()
-        .any(|r| r.status == "running")
+        .any(|r| r.status.as_str() == "running")
     {
         assert!(start.elapsed() < Duration::from_secs(20), "never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -307,7 +312,7 @@ async fn a_paused_workers_late_result_is_refused_by_the_fencing_token(b: Backend
         after.records[0].worker_id, winner,
         "the new holder's result stands"
     );
-    assert_eq!(after.records[0].status, "completed");
+    assert_eq!(after.records[0].status.as_str(), "completed");
     assert_invariants(&[after]);
     for c in [&paused, &other] {
         signal(c, "TERM");
@@ -327,7 +332,7 @@ pub(crate) async fn wait_running(db: &TestDb, id: uuid::Uuid, n: usize) {
         .unwrap()
         .records
         .iter()
-        .filter(|r| r.status == "running")
+        .filter(|r| r.status.as_str() == "running")
         .count()
         < n
     {
@@ -374,7 +379,7 @@ async fn sigterm_hands_running_syncs_back_and_exits_0(b: Backend) {
     assert!(
         d.records
             .iter()
-            .all(|r| r.status == "pending" && r.attempts == 0),
+            .all(|r| r.status.as_str() == "pending" && r.attempts == 0),
         "records handed back: {:?}",
         d.records
     );
@@ -417,7 +422,7 @@ async fn cancel_stops_a_running_session_at_the_next_heartbeat(b: Backend) {
     let (code, out, err) = cli(&db.url, &["cancel", &s.session_id.to_string()]);
     assert_eq!(code, 0, "{out} {err}");
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(15)).await;
-    assert_eq!(done[0].session.status, "cancelled");
+    assert_eq!(done[0].session.status.as_str(), "cancelled");
     assert_eq!(done[0].session.cancelled_instances, 6);
     assert_invariants(&done);
     signal(&w, "TERM");
@@ -450,7 +455,7 @@ async fn an_undecodable_job_is_killed_without_stopping_the_worker(b: Backend) {
         .await
         .unwrap();
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(20)).await;
-    assert_eq!(done[0].session.status, "completed");
+    assert_eq!(done[0].session.status.as_str(), "completed");
     assert_eq!(
         store.fleet_gauges().await.unwrap().jobs_failed,
         1,
@@ -571,7 +576,7 @@ async fn two_serve_replicas_fire_each_cron_slot_once_and_skip_while_a_sync_runs(
         skipped >= 1,
         "a slot that comes while the last scheduled session runs is skipped"
     );
-    assert!(sessions.iter().all(|s| s.sync_type == "scheduled"));
+    assert!(sessions.iter().all(|s| s.sync_type.as_str() == "scheduled"));
     // Scheduled sessions never overlap: each starts after the previous one finished.
     let mut spans: Vec<_> = sessions
         .iter()
@@ -619,7 +624,7 @@ async fn a_worker_whose_queue_fails_restarts_under_a_new_name_and_keeps_syncing(
         .await
         .unwrap();
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(30)).await;
-    assert_eq!(done[0].session.status, "completed");
+    assert_eq!(done[0].session.status.as_str(), "completed");
     signal(&w, "TERM");
     assert!(w.wait().unwrap().success(), "still exits 0");
     let text = std::fs::read_to_string(&log).unwrap();

@@ -436,7 +436,7 @@ async fn a_worker_whose_clock_runs_fast_does_not_fail_a_job_that_waited_seconds(
     let _ = fast.wait();
     let r = &done[1].records[0];
     assert_eq!(
-        r.status,
+        r.status.as_str(),
         "completed",
         "the waiting job was failed: {:?}; worker log: {}",
         r.error,
@@ -488,7 +488,7 @@ async fn a_worker_sends_no_password_to_a_host_outside_its_allowed_instance_hosts
         &secret,
     )
     .await;
-    assert_eq!(refused.status, "failed");
+    assert_eq!(refused.status.as_str(), "failed");
     let error = refused.error.unwrap_or_default();
     assert!(error.contains("allowed instance hosts"), "{error}");
     assert_eq!(

@@ -189,7 +189,7 @@ fn print_summary(s: &Session, records: &[Record], elapsed: f64) {
 fn print_instances_and_hints(s: &Session, records: &[Record]) {
     let failed: Vec<_> = records
         .iter()
-        .filter(|r| r.status == "failed")
+        .filter(|r| r.status.as_str() == "failed")
         .take(3)
         .collect();
     for r in failed {

@@ -145,7 +145,7 @@ fn summary(out: &mut dyn Write, s: &Session) -> std::io::Result<()> {
         out,
         "session {}  {}  {}\n  {}: {} ok, {} failed, {} cancelled; duration {}; {outcome}",
         s.session_id,
-        printable(&s.sync_type),
+        printable(s.sync_type.as_str()),
         s.status,
         plural(s.total_instances, "instance"),
         s.successful_instances,

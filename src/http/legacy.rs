@@ -50,7 +50,7 @@ pub(super) async fn details(State(s): State<AppState>, q: Params) -> Result<Json
     let count = |st: &str| {
         counts
             .iter()
-            .filter(|(s, _)| *s == st)
+            .filter(|(s, _)| s.as_str() == st)
             .map(|(_, n)| n)
             .sum::<i64>()
     };

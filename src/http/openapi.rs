@@ -337,8 +337,8 @@ fn constrain_parameter(param: &mut Value, path: &str) {
                 .collect();
             json!({"type": "string", "enum": all})
         }
-        Some("status") => json!({"type": "string", "enum": crate::model::SESSION_STATUSES}),
-        Some("sync_type") => json!({"type": "string", "enum": crate::model::SYNC_TYPES}),
+        Some("status") => json!({"type": "string", "enum": crate::model::SessionStatus::names()}),
+        Some("sync_type") => json!({"type": "string", "enum": crate::model::SyncType::names()}),
         Some("include_deleted" | "sensitive") => json!({"type": "boolean", "default": false}),
         Some("after") => {
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Instance, Record, ts};
+use super::{Instance, Record, SyncType, ts};
 
 /// At most this many waiting jobs are listed per lease (`waiting_total` counts them all).
 pub const WAITERS_SHOWN: usize = 10;
@@ -143,7 +143,7 @@ pub struct InstanceSync {
     /// The session it belonged to.
     pub session_id: Uuid,
     /// That session's type.
-    pub sync_type: String,
+    pub sync_type: SyncType,
     /// The record.
     pub record: Record,
 }

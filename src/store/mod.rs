@@ -317,7 +317,7 @@ pub struct FinishRequest {
     /// The instance synced.
     pub instance_id: i64,
     /// Its session's public id.
-    pub session_id: String,
+    pub session_id: Uuid,
     /// The token of the lease the sync ran under.
     pub token: i64,
     /// How the sync ended.
@@ -404,9 +404,9 @@ pub struct Cancelled {
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
     /// Only sessions with this status.
-    pub status: Option<String>,
-    /// Only sessions of this type (`manual_single`, `manual_batch`, `scheduled`).
-    pub sync_type: Option<String>,
+    pub status: Option<SessionStatus>,
+    /// Only sessions of this type.
+    pub sync_type: Option<SyncType>,
     /// Page size.
     pub limit: i64,
     /// Sessions to skip.

@@ -356,7 +356,7 @@ impl Pipeline {
             job_id,
             record_id: payload.record_id,
             instance_id: instance.id,
-            session_id: payload.session_id.clone(),
+            session_id: payload.session_id,
             token,
             result,
         };

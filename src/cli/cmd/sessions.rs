@@ -187,7 +187,7 @@ pub(crate) async fn list(store: &dyn Store, status: Option<&str>, limit: i64, js
             println!(
                 "{:<36}  {:<13}  {:<21}  {:>6}  {:>6}  {:>6}  {}",
                 s.session_id,
-                printable(&s.sync_type),
+                printable(s.sync_type.as_str()),
                 s.status,
                 s.total_instances,
                 s.successful_instances,

@@ -279,8 +279,8 @@ async fn sessions(State(c): State<Console>, who: Visitor, q: Params) -> PageResu
     let body = view::sessions(&view::SessionsView {
         items: &items,
         total,
-        status: filter.status.as_deref(),
-        sync_type: filter.sync_type.as_deref(),
+        status: filter.status.map(|s| s.as_str()),
+        sync_type: filter.sync_type.map(|t| t.as_str()),
         offset: filter.offset,
         limit: PAGE,
     });

@@ -147,16 +147,16 @@ pub fn sessions(v: &SessionsView) -> Markup {
             label { "Status "
                 select name="status" {
                     option value="" { "any" }
-                    @for s in crate::model::SESSION_STATUSES {
-                        option value=(s) selected[v.status == Some(*s)] { (s.replace('_', " ")) }
+                    @for s in crate::model::SessionStatus::names() {
+                        option value=(s) selected[v.status == Some(s)] { (s.replace('_', " ")) }
                     }
                 }
             }
             label { "Type "
                 select name="sync_type" {
                     option value="" { "any" }
-                    @for t in crate::model::SYNC_TYPES {
-                        option value=(t) selected[v.sync_type == Some(*t)] { (t.replace('_', " ")) }
+                    @for t in crate::model::SyncType::names() {
+                        option value=(t) selected[v.sync_type == Some(t)] { (t.replace('_', " ")) }
                     }
                 }
             }
@@ -176,7 +176,7 @@ pub fn sessions(v: &SessionsView) -> Markup {
                         @for s in v.items {
                             tr data-session=(s.session_id) {
                                 td { a.mono href={"/sessions/" (s.session_id)} { (short(&s.session_id)) } }
-                                td { (s.sync_type.replace('_', " ")) }
+                                td { (s.sync_type.as_str().replace('_', " ")) }
                                 td { (badge(s.status.as_str())) }
                                 td { (progress(s)) }
                                 td.num { (s.successful_instances) }
@@ -245,7 +245,7 @@ pub fn session(v: &SessionView) -> Markup {
                 div.card { div.label { "OK / failed / cancelled" } div.value { (s.successful_instances) " / " (s.failed_instances) " / " (s.cancelled_instances) } }
                 div.card { div.label { "Success rate" } div.value { (rate(s)) } }
                 div.card { div.label { "Duration" } div.value { (s.duration_seconds.map(secs).unwrap_or_else(|| "-".into())) } }
-                div.card { div.label { "Type" } div.value { (s.sync_type.replace('_', " ")) } }
+                div.card { div.label { "Type" } div.value { (s.sync_type.as_str().replace('_', " ")) } }
                 div.card { div.label { "Created" } div.value { (time(&s.created_at)) } }
             }
             @if !s.is_finished() && !s.cancel_requested {
@@ -427,7 +427,7 @@ pub fn instance(v: &InstanceView) -> Markup {
                     @for s in v.syncs {
                         tr {
                             td { a.mono href={"/sessions/" (s.session_id)} { (short(&s.session_id)) } }
-                            td { (s.sync_type.replace('_', " ")) }
+                            td { (s.sync_type.as_str().replace('_', " ")) }
                             td { (badge(s.record.status.as_str())) }
                             td.num { (s.record.attempts) }
                             td.num { (ms(s.record.lock_wait_ms)) }

@@ -94,7 +94,7 @@ async fn write_grants<O: BatchOps + ?Sized>(
         .iter()
         .map(|&(r, token)| NewLease {
             instance_id: r.payload.instance_id,
-            session_uuid: st.recs[&r.payload.record_id].session_uuid.clone(),
+            session_uuid: st.recs[&r.payload.record_id].session_uuid,
             record_id: r.payload.record_id,
             token,
         })
@@ -317,7 +317,7 @@ pub(crate) async fn rescue<O: BatchOps + ?Sized>(
             outcome.failed += 1;
         } else {
             let payload = JobPayload {
-                session_id: rec.session_uuid.clone(),
+                session_id: rec.session_uuid,
                 record_id: rid,
                 instance_id: rec.instance_id,
                 attempt: rec.attempts + 1,

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::future::BoxFuture;
 
-use crate::model::{Account, Instance, RecordStatus, SESSION_DURATION_BUCKETS, SessionStatus};
+use crate::model::{
+    Account, Instance, RecordStatus, SESSION_DURATION_BUCKETS, SessionStatus, SyncType,
+};
 use crate::store::{RenewOutcome, RenewRequest, Result, SessionFinished, StoredRow};
 
 /// A record as a batch step sees it.
@@ -20,7 +22,7 @@ pub(crate) struct RecState {
     pub job_id: Option<String>,
     pub lock_token: Option<i64>,
     pub session_row: i64,
-    pub session_uuid: String,
+    pub session_uuid: uuid::Uuid,
     pub cancel_requested: bool,
     /// The last grant or finish request that wrote this record (replay on retry).
     pub request_id: Option<String>,
@@ -44,7 +46,7 @@ pub(crate) struct SessionTotals {
     pub cancelled: i64,
     pub cancel_requested: bool,
     pub status: SessionStatus,
-    pub sync_type: String,
+    pub sync_type: SyncType,
 }
 
 /// The two statements that add a finished session to the fleet-wide session metrics
@@ -105,7 +107,7 @@ pub(crate) fn session_stats_select() -> String {
 
 pub(crate) struct NewLease {
     pub instance_id: i64,
-    pub session_uuid: String,
+    pub session_uuid: uuid::Uuid,
     pub record_id: i64,
     pub token: i64,
 }
@@ -233,7 +235,7 @@ where
 pub(crate) struct NewChange {
     pub instance_id: i64,
     pub instance_name: String,
-    pub session_id: String,
+    pub session_id: uuid::Uuid,
     pub record_id: i64,
     pub change: crate::history::AccountChangeRow,
 }

@@ -302,7 +302,7 @@ pub(crate) fn plan_inventory<'a>(
             .extend(rows.into_iter().map(|change| NewChange {
                 instance_id: iid,
                 instance_name: instance.name.clone(),
-                session_id: r.session_id.clone(),
+                session_id: r.session_id,
                 record_id: r.record_id,
                 change,
             }));
@@ -402,7 +402,7 @@ pub(crate) fn plan_records(
                 retry_after: Some(delay),
             } => {
                 let payload = JobPayload {
-                    session_id: r.session_id.clone(),
+                    session_id: r.session_id,
                     record_id: r.record_id,
                     instance_id: r.instance_id,
                     attempt: rec.attempts + 1,

@@ -28,7 +28,7 @@ fn rec(instance_id: i64, status: RecordStatus, job: &str) -> RecState {
         job_id: Some(job.into()),
         lock_token: None,
         session_row: 1,
-        session_uuid: "s".into(),
+        session_uuid: uuid::Uuid::nil(),
         cancel_requested: false,
         request_id: None,
         accounts: (None, None, None, None),
@@ -60,7 +60,7 @@ fn grant(record_id: i64, instance_id: i64, job: &str) -> GrantRequest {
         request_id: format!("req-{job}"),
         job_id: job.into(),
         payload: JobPayload {
-            session_id: "s".into(),
+            session_id: uuid::Uuid::nil(),
             record_id,
             instance_id,
             attempt: 1,
@@ -277,7 +277,7 @@ fn finish(record_id: i64, instance_id: i64, token: i64, result: SyncResult) -> F
         job_id: format!("j{record_id}"),
         record_id,
         instance_id,
-        session_id: "s".into(),
+        session_id: uuid::Uuid::nil(),
         token,
         result,
     }

@@ -183,7 +183,8 @@ pub(super) async fn changes<D: Backend>(
                 id: D::get(r, "id")?,
                 instance_id: D::get(r, "instance_id")?,
                 instance_name: D::get(r, "instance_name")?,
-                session_id: D::get(r, "session_id")?,
+                // Text in both databases: the history outlives its sessions.
+                session_id: session_id(D::get(r, "session_id")?)?,
                 record_id: D::get(r, "record_id")?,
                 username: D::get(r, "username")?,
                 host: D::get(r, "host")?,
@@ -195,4 +196,8 @@ pub(super) async fn changes<D: Backend>(
             })
         })
         .collect()
+}
+
+fn session_id(text: String) -> Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(&text).map_err(|e| StoreError::Other(format!("session id {text}: {e}")))
 }

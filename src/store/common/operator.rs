@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::{Backend, SqlStore, count, rows};
 use crate::model::{
     FleetGauges, InstanceOverview, InstanceSync, JOB_STATES, Lease, OldestJob, QueueStats,
-    SESSION_DURATION_BUCKETS, SessionStat, WAITERS_SHOWN, WaitingJob, attach_waiters,
+    SESSION_DURATION_BUCKETS, SessionStat, SyncType, WAITERS_SHOWN, WaitingJob, attach_waiters,
 };
 use crate::queue;
 use crate::store::sql::{Fetch, Q};
@@ -199,7 +199,7 @@ pub(super) async fn syncs<D: Backend>(
         .map(|r| {
             Ok(InstanceSync {
                 session_id: D::get(r, "public_id")?,
-                sync_type: D::get(r, "sync_type")?,
+                sync_type: parse_status(D::get(r, "sync_type")?)?,
                 record: rows::record::<D>(r)?,
             })
         })
@@ -210,13 +210,13 @@ pub(super) async fn syncs<D: Backend>(
 /// type's last success rate.
 pub(crate) async fn session_stats<D: Fetch>(
     pool: &sqlx::Pool<D>,
-) -> Result<(Vec<SessionStat>, Vec<(String, f64)>)> {
+) -> Result<(Vec<SessionStat>, Vec<(SyncType, f64)>)> {
     let rows = D::all(pool, Q::new(batch::session_stats_select())).await?;
     let mut stats = Vec::with_capacity(rows.len());
     for r in &rows {
         stats.push(SessionStat {
-            sync_type: D::get(r, "sync_type")?,
-            status: D::get(r, "status")?,
+            sync_type: parse_status(D::get(r, "sync_type")?)?,
+            status: parse_status(D::get(r, "status")?)?,
             finished: D::get(r, "finished")?,
             duration_sum: D::get(r, "duration_sum")?,
             buckets: SESSION_DURATION_BUCKETS
@@ -229,7 +229,10 @@ pub(crate) async fn session_stats<D: Fetch>(
     let last = D::all(pool, q)
         .await?
         .iter()
-        .map(|r| Ok((D::get(r, "sync_type")?, D::get(r, "success_rate")?)))
+        .map(|r| {
+            let sync_type = parse_status(D::get(r, "sync_type")?)?;
+            Ok((sync_type, D::get(r, "success_rate")?))
+        })
         .collect::<Result<_>>()?;
     Ok((stats, last))
 }

@@ -40,7 +40,7 @@ pub(crate) fn session<D: Fetch>(row: &D::Row) -> Result<Session> {
     Ok(Session {
         id: D::get(row, "id")?,
         session_id: D::get(row, "session_id")?,
-        sync_type: D::get(row, "sync_type")?,
+        sync_type: parse_status(D::get(row, "sync_type")?)?,
         status: parse_status(D::get(row, "status")?)?,
         total_instances: D::get(row, "total_instances")?,
         successful_instances: D::get(row, "successful_instances")?,

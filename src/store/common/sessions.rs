@@ -5,7 +5,9 @@ use uuid::Uuid;
 
 use super::rows::{self, SESSION_COLS};
 use super::{Backend, SqlStore};
-use crate::model::{Record, RecordStatus, Session, SessionCreated, SessionDetail, SyncType};
+use crate::model::{
+    Record, RecordStatus, Session, SessionCreated, SessionDetail, SessionStatus, SyncType,
+};
 use crate::queue;
 use crate::store::sql::{Arg, Q};
 use crate::store::{
@@ -78,7 +80,7 @@ pub(crate) async fn insert<D: Backend>(
         .bind(session_row);
     D::run(&mut *tx, q).await?;
     let q = Q::new("SELECT status FROM sync_sessions WHERE id = $1").bind(session_row);
-    let status = D::get(&D::one(&mut *tx, q).await?, "status")?;
+    let status = parse_status(D::get(&D::one(&mut *tx, q).await?, "status")?)?;
     Ok(SessionCreated {
         session_id,
         total_instances: total,
@@ -172,8 +174,8 @@ pub(super) async fn list<D: Backend>(
         "SELECT {SESSION_COLS} FROM sync_sessions WHERE {WHERE} \
          ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
     ))
-    .bind(&f.status)
-    .bind(&f.sync_type)
+    .bind(f.status.map(SessionStatus::as_str))
+    .bind(f.sync_type.map(SyncType::as_str))
     .bind(f.limit)
     .bind(f.offset);
     let items = D::all(&s.pool, q)
@@ -184,8 +186,8 @@ pub(super) async fn list<D: Backend>(
     let q = Q::new(format!(
         "SELECT COUNT(*) AS n FROM sync_sessions WHERE {WHERE}"
     ))
-    .bind(&f.status)
-    .bind(&f.sync_type);
+    .bind(f.status.map(SessionStatus::as_str))
+    .bind(f.sync_type.map(SyncType::as_str));
     let total = D::get(&D::one(&s.pool, q).await?, "n")?;
     Ok((items, total))
 }

@@ -42,7 +42,7 @@ impl BatchOps for PgOps<'_> {
                         job_id: r.try_get("job_id")?,
                         lock_token: r.try_get("lock_token")?,
                         session_row: r.try_get("session_id")?,
-                        session_uuid: uuid.to_string(),
+                        session_uuid: uuid,
                         cancel_requested: r.try_get("cancel_requested")?,
                         request_id: r.try_get("request_id")?,
                         accounts: (
@@ -169,10 +169,7 @@ impl BatchOps for PgOps<'_> {
             return Ok(());
         }
         let instance: Vec<i64> = leases.iter().map(|l| l.instance_id).collect();
-        let session: Vec<Uuid> = leases
-            .iter()
-            .map(|l| Uuid::parse_str(&l.session_uuid).unwrap_or_default())
-            .collect();
+        let session: Vec<Uuid> = leases.iter().map(|l| l.session_uuid).collect();
         let record: Vec<i64> = leases.iter().map(|l| l.record_id).collect();
         let token: Vec<i64> = leases.iter().map(|l| l.token).collect();
         let taken = sqlx::query(concat!(
@@ -433,7 +430,7 @@ impl BatchOps for PgOps<'_> {
             cancelled: row.try_get(3)?,
             cancel_requested: row.try_get(4)?,
             status: parse_status(row.try_get(5)?)?,
-            sync_type: row.try_get(6)?,
+            sync_type: parse_status(row.try_get(6)?)?,
         })
     }
 
@@ -445,13 +442,13 @@ impl BatchOps for PgOps<'_> {
         static SQL: std::sync::LazyLock<[String; 2]> =
             std::sync::LazyLock::new(|| session_stats_sql(|n| format!("${n}")));
         sqlx::query(sqlx::AssertSqlSafe(SQL[0].as_str()))
-            .bind(&fin.sync_type)
+            .bind(fin.sync_type.as_str())
             .bind(fin.status.as_str())
             .bind(fin.duration_seconds)
             .execute(&mut *self.0)
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(SQL[1].as_str()))
-            .bind(&fin.sync_type)
+            .bind(fin.sync_type.as_str())
             .bind(fin.success_rate)
             .bind(completed_at)
             .bind(fin.status.as_str())
@@ -587,7 +584,7 @@ impl BatchOps for PgOps<'_> {
         }
         let inst: Vec<i64> = rows.iter().map(|r| r.instance_id).collect();
         let name: Vec<&str> = rows.iter().map(|r| r.instance_name.as_str()).collect();
-        let session: Vec<&str> = rows.iter().map(|r| r.session_id.as_str()).collect();
+        let session: Vec<String> = rows.iter().map(|r| r.session_id.to_string()).collect();
         let record: Vec<i64> = rows.iter().map(|r| r.record_id).collect();
         let user: Vec<&str> = rows.iter().map(|r| r.change.username.as_str()).collect();
         let host: Vec<&str> = rows.iter().map(|r| r.change.host.as_str()).collect();
@@ -693,7 +690,7 @@ impl BatchOps for PgOps<'_> {
                 let status: String = r.try_get(1)?;
                 Ok(FoundSession {
                     row: r.try_get(0)?,
-                    finished: FINISHED_SESSION_STATUSES.contains(&status.as_str()),
+                    finished: parse_status::<SessionStatus>(status)?.is_finished(),
                 })
             })
             .transpose()

@@ -65,6 +65,11 @@ fn arr<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("plain rows serialise")
 }
 
+/// A session id as SQLite stores it (hyphenated text).
+fn session_uuid(text: String) -> Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(&text).map_err(|e| StoreError::Other(format!("session id {text}: {e}")))
+}
+
 /// Accounts as JSON rows `[instance_id, username, host, attributes, privileges]`.
 fn account_rows(rows: &[AccountWrite<'_>]) -> Vec<Value> {
     rows.iter()
@@ -100,7 +105,7 @@ impl BatchOps for SqliteOps<'_> {
                         job_id: r.get("job_id")?,
                         lock_token: r.get("lock_token")?,
                         session_row: r.get("session_id")?,
-                        session_uuid: r.get("uuid")?,
+                        session_uuid: session_uuid(r.get("uuid")?)?,
                         cancel_requested: r.get("cancel_requested")?,
                         request_id: r.get("request_id")?,
                         accounts: (
@@ -457,7 +462,7 @@ impl BatchOps for SqliteOps<'_> {
                     cancelled: row.get(3)?,
                     cancel_requested: row.get(4)?,
                     status: parse_status(row.get(5)?)?,
-                    sync_type: row.get(6)?,
+                    sync_type: parse_status(row.get(6)?)?,
                 })
             },
         )
@@ -472,12 +477,16 @@ impl BatchOps for SqliteOps<'_> {
             std::sync::LazyLock::new(|| session_stats_sql(|n| format!("?{n}")));
         self.exec(
             &SQL[0],
-            params![fin.sync_type, fin.status.as_str(), fin.duration_seconds],
+            params![
+                fin.sync_type.as_str(),
+                fin.status.as_str(),
+                fin.duration_seconds
+            ],
         )?;
         self.exec(
             &SQL[1],
             params![
-                fin.sync_type,
+                fin.sync_type.as_str(),
                 fin.success_rate,
                 // As the sqlx pool writes a time, so both paths store one format.
                 completed_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
@@ -691,9 +700,12 @@ impl BatchOps for SqliteOps<'_> {
             [session_id.to_string()],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
         )?;
-        Ok(found.into_iter().next().map(|(row, status)| FoundSession {
+        let Some((row, status)) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some(FoundSession {
             row,
-            finished: FINISHED_SESSION_STATUSES.contains(&status.as_str()),
+            finished: parse_status::<SessionStatus>(status)?.is_finished(),
         }))
     }
 }
