@@ -92,6 +92,12 @@ pub fn install() -> PrometheusHandle {
 
 /// Touches every series with its label values so it exists (at zero) from the start.
 fn register() {
+    describe();
+    touch();
+}
+
+/// Gives every metric its help text (and unit) for `/metrics`.
+fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         LOCK_WAIT,
@@ -161,6 +167,10 @@ fn register() {
         DB_BUSY,
         "Times this process waited on SQLite's write lock (busy handler calls)"
     );
+}
+
+/// Creates every series with each of its label values, at zero.
+fn touch() {
     for outcome in ["acquired", "timeout"] {
         let _ = histogram!(LOCK_WAIT, "outcome" => outcome);
     }

@@ -11,7 +11,7 @@ use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{SCHEDULE_FIRED as FIRED, SCHEDULE_SKIPPED as SKIPPED};
-use crate::store::{SlotFired, Store};
+use crate::store::{AdminStore, SlotFired, Store};
 
 /// What a schedule does when its slot comes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,7 +59,7 @@ pub enum Fired {
 
 /// Fires `schedule` for `slot` if no replica has yet.
 pub async fn fire(
-    store: &dyn Store,
+    store: &dyn AdminStore,
     schedule: &Schedule,
     slot: DateTime<Utc>,
 ) -> anyhow::Result<Fired> {

@@ -19,6 +19,17 @@ struct Browser {
     name: &'static str,
 }
 
+/// Kills a worker process when its test ends, by a panic too: an orphaned worker would
+/// keep what its parent shared with it (a lock file's descriptor included) and run on.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         self.driver.kill().ok();
@@ -88,13 +99,25 @@ impl Browser {
     }
 
     async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        // The live refresh replaces `data-live` parts every 2 s: an element found just
+        // before a refresh is gone when its text is asked for. Find it again then.
+        for _ in 0..5 {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match element.text().await {
+                Ok(text) => return text,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
+        panic!("{css}: replaced by every refresh for half a second")
     }
 
     async fn count(&self, css: &str) -> usize {
@@ -171,7 +194,8 @@ async fn an_operator_signs_in_and_sees_a_running_sessions_progress_move() {
     let sid = start_all(&app).await;
     let b = browser("progress").await;
     b.sign_in(&app, token).await;
-    let (mut worker, _) = worker(app.db(), "progress", &["--concurrency", "4"]);
+    let (worker, _) = worker(app.db(), "progress", &["--concurrency", "4"]);
+    let worker = Reaped(worker);
     let row = format!("tr[data-session=\"{sid}\"] .count");
     let first = b.text(&row).await;
     // A marker set on the page survives only if the page is updated in place, not reloaded.
@@ -201,8 +225,7 @@ async fn an_operator_signs_in_and_sees_a_running_sessions_progress_move() {
             .await
             .contains("running")
     );
-    worker.kill().ok();
-    worker.wait().ok();
+    drop(worker);
     b.close().await;
 }
 
@@ -213,11 +236,12 @@ async fn an_operator_pages_through_a_sessions_failed_records() {
     new.extend(instances(15, "fine", json!({"latency_ms": 1})));
     app.store.instance_insert_many(&new).await.unwrap();
     let sid = start_all(&app).await;
-    let (mut worker, _) = worker(
+    let (worker, _) = worker(
         app.db(),
         "failing",
         &["--max-attempts", "1", "--concurrency", "16"],
     );
+    let worker = Reaped(worker);
     let id: uuid::Uuid = sid.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !app
@@ -231,8 +255,7 @@ async fn an_operator_pages_through_a_sessions_failed_records() {
         assert!(Instant::now() < deadline, "the session did not finish");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    worker.kill().ok();
-    worker.wait().ok();
+    drop(worker);
     let b = browser("failed-records").await;
     b.goto(&app, &format!("/sessions/{sid}")).await;
     b.shot("session").await;
@@ -339,7 +362,8 @@ async fn an_operator_sees_a_lease_appear_while_a_slow_sync_runs() {
     let b = browser("lease").await;
     b.goto(&app, "/leases").await;
     assert!(b.text("#leases").await.contains("No instance is leased"));
-    let (mut worker, _) = worker(app.db(), "lease", &[]);
+    let (worker, _) = worker(app.db(), "lease", &[]);
+    let worker = Reaped(worker);
     let body = format!(r#"{{"instance_ids": [{}]}}"#, slow.id);
     let (_, first) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
     let (_, second) = app.call("POST", "/api/v1/sessions", Some(&body)).await;
@@ -369,7 +393,6 @@ async fn an_operator_sees_a_lease_appear_while_a_slow_sync_runs() {
         app.call("POST", &format!("/api/v1/sessions/{sid}/cancel"), None)
             .await;
     }
-    worker.kill().ok();
-    worker.wait().ok();
+    drop(worker);
     b.close().await;
 }

@@ -11,6 +11,20 @@
 //! requests so that one process can commit the work of all its concurrent syncs in one
 //! short transaction (group commit).
 
+/// The condition on a record `r` that the rescuer acts on: running without a live lease
+/// carrying its token, judged by `$now` (the database's current time as it stores it).
+/// One definition, shared by the rescuer and the fleet gauge of both databases.
+macro_rules! unleased_running {
+    ($now:expr) => {
+        concat!(
+            "r.status = 'running' AND NOT EXISTS (SELECT 1 FROM sync_locks l ",
+            "WHERE l.instance_id = r.instance_id AND l.token = r.lock_token AND l.expires_at > ",
+            $now,
+            ")"
+        )
+    };
+}
+
 pub(crate) mod batch;
 pub(crate) mod common;
 pub mod postgres;
@@ -444,22 +458,70 @@ pub struct ChangeFilter {
     pub after: Option<i64>,
 }
 
-/// syncpool's storage: one implementation per database, one conformance suite run
-/// against both (`tests/conformance.rs`). Every SQL statement lives behind it.
+/// syncpool's storage, all roles: one implementation for both databases
+/// (`common::SqlStore`), one conformance suite run against both (`tests/conformance.rs`).
+/// Every SQL statement lives behind it. A module that needs one role can take that
+/// trait alone (`Arc<dyn PipelineWrites>`); `Arc<dyn Store>` upcasts to each.
+pub trait Store:
+    AdminStore + InventoryStore + SessionStore + OperatorReads + PipelineWrites
+{
+}
+
+impl<T> Store for T where
+    T: AdminStore + InventoryStore + SessionStore + OperatorReads + PipelineWrites
+{
+}
+
+/// Administration: the schema, planner statistics, cleanup, the scheduler's cron slots and the console's stored secrets.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait AdminStore: Send + Sync + 'static {
     /// The pool, for the apalis backend of the same database.
     fn pool(&self) -> DbPool;
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
-
     /// Applies syncpool's and apalis' migrations; safe when several processes start at once.
     async fn migrate(&self) -> Result<()>;
     /// True when the database answers and every migration is applied.
     async fn ready(&self) -> Result<bool>;
     /// Refreshes the query planner's statistics (SQLite needs them; docs/APALIS.md, "Planner statistics").
     async fn analyze(&self) -> Result<()>;
+    /// Deletes finished sessions older than `days`, their records and jobs, expired
+    /// leases, and account history older than `history_days`.
+    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts>;
+    /// How many of syncpool's migrations are not applied; `None` without any syncpool
+    /// table.
+    async fn migrations_pending(&self) -> Result<Option<usize>>;
+    /// Claims a cron slot; false when another replica claimed it first.
+    async fn schedule_slot_claim(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool>;
+    /// Fires a `scheduled` sync for a cron slot in one transaction: claims the slot
+    /// (`Taken` if another replica did), skips it while a scheduled session still runs,
+    /// or starts the session and records it on the slot.
+    async fn schedule_sync_fire(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SlotFired>;
+    /// The secret called `name`, stored as `candidate` when there is none yet: every
+    /// caller, in every process, gets the one stored first (insert if absent, then read).
+    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// Records a signed-out console session's nonce until `expires_at` (its cookie's
+    /// expiry: after that the cookie is refused anyway, and cleanup drops the row).
+    async fn console_nonce_revoke(
+        &self,
+        nonce: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()>;
+    /// Whether a console session's nonce was signed out.
+    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool>;
+}
 
+/// The inventory: instances, their stored accounts and the account change history.
+#[async_trait]
+pub trait InventoryStore: Send + Sync + 'static {
     /// Registers an instance; a taken name is a conflict.
     async fn instance_insert(&self, new: &NewInstance) -> Result<Instance>;
     /// All or nothing: a duplicate name rejects the whole list.
@@ -474,7 +536,19 @@ pub trait Store: Send + Sync + 'static {
     async fn instance_delete(&self, id: i64) -> Result<bool>;
     /// Replaces an instance's fields (already validated).
     async fn instance_update(&self, id: i64, new: &NewInstance) -> Result<Instance>;
+    /// The stored accounts of an instance (deleted ones on request).
+    async fn accounts_list(
+        &self,
+        instance_id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredAccount>>;
+    /// A page of the account change history, newest first.
+    async fn changes_list(&self, filter: &ChangeFilter) -> Result<Vec<AccountChange>>;
+}
 
+/// Sessions: starting, reading and cancelling them.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
     /// Enqueues a session over `instance_ids` (None: every active instance) atomically.
     async fn session_create(
         &self,
@@ -497,11 +571,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(Session, Vec<Record>)>>;
     /// A page of sessions, newest first, and how many match in all.
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)>;
-    /// Every lease row (live or lapsed, oldest first) with the jobs waiting for its instance.
-    async fn locks_list(&self) -> Result<Vec<crate::model::Lease>>;
     /// Up to `limit` session ids between `lo` and `hi` (inclusive) in id order: the
     /// sessions whose id starts with a given prefix (the CLI's short ids).
     async fn session_ids_between(&self, lo: Uuid, hi: Uuid, limit: i64) -> Result<Vec<Uuid>>;
+    /// Cancels pending records, and running ones whose lease is gone, now; running ones
+    /// with a live lease stop at their next heartbeat.
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>>;
+}
+
+/// The operator's reads: leases, the queue, the console's instance views, the fleet's gauges.
+#[async_trait]
+pub trait OperatorReads: Send + Sync + 'static {
+    /// Every lease row (live or lapsed, oldest first) with the jobs waiting for its instance.
+    async fn locks_list(&self) -> Result<Vec<crate::model::Lease>>;
     /// How many records finished (completed, failed or cancelled) in the last
     /// `seconds`, by the database's clock: `queue`'s "done in the last hour".
     async fn records_finished_since(&self, seconds: i64) -> Result<i64>;
@@ -525,10 +607,13 @@ pub trait Store: Send + Sync + 'static {
         instance_id: i64,
         limit: i64,
     ) -> Result<Vec<crate::model::InstanceSync>>;
-    /// Cancels pending records, and running ones whose lease is gone, now; running ones
-    /// with a live lease stop at their next heartbeat.
-    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>>;
+    /// The fleet-wide figures for the gauges.
+    async fn fleet_gauges(&self) -> Result<FleetGauges>;
+}
 
+/// The worker pipeline's writes: grant, renew, finish (alone or as one group-commit round), the rescuer, and the queue's own repairs.
+#[async_trait]
+pub trait PipelineWrites: Send + Sync + 'static {
     /// Step 3 for a batch of jobs, in one transaction.
     async fn lease_grant_batch(
         &self,
@@ -563,51 +648,6 @@ pub trait Store: Send + Sync + 'static {
     async fn job_kill(&self, job_id: &str, reason: &str) -> Result<()>;
     /// Puts the apalis jobs still locked by these worker names back to pending.
     async fn jobs_handback(&self, worker_names: &[String]) -> Result<u64>;
-
-    /// The stored accounts of an instance (deleted ones on request).
-    async fn accounts_list(
-        &self,
-        instance_id: i64,
-        include_deleted: bool,
-    ) -> Result<Vec<StoredAccount>>;
-    /// Deletes finished sessions older than `days`, their records and jobs, expired
-    /// leases, and account history older than `history_days`.
-    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts>;
-    /// The fleet-wide figures for the gauges.
-    async fn fleet_gauges(&self) -> Result<FleetGauges>;
-    /// A page of the account change history, newest first.
-    async fn changes_list(&self, filter: &ChangeFilter) -> Result<Vec<AccountChange>>;
-    /// How many of syncpool's migrations are not applied; `None` without any syncpool
-    /// table.
-    async fn migrations_pending(&self) -> Result<Option<usize>>;
-
-    /// Claims a cron slot; false when another replica claimed it first.
-    async fn schedule_slot_claim(
-        &self,
-        name: &str,
-        slot: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool>;
-    /// Fires a `scheduled` sync for a cron slot in one transaction: claims the slot
-    /// (`Taken` if another replica did), skips it while a scheduled session still runs,
-    /// or starts the session and records it on the slot.
-    async fn schedule_sync_fire(
-        &self,
-        name: &str,
-        slot: chrono::DateTime<chrono::Utc>,
-    ) -> Result<SlotFired>;
-
-    /// The secret called `name`, stored as `candidate` when there is none yet: every
-    /// caller, in every process, gets the one stored first (insert if absent, then read).
-    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
-    /// Records a signed-out console session's nonce until `expires_at` (its cookie's
-    /// expiry: after that the cookie is refused anyway, and cleanup drops the row).
-    async fn console_nonce_revoke(
-        &self,
-        nonce: &str,
-        expires_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()>;
-    /// Whether a console session's nonce was signed out.
-    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool>;
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.

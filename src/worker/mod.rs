@@ -60,27 +60,59 @@ pub async fn run(
     ));
     let names: Arc<Mutex<Vec<String>>> = Arc::default();
 
-    let signal = {
-        let pipeline = pipeline.clone();
-        let grace = settings.shutdown_grace;
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new syncs; running ones have {grace:?} to finish");
-            pipeline.begin_shutdown();
-            // Holds the token only: holding the pipeline would keep the writer alive
-            // (and the process running) for the whole grace period.
-            let grace_over = pipeline.grace_over.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                grace_over.cancel();
-            });
-            Ok(())
-        }
-    };
+    let signal = shutdown_signal(pipeline.clone(), settings.shutdown_grace, shutdown);
+    let monitor = new_monitor(pipeline.clone());
+    let monitor = register_workers(
+        monitor,
+        store.pool(),
+        &settings,
+        concurrency,
+        &worker_id,
+        &pipeline,
+        &names,
+    );
+    let stats = spawn_statistics(store.clone(), pipeline.clone());
+    let rescuer = tokio::spawn(rescue_loop(
+        store.clone(),
+        pipeline.clone(),
+        settings.lease_params(),
+        settings.lease_renew,
+    ));
+    let result = monitor.run_with_signal(signal).await;
+    stats.abort();
+    rescuer.abort();
+    hand_back(&store, &pipeline, &names).await?;
+    drop(pipeline);
+    let _ = writer_task.await;
+    result.context("queue monitor")?;
+    Ok(())
+}
+
+/// The monitor's stop signal: waits for `shutdown`, stops new syncs and starts the
+/// grace period, after which running syncs hand back.
+async fn shutdown_signal(
+    pipeline: Arc<Pipeline>,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    shutdown.await;
+    tracing::info!("shutting down: no new syncs; running ones have {grace:?} to finish");
+    pipeline.begin_shutdown();
+    // Holds the token only: holding the pipeline would keep the writer alive
+    // (and the process running) for the whole grace period.
+    let grace_over = pipeline.grace_over.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        grace_over.cancel();
+    });
+    Ok(())
+}
+
+/// A monitor that restarts its stopped workers, with backoff, unless we are stopping.
+fn new_monitor(pipeline: Arc<Pipeline>) -> Monitor {
     // A backend error ends an apalis worker; restart it (under a new name, which SQLite
     // requires and PostgreSQL needs to recover the old name's jobs) unless we are stopping.
     let restart = {
-        let pipeline = pipeline.clone();
         let recent: Mutex<(u32, std::time::Instant)> = Mutex::new((0, std::time::Instant::now()));
         move |ctx: &WorkerContext, err: &WorkerError| {
             if pipeline.is_stopping() {
@@ -105,11 +137,24 @@ pub async fn run(
             true
         }
     };
+    Monitor::new().should_restart(restart)
+}
+
+/// Registers the apalis worker for the database's kind: each (re)start gets a new name,
+/// kept in `names` for the hand-back, and runs its jobs through the pipeline.
+fn register_workers(
+    monitor: Monitor,
+    pool: DbPool,
+    settings: &Settings,
+    concurrency: usize,
+    worker_id: &str,
+    pipeline: &Arc<Pipeline>,
+    names: &Arc<Mutex<Vec<String>>>,
+) -> Monitor {
     // apalis fetches at most as many jobs as it can start at once: fetched jobs that wait
     // in a buffer send no heartbeat and get re-delivered to others (docs/APALIS.md, "The same job can run twice at once").
     let batch = concurrency.min(32);
-    let monitor = Monitor::new().should_restart(restart);
-    let monitor = match store.pool() {
+    match pool {
         DbPool::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(QUEUE)
@@ -118,7 +163,8 @@ pub async fn run(
                 .missed_heartbeats(settings.missed_heartbeats)
                 .lock_tasks(false)
                 .persist_results(false);
-            let (pipeline, names, worker_id) = (pipeline.clone(), names.clone(), worker_id.clone());
+            let (pipeline, names, worker_id) =
+                (pipeline.clone(), names.clone(), worker_id.to_string());
             let poll = settings.poll_interval;
             monitor.register(move |restarts| {
                 let name = format!("{worker_id}-w{restarts}");
@@ -143,7 +189,8 @@ pub async fn run(
                 .missed_heartbeats(settings.missed_heartbeats)
                 .lock_tasks(false)
                 .persist_results(false);
-            let (pipeline, names, worker_id) = (pipeline.clone(), names.clone(), worker_id.clone());
+            let (pipeline, names, worker_id) =
+                (pipeline.clone(), names.clone(), worker_id.to_string());
             let poll = settings.poll_interval;
             monitor.register(move |restarts| {
                 let name = format!("{worker_id}-w{restarts}");
@@ -166,35 +213,35 @@ pub async fn run(
                     .build(handle_job)
             })
         }
-    };
+    }
+}
+
+/// Spawns the task that refreshes the planner statistics until shutdown begins.
+fn spawn_statistics(store: Arc<dyn Store>, pipeline: Arc<Pipeline>) -> tokio::task::JoinHandle<()> {
     // Statistics go stale as the queue grows and drains; refresh them now and then so the
     // planner keeps choosing indexes (docs/APALIS.md, "Planner statistics").
-    let stats = {
-        let store = store.clone();
-        let pipeline = pipeline.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+        tick.tick().await;
+        loop {
             tick.tick().await;
-            loop {
-                tick.tick().await;
-                if pipeline.is_stopping() {
-                    return;
-                }
-                if let Err(e) = store.analyze().await {
-                    tracing::warn!(error = %e, "refreshing planner statistics failed");
-                }
+            if pipeline.is_stopping() {
+                return;
             }
-        })
-    };
-    let rescuer = tokio::spawn(rescue_loop(
-        store.clone(),
-        pipeline.clone(),
-        settings.lease_params(),
-        settings.lease_renew,
-    ));
-    let result = monitor.run_with_signal(signal).await;
-    stats.abort();
-    rescuer.abort();
+            if let Err(e) = store.analyze().await {
+                tracing::warn!(error = %e, "refreshing planner statistics failed");
+            }
+        }
+    })
+}
+
+/// After the monitor stopped: waits for the running handlers, then gives the jobs the
+/// process's workers still hold back to the queue.
+async fn hand_back(
+    store: &Arc<dyn Store>,
+    pipeline: &Pipeline,
+    names: &Mutex<Vec<String>>,
+) -> anyhow::Result<()> {
     // Handlers are spawned tasks: they outlive the monitor. Wait for them (the grace
     // timer makes running syncs hand back), then return whatever apalis still holds.
     pipeline.drained().await;
@@ -206,9 +253,6 @@ pub async fn run(
     if handed > 0 {
         tracing::info!(jobs = handed, "handed unfinished jobs back to the queue");
     }
-    drop(pipeline);
-    let _ = writer_task.await;
-    result.context("queue monitor")?;
     Ok(())
 }
 

@@ -220,7 +220,6 @@ impl Pipeline {
         instance: Box<Instance>,
     ) {
         let started = Instant::now();
-        let token = lease.token;
         let attempt = lease.attempt;
         let (stop_tx, mut stop_rx) = watch::channel(None::<Stop>);
         let ttl_less_margin = self
@@ -234,7 +233,7 @@ impl Pipeline {
             self.writer.clone(),
             RenewRequest {
                 instance_id: instance.id,
-                token,
+                token: lease.token,
                 record_id: payload.record_id,
             },
             self.settings.lease_renew,
@@ -242,102 +241,11 @@ impl Pipeline {
             deadline.clone(),
             stop_tx,
         )));
-        let spec = instance.spec();
-        let retry_after = |retryable: bool| {
-            (retryable && attempt < self.settings.max_attempts)
-                .then(|| self.settings.retry_delay(attempt))
-        };
-        let fetch = async {
-            let Some(source) = syncpool_workers::source_for(&spec.kind) else {
-                return Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
-                    format!("no source for kind '{}'", spec.kind),
-                )));
-            };
-            let settings = self.settings.source_settings();
-            // A panicking source is a bug in it, not in the instance: the record fails
-            // (fatal, no retry) and the lease is released like after any failure. And a
-            // source is never polled past the lease deadline, whichever task the runtime
-            // happens to run first after a pause.
-            let guarded = UntilDeadline {
-                inner: AssertUnwindSafe(source.fetch_accounts(&spec, &settings)).catch_unwind(),
-                deadline: deadline.clone(),
-            };
-            match tokio::time::timeout(self.settings.sync_timeout, guarded).await {
-                Ok(None) => Err(Fetch::Expired),
-                Ok(Some(Ok(r))) => r
-                    .and_then(|a| syncpool_workers::check_storable(&spec.name, a))
-                    .map_err(Fetch::Source),
-                Ok(Some(Err(panic))) => Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
-                    format!(
-                        "the {} source panicked: {}",
-                        spec.kind,
-                        panic_message(&panic)
-                    ),
-                ))),
-                Err(_) => Err(Fetch::Source(syncpool_workers::SourceError::Retryable(
-                    format!(
-                        "sync timed out after {} s",
-                        self.settings.sync_timeout.as_secs()
-                    ),
-                ))),
-            }
-        };
-        // Both ways of noticing a passed deadline (the heartbeat's stop, or the source's
-        // guard when it is polled first) end the same way.
-        let expired = || {
-            tracing::warn!(
-                instance = instance.name,
-                attempt,
-                "lease could not be renewed before its deadline; the sync is abandoned"
-            );
-            ::metrics::counter!(metrics::LOCK_LOST).increment(1);
-            SyncResult::Failed {
-                error: format!(
-                    "attempt {attempt} abandoned: its lease could not be renewed within {} s",
-                    self.settings.lease_ttl.as_secs_f64()
-                ),
-                retry_after: retry_after(true),
-            }
-        };
-        // For the log line: what kind of failure, so an operator can tell a flaky network
-        // from a wrong password without reading the text.
-        let mut class = "lease deadline";
-        let result = tokio::select! {
-            // Biased: when the process resumes from a pause, a passed deadline wins over
-            // a read that also became ready, so nothing goes on under an expired lease.
-            biased;
-            stop = deadline.passed_or_wait(&mut stop_rx) => match stop {
-                Stop::Cancelled => SyncResult::Cancelled,
-                Stop::Expired => expired(),
-                // The lease is someone else's or gone. Nothing may be written on it;
-                // the rescuer hands the record on.
-                Stop::Lost => {
-                    tracing::warn!(
-                        instance = instance.name,
-                        attempt,
-                        "lease lost during sync; its result is dropped and the record left to the rescuer"
-                    );
-                    ::metrics::counter!(metrics::LOCK_LOST).increment(1);
-                    return;
-                }
-            },
-            _ = self.grace_over.cancelled() => SyncResult::HandedBack,
-            r = fetch => match r {
-                Ok(accounts) => SyncResult::Completed(accounts),
-                Err(Fetch::Expired) => expired(),
-                Err(Fetch::Source(e)) => {
-                    class = if e.is_retryable() { "retryable" } else { "fatal" };
-                    SyncResult::Failed {
-                    // Read again only on this path, to scrub it from the text the record
-                    // keeps; the source read it itself, by the same rules.
-                    error: crate::redact::shorten(crate::redact::text(
-                        &e.to_string(),
-                        &[&syncpool_workers::password(&spec).await.ok().flatten().unwrap_or_default()],
-                    )),
-                    retry_after: retry_after(e.is_retryable()),
-                }
-                }
-            },
+        let Some((result, class)) = self
+            .run_source(&instance, attempt, &deadline, &mut stop_rx)
+            .await
+        else {
+            return;
         };
         drop(_heartbeat);
         if let SyncResult::Failed { error, retry_after } = &result {
@@ -351,13 +259,149 @@ impl Pipeline {
                 "instance sync failed"
             );
         }
+        self.finish(job_id, &payload, &lease, &instance, result, started)
+            .await;
+    }
+
+    /// Step 4: reads the instance until the source ends, the heartbeat says stop or the
+    /// shutdown grace is over. `None` when the lease was lost (nothing may be written on
+    /// it); otherwise the result and, for the log line, what kind of failure it was.
+    async fn run_source(
+        &self,
+        instance: &Instance,
+        attempt: i64,
+        deadline: &Arc<Deadline>,
+        stop_rx: &mut watch::Receiver<Option<Stop>>,
+    ) -> Option<(SyncResult, &'static str)> {
+        let spec = instance.spec();
+        // For the log line: what kind of failure, so an operator can tell a flaky network
+        // from a wrong password without reading the text.
+        let mut class = "lease deadline";
+        let result = tokio::select! {
+            // Biased: when the process resumes from a pause, a passed deadline wins over
+            // a read that also became ready, so nothing goes on under an expired lease.
+            biased;
+            stop = deadline.passed_or_wait(stop_rx) => match stop {
+                Stop::Cancelled => SyncResult::Cancelled,
+                Stop::Expired => self.expired(instance, attempt),
+                // The lease is someone else's or gone. Nothing may be written on it;
+                // the rescuer hands the record on.
+                Stop::Lost => {
+                    tracing::warn!(
+                        instance = instance.name,
+                        attempt,
+                        "lease lost during sync; its result is dropped and the record left to the rescuer"
+                    );
+                    ::metrics::counter!(metrics::LOCK_LOST).increment(1);
+                    return None;
+                }
+            },
+            _ = self.grace_over.cancelled() => SyncResult::HandedBack,
+            r = self.fetch(&spec, deadline) => match r {
+                Ok(accounts) => SyncResult::Completed(accounts),
+                Err(Fetch::Expired) => self.expired(instance, attempt),
+                Err(Fetch::Source(e)) => {
+                    class = if e.is_retryable() { "retryable" } else { "fatal" };
+                    SyncResult::Failed {
+                    // Read again only on this path, to scrub it from the text the record
+                    // keeps; the source read it itself, by the same rules.
+                    error: crate::redact::shorten(crate::redact::text(
+                        &e.to_string(),
+                        &[&syncpool_workers::password(&spec).await.ok().flatten().unwrap_or_default()],
+                    )),
+                    retry_after: self.retry_after(attempt, e.is_retryable()),
+                }
+                }
+            },
+        };
+        Some((result, class))
+    }
+
+    /// Reads the accounts from the instance's source, within the sync timeout and never
+    /// past the lease deadline.
+    async fn fetch(
+        &self,
+        spec: &syncpool_workers::InstanceSpec,
+        deadline: &Arc<Deadline>,
+    ) -> Result<Vec<syncpool_workers::Account>, Fetch> {
+        let Some(source) = syncpool_workers::source_for(&spec.kind) else {
+            return Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
+                format!("no source for kind '{}'", spec.kind),
+            )));
+        };
+        let settings = self.settings.source_settings();
+        // A panicking source is a bug in it, not in the instance: the record fails
+        // (fatal, no retry) and the lease is released like after any failure. And a
+        // source is never polled past the lease deadline, whichever task the runtime
+        // happens to run first after a pause.
+        let guarded = UntilDeadline {
+            inner: AssertUnwindSafe(source.fetch_accounts(spec, &settings)).catch_unwind(),
+            deadline: deadline.clone(),
+        };
+        match tokio::time::timeout(self.settings.sync_timeout, guarded).await {
+            Ok(None) => Err(Fetch::Expired),
+            Ok(Some(Ok(r))) => r
+                .and_then(|a| syncpool_workers::check_storable(&spec.name, a))
+                .map_err(Fetch::Source),
+            Ok(Some(Err(panic))) => Err(Fetch::Source(syncpool_workers::SourceError::Fatal(
+                format!(
+                    "the {} source panicked: {}",
+                    spec.kind,
+                    panic_message(&panic)
+                ),
+            ))),
+            Err(_) => Err(Fetch::Source(syncpool_workers::SourceError::Retryable(
+                format!(
+                    "sync timed out after {} s",
+                    self.settings.sync_timeout.as_secs()
+                ),
+            ))),
+        }
+    }
+
+    /// When a failed attempt is tried again: only if it can help and attempts are left.
+    fn retry_after(&self, attempt: i64, retryable: bool) -> Option<Duration> {
+        (retryable && attempt < self.settings.max_attempts)
+            .then(|| self.settings.retry_delay(attempt))
+    }
+
+    /// The result of a sync abandoned because its lease deadline passed.
+    ///
+    /// Both ways of noticing a passed deadline (the heartbeat's stop, or the source's
+    /// guard when it is polled first) end the same way.
+    fn expired(&self, instance: &Instance, attempt: i64) -> SyncResult {
+        tracing::warn!(
+            instance = instance.name,
+            attempt,
+            "lease could not be renewed before its deadline; the sync is abandoned"
+        );
+        ::metrics::counter!(metrics::LOCK_LOST).increment(1);
+        SyncResult::Failed {
+            error: format!(
+                "attempt {attempt} abandoned: its lease could not be renewed within {} s",
+                self.settings.lease_ttl.as_secs_f64()
+            ),
+            retry_after: self.retry_after(attempt, true),
+        }
+    }
+
+    /// Step 5: writes the result, fenced by the lease's token, then reports what it did.
+    async fn finish(
+        &self,
+        job_id: String,
+        payload: &JobPayload,
+        lease: &Lease,
+        instance: &Instance,
+        result: SyncResult,
+        started: Instant,
+    ) {
         let req = FinishRequest {
             request_id: new_request_id(),
             job_id,
             record_id: payload.record_id,
             instance_id: instance.id,
             session_id: payload.session_id,
-            token,
+            token: lease.token,
             result,
         };
         let Some(outcome) = self
@@ -367,6 +411,11 @@ impl Pipeline {
             return;
         };
         let secs = started.elapsed().as_secs_f64();
+        self.report(outcome, instance, lease.attempt, secs);
+    }
+
+    /// Counts and logs what a committed finish did.
+    fn report(&self, outcome: FinishOutcome, instance: &Instance, attempt: i64, secs: f64) {
         // After the commit, never before: a rolled-back finish recorded nothing.
         metrics::account_changes(&outcome.changes);
         match outcome.record {

@@ -50,7 +50,7 @@ impl Writer {
     /// Starts the writer tasks. They end when every `Writer` clone is dropped and the
     /// pending requests are written.
     pub fn spawn(
-        store: Arc<dyn Store>,
+        store: Arc<dyn PipelineWrites>,
         params: LeaseParams,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -84,7 +84,11 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn run(
+    store: Arc<dyn PipelineWrites>,
+    params: LeaseParams,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
         let mut grants = (vec![], vec![]);
@@ -132,7 +136,7 @@ async fn run(store: Arc<dyn Store>, params: LeaseParams, mut rx: mpsc::Unbounded
 }
 
 async fn run_renewals(
-    store: Arc<dyn Store>,
+    store: Arc<dyn PipelineWrites>,
     params: LeaseParams,
     mut rx: mpsc::UnboundedReceiver<(RenewRequest, Reply<RenewOutcome>)>,
 ) {

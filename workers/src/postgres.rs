@@ -80,6 +80,10 @@ struct Role {
     attributes: serde_json::Map<String, Value>,
 }
 
+/// Selects the roles read: `$1` is the `role_like` pattern, `$2` whether `pg_*` roles are
+/// left out.
+const ROLE_FILTER: &str = "rolname LIKE $1 AND (NOT $2 OR rolname NOT LIKE 'pg\\_%')";
+
 /// Every query streams its rows and counts them against the [`Budget`] as they arrive, so
 /// an instance with too many roles or grants fails before it fills the worker's memory.
 async fn read(
@@ -87,7 +91,6 @@ async fn read(
     inst: &InstanceSpec,
     settings: &SourceSettings,
 ) -> Result<Vec<Account>, ReadError> {
-    const FIELD: usize = Budget::FIELD;
     let mut budget = Budget::new(&inst.name, settings);
     let exclude_system = inst
         .options
@@ -109,126 +112,188 @@ async fn read(
     )))
     .execute(&mut *tx)
     .await?;
-    let filter = "rolname LIKE $1 AND (NOT $2 OR rolname NOT LIKE 'pg\\_%')";
-    let mut roles = Vec::new();
-    {
-        // One row past the limit is enough to know it is passed.
-        let limit = i64::try_from(settings.max_accounts)
-            .unwrap_or(i64::MAX)
-            .saturating_add(1);
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT rolname, rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, \
-             rolinherit, rolconnlimit, rolvaliduntil::text AS valid_until FROM pg_roles WHERE {filter} \
-             ORDER BY rolname LIMIT $3"
-        )))
-        .bind(&like)
-        .bind(exclude_system)
-        .bind(limit)
-        .fetch(&mut *tx);
-        while let Some(r) = rows.try_next().await? {
-            let name: String = r.try_get("rolname")?;
-            let valid_until: Option<String> = r.try_get("valid_until")?;
-            budget.account(
-                &name,
-                name.len() + valid_until.as_ref().map_or(0, String::len) + 8 * FIELD,
-            )?;
-            let Value::Object(attributes) = json!({
-                "superuser": r.try_get::<bool, _>("rolsuper")?,
-                "can_login": r.try_get::<bool, _>("rolcanlogin")?,
-                "create_db": r.try_get::<bool, _>("rolcreatedb")?,
-                "create_role": r.try_get::<bool, _>("rolcreaterole")?,
-                "replication": r.try_get::<bool, _>("rolreplication")?,
-                "bypass_rls": r.try_get::<bool, _>("rolbypassrls")?,
-                "inherit": r.try_get::<bool, _>("rolinherit")?,
-                "connection_limit": r.try_get::<i32, _>("rolconnlimit")?,
-                "valid_until": valid_until,
-            }) else {
-                unreachable!("a JSON object literal")
-            };
-            roles.push(Role { name, attributes });
-        }
-    }
+    let roles = roles(&mut tx, &mut budget, &like, exclude_system, settings).await?;
     // Rows of roles that were not read (filtered out, or system roles) still count toward
     // the total, but are not kept.
-    let mut memberships: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    {
-        let mut rows = sqlx::query(
-            "SELECT m.rolname AS member, r.rolname AS role, am.admin_option FROM pg_auth_members am \
-             JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member \
-             WHERE m.rolname LIKE $1 ORDER BY 1, 2",
-        )
-        .bind(&like)
-        .fetch(&mut *tx);
-        while let Some(m) = rows.try_next().await? {
-            let member: String = m.try_get("member")?;
-            let role: String = m.try_get("role")?;
-            budget.charge(&member, member.len() + role.len() + FIELD)?;
-            if budget.has(&member) {
-                memberships.entry(member).or_default().push(
-                    json!({"role": role, "admin_option": m.try_get::<bool, _>("admin_option")?}),
-                );
-            }
-        }
-    }
+    let memberships = memberships(&mut tx, &mut budget, &like).await?;
     let mut privileges: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    {
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT r.rolname, d.datname, has_database_privilege(r.oid, d.oid, 'CONNECT') AS connect, \
-             has_database_privilege(r.oid, d.oid, 'CREATE') AS create, has_database_privilege(r.oid, d.oid, 'TEMP') AS temp \
-             FROM pg_roles r CROSS JOIN pg_database d WHERE d.datallowconn AND NOT d.datistemplate AND {filter} ORDER BY 1, 2"
-        )))
-        .bind(&like)
-        .bind(exclude_system)
-        .fetch(&mut *tx);
-        while let Some(d) = rows.try_next().await? {
-            let name: String = d.try_get("rolname")?;
-            let database: String = d.try_get("datname")?;
-            budget.charge(&name, name.len() + database.len() + 3 * FIELD)?;
-            let granted: Vec<&str> = [
-                ("CONNECT", "connect"),
-                ("CREATE", "create"),
-                ("TEMP", "temp"),
-            ]
-            .into_iter()
-            .filter(|(_, col)| d.try_get::<bool, _>(*col).unwrap_or(false))
-            .map(|(p, _)| p)
-            .collect();
-            if !granted.is_empty() && budget.has(&name) {
-                privileges.entry(name).or_default().push(
-                    json!({"level": "database", "database": database, "privileges": granted}),
-                );
-            }
-        }
-    }
+    database_privileges(&mut tx, &mut budget, &like, exclude_system, &mut privileges).await?;
     let database = inst.database.clone().unwrap_or_else(|| "postgres".into());
-    {
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT r.rolname, n.nspname, has_schema_privilege(r.oid, n.oid, 'USAGE') AS usage, \
-             has_schema_privilege(r.oid, n.oid, 'CREATE') AS create FROM pg_roles r CROSS JOIN pg_namespace n \
-             WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND {filter} ORDER BY 1, 2"
-        )))
-        .bind(&like)
-        .bind(exclude_system)
-        .fetch(&mut *tx);
-        while let Some(s) = rows.try_next().await? {
-            let name: String = s.try_get("rolname")?;
-            let schema: String = s.try_get("nspname")?;
-            budget.charge(&name, name.len() + schema.len() + 2 * FIELD)?;
-            let granted: Vec<&str> = [("USAGE", "usage"), ("CREATE", "create")]
-                .into_iter()
-                .filter(|(_, col)| s.try_get::<bool, _>(*col).unwrap_or(false))
-                .map(|(p, _)| p)
-                .collect();
-            if !granted.is_empty() && budget.has(&name) {
-                privileges.entry(name).or_default().push(json!({
-                    "level": "schema", "database": database, "schema": schema, "privileges": granted
-                }));
-            }
-        }
-    }
+    schema_privileges(
+        &mut tx,
+        &mut budget,
+        &like,
+        exclude_system,
+        &database,
+        &mut privileges,
+    )
+    .await?;
     tx.commit().await?;
 
-    Ok(roles
+    Ok(accounts(roles, memberships, privileges))
+}
+
+/// Reads the roles of `pg_roles` that the filter selects, with their attributes.
+async fn roles(
+    conn: &mut PgConnection,
+    budget: &mut Budget<'_>,
+    like: &str,
+    exclude_system: bool,
+    settings: &SourceSettings,
+) -> Result<Vec<Role>, ReadError> {
+    const FIELD: usize = Budget::FIELD;
+    let mut roles = Vec::new();
+    // One row past the limit is enough to know it is passed.
+    let limit = i64::try_from(settings.max_accounts)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT rolname, rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, \
+         rolinherit, rolconnlimit, rolvaliduntil::text AS valid_until FROM pg_roles WHERE {ROLE_FILTER} \
+         ORDER BY rolname LIMIT $3"
+    )))
+    .bind(like)
+    .bind(exclude_system)
+    .bind(limit)
+    .fetch(conn);
+    while let Some(r) = rows.try_next().await? {
+        let name: String = r.try_get("rolname")?;
+        let valid_until: Option<String> = r.try_get("valid_until")?;
+        budget.account(
+            &name,
+            name.len() + valid_until.as_ref().map_or(0, String::len) + 8 * FIELD,
+        )?;
+        let Value::Object(attributes) = json!({
+            "superuser": r.try_get::<bool, _>("rolsuper")?,
+            "can_login": r.try_get::<bool, _>("rolcanlogin")?,
+            "create_db": r.try_get::<bool, _>("rolcreatedb")?,
+            "create_role": r.try_get::<bool, _>("rolcreaterole")?,
+            "replication": r.try_get::<bool, _>("rolreplication")?,
+            "bypass_rls": r.try_get::<bool, _>("rolbypassrls")?,
+            "inherit": r.try_get::<bool, _>("rolinherit")?,
+            "connection_limit": r.try_get::<i32, _>("rolconnlimit")?,
+            "valid_until": valid_until,
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        roles.push(Role { name, attributes });
+    }
+    Ok(roles)
+}
+
+/// Reads which roles each role is a member of, by member name.
+async fn memberships(
+    conn: &mut PgConnection,
+    budget: &mut Budget<'_>,
+    like: &str,
+) -> Result<BTreeMap<String, Vec<Value>>, ReadError> {
+    const FIELD: usize = Budget::FIELD;
+    let mut memberships: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut rows = sqlx::query(
+        "SELECT m.rolname AS member, r.rolname AS role, am.admin_option FROM pg_auth_members am \
+         JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member \
+         WHERE m.rolname LIKE $1 ORDER BY 1, 2",
+    )
+    .bind(like)
+    .fetch(conn);
+    while let Some(m) = rows.try_next().await? {
+        let member: String = m.try_get("member")?;
+        let role: String = m.try_get("role")?;
+        budget.charge(&member, member.len() + role.len() + FIELD)?;
+        if budget.has(&member) {
+            memberships
+                .entry(member)
+                .or_default()
+                .push(json!({"role": role, "admin_option": m.try_get::<bool, _>("admin_option")?}));
+        }
+    }
+    Ok(memberships)
+}
+
+/// Adds each role's privileges on the databases that accept connections to `privileges`.
+async fn database_privileges(
+    conn: &mut PgConnection,
+    budget: &mut Budget<'_>,
+    like: &str,
+    exclude_system: bool,
+    privileges: &mut BTreeMap<String, Vec<Value>>,
+) -> Result<(), ReadError> {
+    const FIELD: usize = Budget::FIELD;
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT r.rolname, d.datname, has_database_privilege(r.oid, d.oid, 'CONNECT') AS connect, \
+         has_database_privilege(r.oid, d.oid, 'CREATE') AS create, has_database_privilege(r.oid, d.oid, 'TEMP') AS temp \
+         FROM pg_roles r CROSS JOIN pg_database d WHERE d.datallowconn AND NOT d.datistemplate AND {ROLE_FILTER} ORDER BY 1, 2"
+    )))
+    .bind(like)
+    .bind(exclude_system)
+    .fetch(conn);
+    while let Some(d) = rows.try_next().await? {
+        let name: String = d.try_get("rolname")?;
+        let database: String = d.try_get("datname")?;
+        budget.charge(&name, name.len() + database.len() + 3 * FIELD)?;
+        let granted: Vec<&str> = [
+            ("CONNECT", "connect"),
+            ("CREATE", "create"),
+            ("TEMP", "temp"),
+        ]
+        .into_iter()
+        .filter(|(_, col)| d.try_get::<bool, _>(*col).unwrap_or(false))
+        .map(|(p, _)| p)
+        .collect();
+        if !granted.is_empty() && budget.has(&name) {
+            privileges
+                .entry(name)
+                .or_default()
+                .push(json!({"level": "database", "database": database, "privileges": granted}));
+        }
+    }
+    Ok(())
+}
+
+/// Adds each role's privileges on the schemas of `database` (the one connected to) to
+/// `privileges`.
+async fn schema_privileges(
+    conn: &mut PgConnection,
+    budget: &mut Budget<'_>,
+    like: &str,
+    exclude_system: bool,
+    database: &str,
+    privileges: &mut BTreeMap<String, Vec<Value>>,
+) -> Result<(), ReadError> {
+    const FIELD: usize = Budget::FIELD;
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT r.rolname, n.nspname, has_schema_privilege(r.oid, n.oid, 'USAGE') AS usage, \
+         has_schema_privilege(r.oid, n.oid, 'CREATE') AS create FROM pg_roles r CROSS JOIN pg_namespace n \
+         WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND {ROLE_FILTER} ORDER BY 1, 2"
+    )))
+    .bind(like)
+    .bind(exclude_system)
+    .fetch(conn);
+    while let Some(s) = rows.try_next().await? {
+        let name: String = s.try_get("rolname")?;
+        let schema: String = s.try_get("nspname")?;
+        budget.charge(&name, name.len() + schema.len() + 2 * FIELD)?;
+        let granted: Vec<&str> = [("USAGE", "usage"), ("CREATE", "create")]
+            .into_iter()
+            .filter(|(_, col)| s.try_get::<bool, _>(*col).unwrap_or(false))
+            .map(|(p, _)| p)
+            .collect();
+        if !granted.is_empty() && budget.has(&name) {
+            privileges.entry(name).or_default().push(json!({
+                "level": "schema", "database": database, "schema": schema, "privileges": granted
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Joins each role with its memberships and privileges into an account.
+fn accounts(
+    roles: Vec<Role>,
+    mut memberships: BTreeMap<String, Vec<Value>>,
+    mut privileges: BTreeMap<String, Vec<Value>>,
+) -> Vec<Account> {
+    roles
         .into_iter()
         .map(
             |Role {
@@ -247,5 +312,5 @@ async fn read(
                 }
             },
         )
-        .collect())
+        .collect()
 }

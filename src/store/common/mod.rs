@@ -128,7 +128,7 @@ async fn count<'c, D: Fetch>(e: impl Into<sql::Ex<'c, D>>, q: Q) -> Result<i64> 
 }
 
 #[async_trait]
-impl<D: Backend> Store for SqlStore<D> {
+impl<D: Backend> AdminStore for SqlStore<D> {
     fn pool(&self) -> DbPool {
         D::db_pool(&self.pool)
     }
@@ -145,6 +145,52 @@ impl<D: Backend> Store for SqlStore<D> {
         D::run(&self.pool, Q::new(D::SQL.analyze)).await?;
         Ok(())
     }
+    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts> {
+        admin::cleanup(self, days, history_days).await
+    }
+    async fn migrations_pending(&self) -> Result<Option<usize>> {
+        admin::migrations_pending(self).await
+    }
+    async fn schedule_slot_claim(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        let q = Q::new(SLOT_CLAIM).bind(name).bind(slot);
+        Ok(D::run(&self.pool, q).await? == 1)
+    }
+    async fn schedule_sync_fire(
+        &self,
+        name: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SlotFired> {
+        admin::schedule_fire(self, name, slot).await
+    }
+    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        admin::secret_get_or_insert(self, name, candidate).await
+    }
+    async fn console_nonce_revoke(
+        &self,
+        nonce: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let q = Q::new(
+            "INSERT INTO console_revoked_nonces (nonce, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (nonce) DO NOTHING",
+        );
+        let mut tx = self.begin().await?;
+        D::run(&mut tx, q.bind(nonce).bind(expires_at)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool> {
+        let q = Q::new("SELECT COUNT(*) AS n FROM console_revoked_nonces WHERE nonce = $1");
+        Ok(count(&self.pool, q.bind(nonce)).await? > 0)
+    }
+}
+
+#[async_trait]
+impl<D: Backend> InventoryStore for SqlStore<D> {
     async fn instance_insert(&self, new: &NewInstance) -> Result<Instance> {
         inventory::insert(self, new).await
     }
@@ -166,6 +212,20 @@ impl<D: Backend> Store for SqlStore<D> {
     async fn instance_update(&self, id: i64, new: &NewInstance) -> Result<Instance> {
         inventory::update(self, id, new).await
     }
+    async fn accounts_list(
+        &self,
+        instance_id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredAccount>> {
+        inventory::accounts(self, instance_id, include_deleted).await
+    }
+    async fn changes_list(&self, filter: &ChangeFilter) -> Result<Vec<AccountChange>> {
+        inventory::changes(self, filter).await
+    }
+}
+
+#[async_trait]
+impl<D: Backend> SessionStore for SqlStore<D> {
     async fn session_create(
         &self,
         sync_type: SyncType,
@@ -195,11 +255,23 @@ impl<D: Backend> Store for SqlStore<D> {
     async fn session_list(&self, filter: &SessionFilter) -> Result<(Vec<Session>, i64)> {
         sessions::list(self, filter).await
     }
-    async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {
-        operator::locks(self).await
-    }
     async fn session_ids_between(&self, lo: Uuid, hi: Uuid, limit: i64) -> Result<Vec<Uuid>> {
         sessions::ids_between(self, lo, hi, limit).await
+    }
+    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>> {
+        let f = batch::batch(move |ops| Box::pin(batch::cancel_by_id(ops, session_id)));
+        let Some(finished) = D::write(self, f).await? else {
+            return Ok(None);
+        };
+        let session = self.session_get(session_id).await?.map(|d| d.session);
+        Ok(session.map(|session| Cancelled { session, finished }))
+    }
+}
+
+#[async_trait]
+impl<D: Backend> OperatorReads for SqlStore<D> {
+    async fn locks_list(&self) -> Result<Vec<crate::model::Lease>> {
+        operator::locks(self).await
     }
     async fn records_finished_since(&self, seconds: i64) -> Result<i64> {
         count(
@@ -231,14 +303,13 @@ impl<D: Backend> Store for SqlStore<D> {
     ) -> Result<Vec<crate::model::InstanceSync>> {
         operator::syncs(self, instance_id, limit).await
     }
-    async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>> {
-        let f = batch::batch(move |ops| Box::pin(batch::cancel_by_id(ops, session_id)));
-        let Some(finished) = D::write(self, f).await? else {
-            return Ok(None);
-        };
-        let session = self.session_get(session_id).await?.map(|d| d.session);
-        Ok(session.map(|session| Cancelled { session, finished }))
+    async fn fleet_gauges(&self) -> Result<FleetGauges> {
+        operator::gauges(self).await
     }
+}
+
+#[async_trait]
+impl<D: Backend> PipelineWrites for SqlStore<D> {
     async fn lease_grant_batch(
         &self,
         params: &LeaseParams,
@@ -310,61 +381,6 @@ impl<D: Backend> Store for SqlStore<D> {
         let n = D::run(&mut tx, q).await?;
         tx.commit().await?;
         Ok(n)
-    }
-    async fn accounts_list(
-        &self,
-        instance_id: i64,
-        include_deleted: bool,
-    ) -> Result<Vec<StoredAccount>> {
-        inventory::accounts(self, instance_id, include_deleted).await
-    }
-    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts> {
-        admin::cleanup(self, days, history_days).await
-    }
-    async fn fleet_gauges(&self) -> Result<FleetGauges> {
-        operator::gauges(self).await
-    }
-    async fn changes_list(&self, filter: &ChangeFilter) -> Result<Vec<AccountChange>> {
-        inventory::changes(self, filter).await
-    }
-    async fn migrations_pending(&self) -> Result<Option<usize>> {
-        admin::migrations_pending(self).await
-    }
-    async fn schedule_slot_claim(
-        &self,
-        name: &str,
-        slot: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool> {
-        let q = Q::new(SLOT_CLAIM).bind(name).bind(slot);
-        Ok(D::run(&self.pool, q).await? == 1)
-    }
-    async fn schedule_sync_fire(
-        &self,
-        name: &str,
-        slot: chrono::DateTime<chrono::Utc>,
-    ) -> Result<SlotFired> {
-        admin::schedule_fire(self, name, slot).await
-    }
-    async fn secret_get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
-        admin::secret_get_or_insert(self, name, candidate).await
-    }
-    async fn console_nonce_revoke(
-        &self,
-        nonce: &str,
-        expires_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
-        let q = Q::new(
-            "INSERT INTO console_revoked_nonces (nonce, expires_at) VALUES ($1, $2) \
-             ON CONFLICT (nonce) DO NOTHING",
-        );
-        let mut tx = self.begin().await?;
-        D::run(&mut tx, q.bind(nonce).bind(expires_at)).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-    async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool> {
-        let q = Q::new("SELECT COUNT(*) AS n FROM console_revoked_nonces WHERE nonce = $1");
-        Ok(count(&self.pool, q.bind(nonce)).await? > 0)
     }
 }
 

@@ -30,20 +30,6 @@ macro_rules! now {
 }
 pub(crate) use now;
 
-/// The condition on a record `r` that the rescuer acts on: running without a live lease
-/// carrying its token. One definition, shared by the rescuer and the fleet gauge.
-macro_rules! unleased_running {
-    () => {
-        concat!(
-            "r.status = 'running' AND NOT EXISTS (SELECT 1 FROM sync_locks l ",
-            "WHERE l.instance_id = r.instance_id AND l.token = r.lock_token AND l.expires_at > ",
-            now!(),
-            ")"
-        )
-    };
-}
-pub(crate) use unleased_running;
-
 /// The [`Store`] on PostgreSQL: several hosts share one database.
 pub(crate) type PgStore = SqlStore<Postgres>;
 
@@ -241,7 +227,7 @@ impl Backend for Postgres {
         oldest_session_age: "SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - \
             MIN(COALESCE(started_at, created_at)))::float8, 0.0) AS age \
             FROM sync_sessions WHERE status IN ('pending', 'running')",
-        unleased_running: unleased_running!(),
+        unleased_running: unleased_running!(now!()),
         queue_due: "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 \
             AND status = 'Pending' AND run_at <= now() ORDER BY run_at LIMIT $2) x) AS ready, \
             (SELECT COUNT(*) FROM (SELECT 1 FROM apalis.jobs WHERE job_type = $1 \

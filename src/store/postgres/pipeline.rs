@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::{instance_from_row, now, unleased_running};
+use super::{instance_from_row, now};
 use crate::model::*;
 use crate::queue;
 use crate::store::batch::*;
@@ -98,7 +98,7 @@ impl BatchOps for PgOps<'_> {
     async fn records_orphaned(&mut self, limit: i64) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(concat!(
             "SELECT r.id FROM sync_instance_records r WHERE ",
-            unleased_running!(),
+            unleased_running!(now!()),
             " ORDER BY r.id LIMIT $1"
         ))
         .bind(limit)

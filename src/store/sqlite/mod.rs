@@ -35,20 +35,6 @@ macro_rules! now {
 }
 pub(crate) use now;
 
-/// The condition on a record `r` that the rescuer acts on: running without a live lease
-/// carrying its token. One definition, shared by the rescuer and the fleet gauge.
-macro_rules! unleased_running {
-    () => {
-        concat!(
-            "r.status = 'running' AND NOT EXISTS (SELECT 1 FROM sync_locks l ",
-            "WHERE l.instance_id = r.instance_id AND l.token = r.lock_token AND l.expires_at > ",
-            now!(),
-            ")"
-        )
-    };
-}
-pub(crate) use unleased_running;
-
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The stored text of a time: UTC, milliseconds, `Z`, so that text order is time order.
@@ -243,7 +229,7 @@ impl Backend for Sqlite {
         oldest_session_age: "SELECT COALESCE((julianday('now') - \
             julianday(MIN(COALESCE(started_at, created_at)))) * 86400.0, 0.0) AS age \
             FROM sync_sessions WHERE status IN ('pending', 'running')",
-        unleased_running: unleased_running!(),
+        unleased_running: unleased_running!(now!()),
         queue_due: "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM Jobs WHERE job_type = $1 \
             AND status = 'Pending' AND run_at <= unixepoch() LIMIT $2)) AS ready, \
             (SELECT COUNT(*) FROM (SELECT 1 FROM Jobs WHERE job_type = $1 \

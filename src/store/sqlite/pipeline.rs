@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Params, Row, params};
 use serde_json::{Value, json};
 
-use super::{now, unleased_running};
+use super::now;
 use crate::model::*;
 use crate::queue;
 use crate::store::batch::*;
@@ -158,7 +158,7 @@ impl BatchOps for SqliteOps<'_> {
         self.rows(
             concat!(
                 "SELECT r.id FROM sync_instance_records r WHERE ",
-                unleased_running!(),
+                unleased_running!(now!()),
                 " ORDER BY r.id LIMIT ?1"
             ),
             [limit],
