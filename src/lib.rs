@@ -24,16 +24,16 @@
 //! `syncpool-workers` crate (`workers/`).
 
 pub mod cli;
-pub mod history;
+pub(crate) mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod queue;
-pub mod redact;
+pub(crate) mod redact;
 pub mod scheduler;
-pub mod settings;
+pub(crate) mod settings;
 mod sqlite_busy;
 pub mod store;
 mod text;
 pub mod validate;
-pub mod worker;
+pub(crate) mod worker;

@@ -1,5 +1,5 @@
 //! The inventory: instances, their stored accounts, and the account change history's
-//! reads (its writes are in the finish transaction, `store/batch.rs`).
+//! reads (its writes are in the finish transaction, `store/batch/`).
 
 use super::{Backend, SqlStore, is_unique_violation, rows};
 use crate::model::{AccountChange, Instance, NewInstance, StoredAccount};
