@@ -49,7 +49,7 @@ pub struct Instance {
     /// Unique name.
     pub name: String,
     /// `postgres`, `mysql` or `simulated`.
-    pub kind: String,
+    pub kind: InstanceKind,
     /// Host name or address (the database kinds need one).
     pub host: Option<String>,
     /// TCP port; the kind's default when null.
@@ -84,7 +84,7 @@ impl Instance {
     pub fn as_new(&self) -> NewInstance {
         NewInstance {
             name: self.name.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind.as_str().to_string(),
             host: self.host.clone(),
             port: self.port,
             username: self.username.clone(),
@@ -101,7 +101,7 @@ impl Instance {
         syncpool_workers::InstanceSpec {
             id: self.id,
             name: self.name.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind.as_str().to_string(),
             host: self.host.clone(),
             port: self.port.and_then(|p| u16::try_from(p).ok()),
             username: self.username.clone(),
@@ -195,6 +195,15 @@ macro_rules! status_enum {
         }
     };
 }
+
+status_enum!(
+    /// What an instance is, and so which source reads it (`syncpool_workers::KINDS`).
+    InstanceKind {
+        Postgres => "postgres",
+        Mysql => "mysql",
+        Simulated => "simulated",
+    }
+);
 
 status_enum!(
     /// Who started a session.
@@ -565,4 +574,14 @@ pub struct SessionFinished {
     pub duration_seconds: f64,
     /// Completed records over all records.
     pub success_rate: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_a_worker_can_read_is_an_instance_kind_and_no_other() {
+        assert_eq!(InstanceKind::names(), syncpool_workers::KINDS);
+    }
 }

@@ -182,7 +182,7 @@ fn ssl_rank(options: &serde_json::Value) -> usize {
 /// (username, database), a weaker `ssl_mode` or another trusted root certificate.
 pub fn endpoint_change(current: &Instance, new: &NewInstance) -> Option<String> {
     let mut changed = vec![];
-    if current.kind != new.kind {
+    if current.kind.as_str() != new.kind {
         changed.push("kind");
     }
     if current.host != new.host {

@@ -203,12 +203,15 @@ async fn a_full_disk_under_postgres_stops_writes_only_until_space_returns() {
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
     // PostgreSQL restarts itself after a failed WAL write unless its recovery also found
-    // the disk full; then it has stopped, and its operator starts it again.
+    // the disk full; then it has stopped, and its operator starts it again. A server still
+    // in recovery refuses connections but runs: starting another would fail.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let restarted = !pg.is_up();
+    let restarted = !pg.is_running();
     if restarted {
         pg.start_server();
     }
+    // The test's own reads below need the server; syncpool's workers wait on their own.
+    pg.wait_until_up(Duration::from_secs(120)).await;
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(180)).await;
     eprintln!(
         "session finished {:?} after space returned (server restarted by the test: {restarted})",

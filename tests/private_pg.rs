@@ -48,12 +48,40 @@ impl PrivatePg {
         filler
     }
 
-    /// Whether the server answers (it may stop by itself when its disk fills).
-    pub fn is_up(&self) -> bool {
-        let out = Command::new(self.bin.join("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .output();
-        out.is_ok_and(|o| o.status.success())
+    /// Whether the server's postmaster runs, answering or not: after a full disk it may be
+    /// in crash recovery (running, refusing connections for a while) or have stopped.
+    pub fn is_running(&self) -> bool {
+        // pg_ctl refuses to run as root; `status` exits 0 while a postmaster runs.
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut cmd = if crate::common::is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        cmd.args(["status", "-D", &self.data()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Waits until the server accepts connections (after crash recovery, say).
+    pub async fn wait_until_up(&self, limit: std::time::Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let up = Command::new(self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if up {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the server did not come back within {limit:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     fn start_with(small_disk: Option<String>) -> PrivatePg {

@@ -420,10 +420,14 @@ impl Pipeline {
         metrics::account_changes(&outcome.changes);
         match outcome.record {
             RecordOutcome::Completed { .. } => {
-                metrics::instance_synced(&instance.kind, "completed", secs)
+                metrics::instance_synced(instance.kind.as_str(), "completed", secs)
             }
-            RecordOutcome::Failed => metrics::instance_synced(&instance.kind, "failed", secs),
-            RecordOutcome::Cancelled => metrics::instance_synced(&instance.kind, "cancelled", secs),
+            RecordOutcome::Failed => {
+                metrics::instance_synced(instance.kind.as_str(), "failed", secs)
+            }
+            RecordOutcome::Cancelled => {
+                metrics::instance_synced(instance.kind.as_str(), "cancelled", secs)
+            }
             RecordOutcome::Fenced => {
                 tracing::warn!(
                     instance = instance.name,

@@ -27,7 +27,7 @@ async fn add(store: &dyn Store, args: &AddArgs) -> Out {
         println!(
             "registered {} ({}, id {})",
             printable(&inst.name),
-            printable(&inst.kind),
+            printable(inst.kind.as_str()),
             inst.id
         );
     }
@@ -66,7 +66,7 @@ async fn list(store: &dyn Store, json: bool) -> Out {
                 "{:<6} {:<30} {:<10} {:<24} {}",
                 i.id,
                 printable(&i.name),
-                printable(&i.kind),
+                printable(i.kind.as_str()),
                 printable(&addr),
                 if i.active { "active" } else { "inactive" }
             );

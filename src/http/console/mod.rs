@@ -414,7 +414,7 @@ async fn instance_edit(
     let i = load_instance(&c, &id).await?;
     let form = view::InstanceForm {
         name: i.name.clone(),
-        kind: i.kind.clone(),
+        kind: i.kind.as_str().to_string(),
         host: i.host.clone().unwrap_or_default(),
         port: i.port.map(|p| p.to_string()).unwrap_or_default(),
         username: i.username.clone().unwrap_or_default(),
@@ -578,7 +578,7 @@ async fn instance_active(
     };
     let new = NewInstance {
         name: i.name,
-        kind: i.kind,
+        kind: i.kind.as_str().to_string(),
         host: i.host,
         port: i.port,
         username: i.username,

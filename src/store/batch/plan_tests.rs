@@ -40,7 +40,7 @@ fn instance(id: i64, history: bool) -> Instance {
     Instance {
         id,
         name: format!("db{id}"),
-        kind: "simulated".into(),
+        kind: crate::model::InstanceKind::Simulated,
         host: None,
         port: None,
         username: None,

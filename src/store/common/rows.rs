@@ -20,7 +20,7 @@ pub(crate) fn instance<D: Fetch>(row: &D::Row) -> Result<Instance> {
     Ok(Instance {
         id: D::get(row, "id")?,
         name: D::get(row, "name")?,
-        kind: D::get(row, "kind")?,
+        kind: parse_status(D::get(row, "kind")?)?,
         host: D::get(row, "host")?,
         port: D::get(row, "port")?,
         username: D::get(row, "username")?,

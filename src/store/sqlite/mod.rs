@@ -140,7 +140,7 @@ macro_rules! instance_from {
         Ok(Instance {
             id: row.$get("id")?,
             name: row.$get("name")?,
-            kind: row.$get("kind")?,
+            kind: parse_status(row.$get::<_, String>("kind")?)?,
             host: row.$get("host")?,
             port: row.$get("port")?,
             username: row.$get("username")?,
