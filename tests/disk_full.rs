@@ -2,11 +2,13 @@
 //! the fleet must carry on by itself. Tried for real on a small tmpfs (root mounts it).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use syncpool::model::SyncType;
+use syncpool::store::Store;
+use uuid::Uuid;
 
 use crate::common::*;
 use crate::processes::{assert_invariants, wait_finished};
@@ -61,58 +63,19 @@ async fn a_full_disk_under_sqlite_stops_writes_only_until_space_returns() {
     // Declared after the database: unmounted first, then its folder removed.
     let disk = SmallDisk::mount(&at, "48m");
     let store = db.store().await;
-    for i in 0..60 {
-        store
-            .instance_insert(&simulated(
-                &format!("big{i}"),
-                json!({"latency_ms": 300, "accounts": 400}),
-            ))
-            .await
-            .unwrap();
-    }
-    let mut workers = vec![
-        worker(&db, "a", &["--concurrency", "4"]),
-        worker(&db, "b", &["--concurrency", "4"]),
-    ];
-    let s = store
-        .session_create(SyncType::ManualBatch, None)
-        .await
-        .unwrap();
+    let (mut workers, session) = a_session_under_way(&db, store.as_ref()).await;
     // Fill the disk once some records are written, while the rest are in flight.
-    let start = Instant::now();
-    loop {
-        let d = store.session_get(s.session_id).await.unwrap().unwrap();
-        if d.session.successful_instances >= 8 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let filler = disk.fill();
     tokio::time::sleep(Duration::from_secs(4)).await;
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
 
-    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(120)).await;
+    let done = wait_finished(&db, &[session], Duration::from_secs(120)).await;
     eprintln!(
         "session finished {:?} after space returned",
         freed.elapsed()
     );
-    assert_invariants(&done);
-    assert_eq!(
-        done[0].session.successful_instances,
-        60,
-        "every instance synced: {:?}",
-        done[0]
-            .records
-            .iter()
-            .filter_map(|r| r.error.as_deref())
-            .collect::<Vec<_>>()
-    );
-    let logs: Vec<String> = workers
-        .iter()
-        .map(|w| std::fs::read_to_string(&w.1).unwrap_or_default())
-        .collect();
+    let logs = every_instance_synced(&done, &workers);
     assert!(
         logs.iter()
             .any(|l| l.contains("full") || l.contains("disk") || l.contains("I/O")),
@@ -124,23 +87,7 @@ async fn a_full_disk_under_sqlite_stops_writes_only_until_space_returns() {
             "a connection was reused inside a failed transaction: {l}"
         );
     }
-    // The fleet is still healthy: a second session runs straight through.
-    let again = store
-        .session_create(SyncType::ManualBatch, None)
-        .await
-        .unwrap();
-    let done = wait_finished(&db, &[again.session_id], Duration::from_secs(60)).await;
-    assert_eq!(done[0].session.successful_instances, 60);
-    for (c, _) in &workers {
-        signal(c, "TERM");
-    }
-    for (c, log) in workers.iter_mut() {
-        assert!(
-            c.wait().unwrap().success(),
-            "worker exits cleanly: {}",
-            std::fs::read_to_string(&*log).unwrap_or_default()
-        );
-    }
+    the_fleet_carries_on(&db, store.as_ref(), &mut workers).await;
     let pool = match store.pool() {
         syncpool::store::DbPool::Sqlite(p) => p,
         _ => unreachable!(),
@@ -172,32 +119,7 @@ async fn a_full_disk_under_postgres_stops_writes_only_until_space_returns() {
     let mut db = TestDb::new(Backend::Sqlite).await;
     db.url = pg.url("syncpool");
     let store = db.store().await;
-    for i in 0..60 {
-        store
-            .instance_insert(&simulated(
-                &format!("big{i}"),
-                json!({"latency_ms": 300, "accounts": 400}),
-            ))
-            .await
-            .unwrap();
-    }
-    let mut workers = vec![
-        worker(&db, "a", &["--concurrency", "4"]),
-        worker(&db, "b", &["--concurrency", "4"]),
-    ];
-    let s = store
-        .session_create(SyncType::ManualBatch, None)
-        .await
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let d = store.session_get(s.session_id).await.unwrap().unwrap();
-        if d.session.successful_instances >= 8 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut workers, session) = a_session_under_way(&db, store.as_ref()).await;
     let filler = pg.fill_disk();
     tokio::time::sleep(Duration::from_secs(4)).await;
     std::fs::remove_file(&filler).unwrap();
@@ -212,12 +134,62 @@ async fn a_full_disk_under_postgres_stops_writes_only_until_space_returns() {
     }
     // The test's own reads below need the server; syncpool's workers wait on their own.
     pg.wait_until_up(Duration::from_secs(120)).await;
-    let done = wait_finished(&db, &[s.session_id], Duration::from_secs(180)).await;
+    let done = wait_finished(&db, &[session], Duration::from_secs(180)).await;
     eprintln!(
         "session finished {:?} after space returned (server restarted by the test: {restarted})",
         freed.elapsed()
     );
-    assert_invariants(&done);
+    let logs = every_instance_synced(&done, &workers);
+    assert!(
+        logs.iter().any(|l| l.contains("space")
+            || l.contains("disk")
+            || l.contains("53100")
+            || l.contains("connection")
+            || l.contains("terminat")),
+        "the workers saw the full disk: {logs:?}"
+    );
+    the_fleet_carries_on(&db, store.as_ref(), &mut workers).await;
+}
+
+/// 60 slow instances with 400 accounts each, two workers, and a session of them that has
+/// written some records with the rest in flight: the moment to fill the disk.
+async fn a_session_under_way(db: &TestDb, store: &dyn Store) -> (Vec<(Child, PathBuf)>, Uuid) {
+    for i in 0..60 {
+        store
+            .instance_insert(&simulated(
+                &format!("big{i}"),
+                json!({"latency_ms": 300, "accounts": 400}),
+            ))
+            .await
+            .unwrap();
+    }
+    let workers = vec![
+        worker(db, "a", &["--concurrency", "4"]),
+        worker(db, "b", &["--concurrency", "4"]),
+    ];
+    let s = store
+        .session_create(SyncType::ManualBatch, None)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let d = store.session_get(s.session_id).await.unwrap().unwrap();
+        if d.session.successful_instances >= 8 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (workers, s.session_id)
+}
+
+/// Asserts the session ended with every instance synced and the invariants held; the
+/// workers' logs, for what each backend's test looks for in them.
+fn every_instance_synced(
+    done: &[syncpool::model::SessionDetail],
+    workers: &[(Child, PathBuf)],
+) -> Vec<String> {
+    assert_invariants(done);
     assert_eq!(
         done[0].session.successful_instances,
         60,
@@ -228,25 +200,22 @@ async fn a_full_disk_under_postgres_stops_writes_only_until_space_returns() {
             .filter_map(|r| r.error.as_deref())
             .collect::<Vec<_>>()
     );
-    let logs: Vec<String> = workers
+    workers
         .iter()
         .map(|w| std::fs::read_to_string(&w.1).unwrap_or_default())
-        .collect();
-    assert!(
-        logs.iter().any(|l| l.contains("space")
-            || l.contains("disk")
-            || l.contains("53100")
-            || l.contains("connection")
-            || l.contains("terminat")),
-        "the workers saw the full disk: {logs:?}"
-    );
+        .collect()
+}
+
+/// The fleet is still healthy: a second session runs straight through, and the workers
+/// stop cleanly on SIGTERM.
+async fn the_fleet_carries_on(db: &TestDb, store: &dyn Store, workers: &mut [(Child, PathBuf)]) {
     let again = store
         .session_create(SyncType::ManualBatch, None)
         .await
         .unwrap();
-    let done = wait_finished(&db, &[again.session_id], Duration::from_secs(60)).await;
+    let done = wait_finished(db, &[again.session_id], Duration::from_secs(60)).await;
     assert_eq!(done[0].session.successful_instances, 60);
-    for (c, _) in &workers {
+    for (c, _) in workers.iter() {
         signal(c, "TERM");
     }
     for (c, log) in workers.iter_mut() {

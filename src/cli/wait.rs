@@ -37,7 +37,8 @@ pub(crate) async fn wait_for(
             indicatif::ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
             )
-            .expect("a valid template"),
+            // A constant: if indicatif ever refused it, a plain bar still shows progress.
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     });

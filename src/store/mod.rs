@@ -716,6 +716,11 @@ impl SessionBumps {
 }
 
 /// Reads a status column; the schema's CHECK constraints make a failure a bug.
+/// Reads a session id stored as text (SQLite's columns, the history's on both).
+pub(crate) fn parse_uuid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Other(format!("session id {text}: {e}")))
+}
+
 pub(crate) fn parse_status<T: std::str::FromStr<Err = String>>(text: String) -> Result<T> {
     text.parse().map_err(StoreError::Other)
 }

@@ -36,9 +36,11 @@ pub(crate) fn parse_session_id(s: &str) -> Result<SessionRef, CliError> {
                 .chain(std::iter::repeat(fill))
                 .take(32)
                 .collect();
-            Uuid::parse_str(&full).expect("32 hex digits")
+            Uuid::parse_str(&full)
         };
-        return Ok(SessionRef::Prefix(pad('0'), pad('f'), s.to_string()));
+        if let (Ok(lo), Ok(hi)) = (pad('0'), pad('f')) {
+            return Ok(SessionRef::Prefix(lo, hi, s.to_string()));
+        }
     }
     Err(CliError::Usage(format!(
         "'{s}' is not a session id (a UUID, or its first {MIN_PREFIX} or more hex digits)"

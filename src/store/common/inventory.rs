@@ -4,7 +4,7 @@
 use super::{Backend, SqlStore, is_unique_violation, rows};
 use crate::model::{AccountChange, Instance, NewInstance, StoredAccount};
 use crate::store::sql::{Arg, Q};
-use crate::store::{ChangeFilter, Result, StoreError};
+use crate::store::{ChangeFilter, Result, StoreError, parse_uuid};
 
 fn conflict(name: &str) -> impl FnOnce(StoreError) -> StoreError + '_ {
     move |e| {
@@ -184,7 +184,7 @@ pub(super) async fn changes<D: Backend>(
                 instance_id: D::get(r, "instance_id")?,
                 instance_name: D::get(r, "instance_name")?,
                 // Text in both databases: the history outlives its sessions.
-                session_id: session_id(D::get(r, "session_id")?)?,
+                session_id: parse_uuid(&D::get::<String>(r, "session_id")?)?,
                 record_id: D::get(r, "record_id")?,
                 username: D::get(r, "username")?,
                 host: D::get(r, "host")?,
@@ -196,8 +196,4 @@ pub(super) async fn changes<D: Backend>(
             })
         })
         .collect()
-}
-
-fn session_id(text: String) -> Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(&text).map_err(|e| StoreError::Other(format!("session id {text}: {e}")))
 }

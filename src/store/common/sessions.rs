@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::rows::{self, SESSION_COLS};
-use super::{Backend, SqlStore};
+use super::{Backend, SqlStore, count};
 use crate::model::{
     Record, RecordStatus, Session, SessionCreated, SessionDetail, SessionStatus, SyncType,
 };
@@ -188,7 +188,7 @@ pub(super) async fn list<D: Backend>(
     ))
     .bind(f.status.map(SessionStatus::as_str))
     .bind(f.sync_type.map(SyncType::as_str));
-    let total = D::get(&D::one(&s.pool, q).await?, "n")?;
+    let total = count(&s.pool, q).await?;
     Ok((items, total))
 }
 

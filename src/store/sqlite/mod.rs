@@ -177,8 +177,7 @@ impl Dialect for Sqlite {
         format!("{column} IN (SELECT value FROM json_each(${n}))")
     }
     fn uuid_at(row: &SqliteRow, col: &str) -> Result<Uuid> {
-        let s: String = row.try_get(col)?;
-        Uuid::parse_str(&s).map_err(|e| StoreError::Other(format!("session id {s}: {e}")))
+        parse_uuid(&row.try_get::<String, _>(col)?)
     }
     fn json_at(row: &SqliteRow, col: &str) -> Result<serde_json::Value> {
         let s: Option<String> = row.try_get(col)?;

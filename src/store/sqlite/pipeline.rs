@@ -65,11 +65,6 @@ fn arr<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("plain rows serialise")
 }
 
-/// A session id as SQLite stores it (hyphenated text).
-fn session_uuid(text: String) -> Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(&text).map_err(|e| StoreError::Other(format!("session id {text}: {e}")))
-}
-
 /// Accounts as JSON rows `[instance_id, username, host, attributes, privileges]`.
 fn account_rows(rows: &[AccountWrite<'_>]) -> Vec<Value> {
     rows.iter()
@@ -105,7 +100,7 @@ impl BatchOps for SqliteOps<'_> {
                         job_id: r.get("job_id")?,
                         lock_token: r.get("lock_token")?,
                         session_row: r.get("session_id")?,
-                        session_uuid: session_uuid(r.get("uuid")?)?,
+                        session_uuid: parse_uuid(&r.get::<_, String>("uuid")?)?,
                         cancel_requested: r.get("cancel_requested")?,
                         request_id: r.get("request_id")?,
                         accounts: (
