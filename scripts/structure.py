@@ -16,7 +16,11 @@ import graph: it sees the library as `syncpool::...`):
                 `super::B..`, `self::B..`, or a child module by its bare name, in use
                 declarations and inline paths alike; comments, strings and
                 #[cfg(test)] code aside).  Edges to the module itself or to one of
-                its ancestors (child -> parent) are ignored.
+                its ancestors (child -> parent) are ignored;
+  4. databases: code under src/worker/ and src/http/ never names a database (no
+                identifier such as DbPool, Sqlite, PgPool, apalis_postgres; comments
+                and strings aside): only the store and the queue know which one is in
+                use.
 
 An edge goes to the module a path names: `crate::http::ApiError` is an edge to http
 even though http only re-exports it from http::error; `--follow-reexports` attributes
@@ -27,6 +31,7 @@ Usage: python3 scripts/structure.py [--verbose] [--follow-reexports]
 """
 
 import argparse
+import re
 import os
 import sys
 from collections import defaultdict
@@ -732,6 +737,12 @@ def plural(n, word):
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+# Rule 4: the folders that must not know which database is in use, and what naming one
+# looks like (an identifier, so "postgres" in a string or a comment is fine).
+DB_BLIND = ("src/worker/", "src/http/")
+DB_WORD = re.compile(r"(?i)sqlite|postgres|^pg|DbPool|mysql")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -744,7 +755,7 @@ def main():
     args = ap.parse_args()
     root = args.root
 
-    long_files, long_fns, errors = [], [], []
+    long_files, long_fns, errors, db_names = [], [], [], []
     cycle_lines, edge_lines, cycle_counts = [], [], []
     n_files = n_fns = n_test_items = 0
 
@@ -767,6 +778,15 @@ def main():
             if nlines > MAX_FILE_LINES:
                 long_files.append((rel, nlines))
             m = file_module(tree, f)
+            if rel.startswith(DB_BLIND):
+                try:
+                    toks = lex(text)
+                    # `InstanceKind::Postgres` is a kind of instance, not our database.
+                    db_names.extend((rel, t.line, t.val) for i, t in enumerate(toks)
+                                    if t.kind == "id" and DB_WORD.search(t.val)
+                                    and not (i >= 2 and toks[i - 2].val == "InstanceKind"))
+                except LexError:
+                    pass  # reported by scan_file below
             try:
                 fs = scan_file(rel, m, text)
             except LexError as e:
@@ -911,13 +931,16 @@ def main():
     out.append(f"[3] module import cycles: {n_cycles}"
                + (" (following re-exports)" if args.follow_reexports else ""))
     out.extend(cycle_lines)
+    out.append(f"[4] database names in {' and '.join(DB_BLIND)}: {len(db_names)}")
+    for rel, line, name in db_names:
+        out.append(f"    {rel}:{line} {name}")
     if errors:
         out.append("scan errors (file skipped, rules 2-3 unchecked for it):")
         out.extend("    " + e for e in errors)
     if edge_lines:
         out.append("")
         out.extend(edge_lines)
-    ok = not (long_files or long_fns or n_cycles or errors)
+    ok = not (long_files or long_fns or n_cycles or errors or db_names)
     cyc = "; ".join(f"{c} {a}/{b}/{w}" for c, a, b, w in cycle_counts)
     out.append(f"structure: {'OK' if ok else 'FAILED'} -- {n_files} files; "
                f"{plural(len(long_files), 'long file')}, {plural(len(long_fns), 'long fn')}, "

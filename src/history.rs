@@ -8,35 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use crate::model::Account;
-
-/// What happened to one account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ChangeKind {
-    /// The instance's first synced state: recorded once, so that later changes have a
-    /// starting point, and never alerted on.
-    Baseline,
-    /// A new account (or one that came back after being removed).
-    Added,
-    /// The account is gone.
-    Removed,
-    /// Its attributes or privileges differ.
-    Changed,
-}
-
-impl ChangeKind {
-    /// Every kind's name.
-    pub const NAMES: &'static [&'static str] = &["baseline", "added", "removed", "changed"];
-
-    /// Its stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Baseline => "baseline",
-            ChangeKind::Added => "added",
-            ChangeKind::Removed => "removed",
-            ChangeKind::Changed => "changed",
-        }
-    }
-}
+pub(crate) use crate::model::ChangeKind;
 
 /// One change of one account, ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -336,8 +308,8 @@ fn grant_text(atom: &Value) -> String {
 }
 
 /// A change in one line, for the CLI's table.
-pub fn summary(kind: &str, detail: &Value) -> String {
-    if kind != "changed" {
+pub fn summary(kind: ChangeKind, detail: &Value) -> String {
+    if kind != ChangeKind::Changed {
         let grants = privilege_atoms(&detail["privileges"]).len();
         return format!("{grants} grant(s)");
     }

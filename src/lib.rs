@@ -4,6 +4,8 @@
 //! - [`store`]: the storage interface and its SQLite and PostgreSQL implementations;
 //!   the only place that knows SQL.
 //! - [`queue`]: the job payload and the queue name shared by producers and workers.
+//! - `consumer`: the apalis workers over the store's database (with the store, the only
+//!   code that names a database; `worker/` and `http/` never do, see scripts/structure.py).
 //! - [`worker`]: the apalis set-up, the per-job pipeline (lease, sync, finish) and the
 //!   group-commit writer.
 //! - [`http`]: `serve`'s API (OpenAPI at `/api/v1/openapi.json`), the legacy routes,
@@ -24,6 +26,7 @@
 //! `syncpool-workers` crate (`workers/`).
 
 pub mod cli;
+pub(crate) mod consumer;
 pub(crate) mod history;
 pub mod http;
 pub mod metrics;

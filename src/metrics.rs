@@ -193,9 +193,10 @@ fn touch() {
     for outcome in ["fired", "skipped"] {
         gauge!(SCHEDULE_SLOTS, "outcome" => outcome).set(0.0);
     }
-    for kind in crate::history::ChangeKind::NAMES {
+    for kind in crate::model::ChangeKind::ALL {
         for sensitive in ["true", "false"] {
-            counter!(ACCOUNT_CHANGES, "kind" => *kind, "sensitive" => sensitive).absolute(0);
+            counter!(ACCOUNT_CHANGES, "kind" => kind.as_str(), "sensitive" => sensitive)
+                .absolute(0);
         }
     }
     counter!(LOCK_TAKEOVERS).absolute(0);

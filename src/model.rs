@@ -84,7 +84,7 @@ impl Instance {
     pub fn as_new(&self) -> NewInstance {
         NewInstance {
             name: self.name.clone(),
-            kind: self.kind.as_str().to_string(),
+            kind: self.kind,
             host: self.host.clone(),
             port: self.port,
             username: self.username.clone(),
@@ -120,7 +120,7 @@ pub struct NewInstance {
     /// Unique name: 1 to 200 characters, no control characters, no space at either end.
     pub name: String,
     /// `postgres`, `mysql` or `simulated`.
-    pub kind: String,
+    pub kind: InstanceKind,
     /// Host name or address (the database kinds need one).
     #[serde(default)]
     pub host: Option<String>,
@@ -159,9 +159,9 @@ fn yes() -> bool {
 /// Defines an enum stored and serialised as its snake_case name; its list of names comes
 /// from the enum (`ALL`), so no list of strings can drift from it.
 macro_rules! status_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident ($label:literal) { $($variant:ident => $text:literal),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $(#[doc = concat!("`", $text, "`")] $variant),* }
 
@@ -190,7 +190,21 @@ macro_rules! status_enum {
         impl std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
-                Self::parse(s).ok_or_else(|| format!("unknown {} '{s}'", stringify!($name)))
+                Self::parse(s).ok_or_else(|| {
+                    format!(
+                        "unknown {} '{s}' (expected one of: {})",
+                        $label,
+                        Self::names().join(", ")
+                    )
+                })
+            }
+        }
+        // Read through `FromStr`, so a request body, an import file and a flag all say
+        // the same thing about a wrong name (and the API's error names the field).
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<De: serde::Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
             }
         }
     };
@@ -198,7 +212,7 @@ macro_rules! status_enum {
 
 status_enum!(
     /// What an instance is, and so which source reads it (`syncpool_workers::KINDS`).
-    InstanceKind {
+    InstanceKind ("kind") {
         Postgres => "postgres",
         Mysql => "mysql",
         Simulated => "simulated",
@@ -206,8 +220,21 @@ status_enum!(
 );
 
 status_enum!(
+    /// What happened to one account: `baseline` is the instance's first synced state
+    /// (recorded once, so later changes have a starting point, and never alerted on);
+    /// `added` a new account (or one that came back), `removed` one that is gone,
+    /// `changed` one whose attributes or privileges differ.
+    ChangeKind ("kind") {
+        Baseline => "baseline",
+        Added => "added",
+        Removed => "removed",
+        Changed => "changed",
+    }
+);
+
+status_enum!(
     /// Who started a session.
-    SyncType {
+    SyncType ("sync type") {
         ManualSingle => "manual_single",
         ManualBatch => "manual_batch",
         Scheduled => "scheduled",
@@ -217,7 +244,7 @@ status_enum!(
 status_enum!(
     /// Where one instance's record is. `running` only ever under a lease (or until the
     /// rescuer notices the lease is gone); the last three are terminal.
-    RecordStatus {
+    RecordStatus ("record status") {
         Pending => "pending",
         Running => "running",
         Completed => "completed",
@@ -228,7 +255,7 @@ status_enum!(
 
 status_enum!(
     /// Where a session is; it finishes in the transaction that ends its last record.
-    SessionStatus {
+    SessionStatus ("status") {
         Pending => "pending",
         Running => "running",
         Completed => "completed",
@@ -508,7 +535,7 @@ pub struct AccountChange {
     /// Host part (MySQL); empty for PostgreSQL.
     pub host: String,
     /// `baseline`, `added`, `removed` or `changed`.
-    pub kind: String,
+    pub kind: ChangeKind,
     /// What changed: for `changed`, only the differences (`attributes`: name to
     /// `{from, to}`; `privileges`: `granted` and `revoked` single grants); otherwise the
     /// account's attributes and privileges.

@@ -1,5 +1,6 @@
-//! The job queue's wire format. apalis carries one job per (record, attempt); the record
-//! in `sync_instance_records`, not the job, is the source of truth (see docs/ARCHITECTURE.md).
+//! The job queue's wire format and how idle workers wake. apalis carries one job per
+//! (record, attempt); the record in `sync_instance_records`, not the job, is the source
+//! of truth (see docs/ARCHITECTURE.md).
 
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Instance, NewInstance, SessionStatus, SyncType};
+use crate::model::{Instance, InstanceKind, NewInstance, SessionStatus, SyncType};
 use crate::store::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -31,16 +31,6 @@ pub fn new_instance(n: NewInstance) -> Result<NewInstance> {
 /// wrong only beside the stored fields (options of another kind) is a conflict.
 pub fn instance_fields(n: &NewInstance) -> Result<()> {
     name(&n.name)?;
-    if !syncpool_workers::KINDS.contains(&n.kind.as_str()) {
-        return Err(StoreError::invalid(
-            "kind",
-            format!(
-                "unknown kind '{}' (expected one of: {})",
-                n.kind,
-                syncpool_workers::KINDS.join(", ")
-            ),
-        ));
-    }
     // Bounded like the servers bound them (a DNS name is at most 253 characters; PostgreSQL
     // and MySQL names are far shorter than 128), so a 900 KB "host" is an error, not a row.
     // Counted in characters, as the OpenAPI document's maxLength counts them.
@@ -152,9 +142,9 @@ pub fn instance_consistency(n: &NewInstance) -> Result<()> {
         .as_object()
         .map(|o| o.clone().into_iter().collect())
         .unwrap_or_default();
-    syncpool_workers::validate_options(&n.kind, &options)
+    syncpool_workers::validate_options(n.kind.as_str(), &options)
         .map_err(|m| StoreError::invalid("options", m))?;
-    if matches!(n.kind.as_str(), "postgres" | "mysql")
+    if matches!(n.kind, InstanceKind::Postgres | InstanceKind::Mysql)
         && n.host.as_deref().is_none_or(str::is_empty)
     {
         return Err(StoreError::invalid(
@@ -182,7 +172,7 @@ fn ssl_rank(options: &serde_json::Value) -> usize {
 /// (username, database), a weaker `ssl_mode` or another trusted root certificate.
 pub fn endpoint_change(current: &Instance, new: &NewInstance) -> Option<String> {
     let mut changed = vec![];
-    if current.kind.as_str() != new.kind {
+    if current.kind != new.kind {
         changed.push("kind");
     }
     if current.host != new.host {
@@ -326,17 +316,8 @@ pub fn change_filter(q: ChangeQuery) -> Result<crate::store::ChangeFilter> {
 }
 
 /// A change kind: `baseline`, `added`, `removed` or `changed`.
-pub fn change_kind(s: &str) -> Result<String> {
-    if !crate::history::ChangeKind::NAMES.contains(&s) {
-        return Err(StoreError::invalid(
-            "kind",
-            format!(
-                "unknown kind '{s}' (expected one of: {})",
-                crate::history::ChangeKind::NAMES.join(", ")
-            ),
-        ));
-    }
-    Ok(s.to_string())
+pub fn change_kind(s: &str) -> Result<crate::model::ChangeKind> {
+    s.parse().map_err(|m| StoreError::invalid("kind", m))
 }
 
 /// A keyset cursor: a positive id.
@@ -374,28 +355,12 @@ pub fn offset(o: i64) -> Result<i64> {
 
 /// A session type, as the `sync_type` filter names it.
 pub fn sync_type(s: &str) -> Result<SyncType> {
-    SyncType::parse(s).ok_or_else(|| {
-        StoreError::invalid(
-            "sync_type",
-            format!(
-                "unknown sync type '{s}' (expected one of: {})",
-                SyncType::names().join(", ")
-            ),
-        )
-    })
+    s.parse().map_err(|m| StoreError::invalid("sync_type", m))
 }
 
 /// One of the session statuses.
 pub fn session_status(s: &str) -> Result<SessionStatus> {
-    SessionStatus::parse(s).ok_or_else(|| {
-        StoreError::invalid(
-            "status",
-            format!(
-                "unknown status '{s}' (expected one of: {})",
-                SessionStatus::names().join(", ")
-            ),
-        )
-    })
+    s.parse().map_err(|m| StoreError::invalid("status", m))
 }
 
 /// One of the record statuses.

@@ -610,7 +610,7 @@ async fn control_characters_from_a_source_never_reach_the_terminal() {
     let url = db.url.clone();
     let store = db.store().await;
     let source = |name: &str, kind: &str, port: i64, user: &str, options| NewInstance {
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         host: Some("127.0.0.1".into()),
         port: Some(port),
         username: Some(user.into()),

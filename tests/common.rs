@@ -108,7 +108,7 @@ impl Drop for TestDb {
 pub fn simulated(name: &str, options: serde_json::Value) -> NewInstance {
     NewInstance {
         name: name.into(),
-        kind: "simulated".into(),
+        kind: syncpool::model::InstanceKind::Simulated,
         host: None,
         port: None,
         username: None,

@@ -43,7 +43,7 @@ async fn new_changes(
         *seen = last.id;
     }
     rows.into_iter()
-        .map(|c| (c.kind, c.username, c.detail, c.flags))
+        .map(|c| (c.kind.as_str().to_string(), c.username, c.detail, c.flags))
         .collect()
 }
 
@@ -87,7 +87,7 @@ fn sync(db: &TestDb, name: &str) {
 fn db_instance(name: &str, kind: &str, port: u16, user: &str, options: Value) -> NewInstance {
     NewInstance {
         name: name.into(),
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         host: Some("127.0.0.1".into()),
         port: Some(port.into()),
         username: Some(user.into()),

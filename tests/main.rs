@@ -17,6 +17,7 @@ mod process_faults;
 mod processes;
 mod prometheus;
 mod proxy;
+mod seams;
 mod security;
 mod sources;
 mod tls;

@@ -111,7 +111,11 @@ async fn a_worker_refuses_a_forbidden_variable_even_in_a_row_written_around_the_
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.store().await;
     let mut evil = simulated("evil", json!({}));
-    (evil.kind, evil.host, evil.port) = ("postgres".into(), Some("127.0.0.1".into()), Some(1));
+    (evil.kind, evil.host, evil.port) = (
+        syncpool::model::InstanceKind::Postgres,
+        Some("127.0.0.1".into()),
+        Some(1),
+    );
     evil.password_env = Some("SYNCPOOL_DATABASE_URL".into());
     store.instance_insert(&evil).await.unwrap();
     let (mut w, log) = worker(&db, "w", &["--connect-timeout", "2s"]);
@@ -161,7 +165,7 @@ async fn a_password_file_in_the_secrets_folder_logs_in_and_a_wrong_one_is_a_fata
         store
             .instance_insert(&NewInstance {
                 name: name.into(),
-                kind: "postgres".into(),
+                kind: syncpool::model::InstanceKind::Postgres,
                 host: Some("127.0.0.1".into()),
                 port: Some(pg.port as i64),
                 username: Some(format!("{t}_reader")),
@@ -558,7 +562,7 @@ fn mkfifo(path: &std::path::Path) {
 fn unreachable_pg(name: &str, password_file: Option<&str>, options: Value) -> NewInstance {
     NewInstance {
         name: name.into(),
-        kind: "postgres".into(),
+        kind: syncpool::model::InstanceKind::Postgres,
         host: Some("127.0.0.1".into()),
         port: Some(1),
         username: Some("reader".into()),

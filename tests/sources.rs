@@ -62,7 +62,7 @@ fn instance(
 ) -> NewInstance {
     NewInstance {
         name: name.into(),
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         host: Some("127.0.0.1".into()),
         port: Some(port),
         username: Some(user.into()),
@@ -563,7 +563,7 @@ fn spec(
     syncpool_workers::InstanceSpec {
         id: 1,
         name: name.into(),
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         host: Some("127.0.0.1".into()),
         port: Some(port),
         username: Some(user.into()),

@@ -137,7 +137,7 @@ fn instance(
 ) -> NewInstance {
     NewInstance {
         name: name.into(),
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         host: Some(host.into()),
         port: Some(port as i64),
         username: Some(user.into()),

@@ -21,7 +21,7 @@ on_both_databases!(
 fn postgres_instance(name: &str, host: &str, port: i64) -> NewInstance {
     NewInstance {
         name: name.into(),
-        kind: "postgres".into(),
+        kind: syncpool::model::InstanceKind::Postgres,
         host: Some(host.into()),
         port: Some(port),
         username: Some("app".into()),
@@ -197,7 +197,7 @@ async fn a_nul_character_in_an_option_is_a_400_naming_options(b: Backend) {
     let mut pg = postgres_instance("pg", "db.internal", 5432);
     pg.options = json!({"role_like": "a\u{0}b"});
     let mut my = postgres_instance("my", "db.internal", 3306);
-    my.kind = "mysql".into();
+    my.kind = syncpool::model::InstanceKind::Mysql;
     my.options = json!({"user_like": "\u{0}"});
     let mut pem = postgres_instance("pem", "db.internal", 5432);
     pem.options = json!({"ssl_mode": "verify-full",

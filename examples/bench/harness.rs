@@ -71,7 +71,7 @@ impl Db {
         let instances: Vec<NewInstance> = (0..n)
             .map(|i| NewInstance {
                 name: format!("bench-{i:06}"),
-                kind: "simulated".into(),
+                kind: syncpool::model::InstanceKind::Simulated,
                 host: None,
                 port: None,
                 username: None,
@@ -110,6 +110,14 @@ impl Db {
                     .fetch_one(&p)
                     .await?
             }
+        })
+    }
+
+    /// One count, by a query that is the same text on both databases.
+    pub async fn count(&self, sql: &'static str) -> anyhow::Result<i64> {
+        Ok(match self.store.pool() {
+            DbPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(&p).await?,
+            DbPool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(&p).await?,
         })
     }
 

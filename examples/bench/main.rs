@@ -3,7 +3,8 @@
 //! Run it with `scripts/bench.sh` (which builds it and the raw apalis peer).
 //!
 //! Usage: bench [--quick] [--backend sqlite|postgres|both] [--scenario NAME[,NAME...]]
-//! Scenarios: noop, efficiency, pickup, enqueue, scale, previous, console (default: all).
+//! Scenarios: noop, steady, inventory, efficiency, pickup, enqueue, scale, previous, console
+//! (default: all).
 
 mod console;
 mod harness;
@@ -103,8 +104,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let quick = args.iter().any(|a| a == "--quick");
     let backend = get("--backend").unwrap_or_else(|| "both".into());
-    let wanted = get("--scenario")
-        .unwrap_or_else(|| "noop,steady,efficiency,pickup,enqueue,scale,previous,console".into());
+    let wanted = get("--scenario").unwrap_or_else(|| {
+        "noop,steady,inventory,efficiency,pickup,enqueue,scale,previous,console".into()
+    });
     let wants = |s: &str| wanted.split(',').any(|w| w == s);
     let backends: Vec<&'static str> = ["sqlite", "postgres"]
         .into_iter()
@@ -112,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     // Full sizes are issue #9's; the quick form only proves every scenario still runs.
     let console_n = if quick { 1_000 } else { 100_000 };
+    // Issue #21's fleets with accounts: n x 20, and few instances of many accounts.
+    let (inv_n, inv_big) = if quick {
+        (300, (10, 1_000))
+    } else {
+        (10_000, (100, 10_000))
+    };
     let (noop_n, rounds, eff_n, picks, enq, scales, prev_n, prev_ms) = if quick {
         (500, 1, 500, 5, vec![1_000], vec![500], 40, 5)
     } else {
@@ -148,6 +156,12 @@ async fn main() -> anyhow::Result<()> {
         }
         if wants("steady") {
             run!(format!("steady/{b}"), scenarios::steady(b, noop_n));
+        }
+        if wants("inventory") {
+            run!(
+                format!("inventory/{b}"),
+                scenarios::inventory(b, inv_n, inv_big)
+            );
         }
         if wants("efficiency") {
             run!(format!("efficiency/{b}"), scenarios::efficiency(b, eff_n));

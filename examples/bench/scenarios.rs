@@ -333,3 +333,123 @@ pub async fn steady(backend: &'static str, n: usize) -> anyhow::Result<Vec<Fig>>
         Fig::one(s, backend, "raw_apalis_jobs_per_s", raw, "1/s"),
     ])
 }
+
+/// One session's figures in a row of sessions over the same fleet.
+struct Round {
+    rate: f64,
+    /// Account rows written per second: the inventory (one per account) and the history
+    /// (a baseline per account the first time, then only what changed).
+    rows_per_s: f64,
+}
+
+/// `count` sessions in a row over `n` instances of `accounts` accounts each, on two
+/// workers x 16; and the workers' peak RSS.
+async fn rounds(
+    backend: &'static str,
+    n: usize,
+    accounts: usize,
+    count: usize,
+) -> anyhow::Result<(Vec<Round>, f64)> {
+    let db = Db::with_instances(backend, n, json!({"latency_ms": 0, "accounts": accounts})).await?;
+    let workers = spawn_workers(&db.url, 2, 16)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut out, mut history_before) = (vec![], 0);
+    for session in 1..=count {
+        let t = Instant::now();
+        let created = db.store.session_create(SyncType::ManualBatch, None).await?;
+        let ok = db
+            .wait_finished(created.session_id, Duration::from_secs(3600))
+            .await?;
+        let secs = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            ok as usize == n,
+            "session {session}: only {ok} of {n} syncs completed"
+        );
+        let history = db.count("SELECT COUNT(*) FROM account_changes").await?;
+        let rows = (n * accounts) as f64 + (history - history_before) as f64;
+        history_before = history;
+        out.push(Round {
+            rate: n as f64 / secs,
+            rows_per_s: rows / secs,
+        });
+        eprintln!(
+            "  inventory {backend} {n} x {accounts} session {session}: {:.0} syncs/s, {:.0} account rows/s",
+            n as f64 / secs,
+            rows / secs
+        );
+    }
+    let rss = workers
+        .iter()
+        .map(|c| peak_rss_mb(c.id()))
+        .fold(0.0, f64::max);
+    stop(workers);
+    db.close().await?;
+    Ok((out, rss))
+}
+
+/// Instances that have accounts (issue #21): `n` x 20 accounts against the no-op rate of
+/// the same fleet (targets: at least 0.5 of it in the first session, which writes every
+/// baseline, and 0.75 later), and `big.0` x `big.1` accounts (target: 50,000 account rows
+/// per second or more, worker memory bounded).
+pub async fn inventory(
+    backend: &'static str,
+    n: usize,
+    big: (usize, usize),
+) -> anyhow::Result<Vec<Fig>> {
+    let db = Db::with_instances(backend, n, instant_options()).await?;
+    let (noop, _) = drain(&db, n, 2, 16).await?;
+    db.close().await?;
+    let (small, _) = rounds(backend, n, 20, 3).await?;
+    let (large, rss) = rounds(backend, big.0, big.1, 2).await?;
+    let s = "inventory";
+    Ok(vec![
+        Fig::one(s, backend, "noop_syncs_per_s", noop.rate, "1/s"),
+        Fig::one(
+            s,
+            backend,
+            "accounts20_session1_syncs_per_s",
+            small[0].rate,
+            "1/s",
+        )
+        .vs(noop.rate),
+        Fig::one(
+            s,
+            backend,
+            "accounts20_session3_syncs_per_s",
+            small[2].rate,
+            "1/s",
+        )
+        .vs(noop.rate),
+        Fig::one(
+            s,
+            backend,
+            "accounts20_session3_rows_per_s",
+            small[2].rows_per_s,
+            "1/s",
+        ),
+        Fig::one(
+            s,
+            backend,
+            "accounts10k_session1_rows_per_s",
+            large[0].rows_per_s,
+            "1/s",
+        )
+        .vs(50_000.0),
+        Fig::one(
+            s,
+            backend,
+            "accounts10k_session2_rows_per_s",
+            large[1].rows_per_s,
+            "1/s",
+        )
+        .vs(50_000.0),
+        Fig::one(
+            s,
+            backend,
+            "accounts10k_session1_syncs_per_s",
+            large[0].rate,
+            "1/s",
+        ),
+        Fig::one(s, backend, "accounts10k_peak_worker_rss", rss, "MB"),
+    ])
+}

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::show::each_record;
 use super::wait::wait_for;
 use super::{CliError, printable};
-use crate::model::{NewInstance, Record, Session, SyncType};
+use crate::model::{InstanceKind, NewInstance, Record, Session, SyncType};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::text::plural;
@@ -63,7 +63,7 @@ async fn register(store: &dyn Store, instances: u32) -> Result<(), CliError> {
     let new: Vec<NewInstance> = (1..=instances)
         .map(|i| NewInstance {
             name: format!("demo-{i:05}"),
-            kind: "simulated".into(),
+            kind: InstanceKind::Simulated,
             host: None,
             port: None,
             username: None,
@@ -251,12 +251,12 @@ async fn local_servers(existing: &std::collections::HashSet<String>) -> Vec<NewI
     for (name, kind, port, user, database) in [
         (
             "local-postgres",
-            "postgres",
+            InstanceKind::Postgres,
             5432,
             "postgres",
             Some("postgres"),
         ),
-        ("local-mariadb", "mysql", 3306, "root", None),
+        ("local-mariadb", InstanceKind::Mysql, 3306, "root", None),
     ] {
         let reachable = tokio::time::timeout(
             std::time::Duration::from_millis(300),
@@ -267,7 +267,7 @@ async fn local_servers(existing: &std::collections::HashSet<String>) -> Vec<NewI
         if reachable && !existing.contains(name) {
             out.push(NewInstance {
                 name: name.into(),
-                kind: kind.into(),
+                kind,
                 host: Some("127.0.0.1".into()),
                 port: Some(port.into()),
                 username: Some(user.into()),

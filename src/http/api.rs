@@ -336,8 +336,10 @@ pub(super) async fn instance_patch(
                     text(&value)?.ok_or_else(|| ApiError::field("name", "name cannot be null"))?
             }
             "kind" => {
-                new.kind =
-                    text(&value)?.ok_or_else(|| ApiError::field("kind", "kind cannot be null"))?
+                new.kind = text(&value)?
+                    .ok_or_else(|| ApiError::field("kind", "kind cannot be null"))?
+                    .parse()
+                    .map_err(|m: String| ApiError::field("kind", m))?
             }
             "host" => new.host = text(&value)?,
             "username" => new.username = text(&value)?,

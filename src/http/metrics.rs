@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::routing::get;
 use tokio::sync::Mutex;
 
-use crate::store::{DbPool, Store};
+use crate::store::Store;
 
 #[derive(Clone)]
 struct MetricsState {
@@ -51,10 +51,8 @@ async fn render(State(s): State<MetricsState>) -> String {
                 }
                 Err(e) => tracing::warn!(error = %e, "reading fleet gauges failed"),
             }
-            match s.store.pool() {
-                DbPool::Sqlite(p) => crate::metrics::pool(p.size(), p.num_idle()),
-                DbPool::Postgres(p) => crate::metrics::pool(p.size(), p.num_idle()),
-            }
+            let (size, idle) = s.store.pool().size_and_idle();
+            crate::metrics::pool(size, idle);
             last.at = Some(Instant::now());
         }
         last.sessions.clone()

@@ -349,7 +349,7 @@ fn constrain_parameter(param: &mut Value, path: &str) {
             "maxLength": validate::MAX_NAME,
             "pattern": name_pattern(),
         }),
-        Some("kind") => json!({"type": "string", "enum": crate::history::ChangeKind::NAMES}),
+        Some("kind") => json!({"type": "string", "enum": crate::model::ChangeKind::names()}),
         Some("since") => json!({
             "type": "string",
             "anyOf": [{"format": "date-time"}, {"pattern": "^[0-9]{1,6}[smhd]$"}],

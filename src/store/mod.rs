@@ -206,6 +206,16 @@ pub enum DbPool {
     Postgres(sqlx::PgPool),
 }
 
+impl DbPool {
+    /// Connections open, and how many of them are idle (for the pool gauges).
+    pub fn size_and_idle(&self) -> (u32, usize) {
+        match self {
+            DbPool::Sqlite(p) => (p.size(), p.num_idle()),
+            DbPool::Postgres(p) => (p.size(), p.num_idle()),
+        }
+    }
+}
+
 /// Timings the pipeline's batch steps need; they come from [`crate::settings::Settings`].
 #[derive(Debug, Clone)]
 pub struct LeaseParams {
@@ -446,7 +456,7 @@ pub struct ChangeFilter {
     /// Only changes recorded at or after this time.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Only changes of this kind (`baseline`, `added`, `removed`, `changed`).
-    pub kind: Option<String>,
+    pub kind: Option<crate::model::ChangeKind>,
     /// Only privilege-sensitive changes.
     pub sensitive_only: bool,
     /// Leave out `baseline` rows (what an instance held when its history began): the
@@ -771,4 +781,4 @@ pub fn final_status(
     }
 }
 
-pub use crate::history::{AccountDiff, StoredRow};
+pub use crate::history::StoredRow;

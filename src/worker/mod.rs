@@ -14,13 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use apalis::prelude::*;
-use apalis_postgres::PostgresStorage;
-use apalis_sqlite::SqliteStorage;
 
-use crate::queue::{Every, NotifyOrEvery, QUEUE, RawBytes};
+use crate::consumer::{Fetching, JobHandler};
 use crate::settings::Settings;
-use crate::store::{DbPool, Store};
-use pipeline::{Pipeline, handle_job};
+use crate::store::Store;
+use pipeline::Pipeline;
 use writer::Writer;
 
 /// A process-unique worker id: host, pid and a random suffix, so that two processes
@@ -64,7 +62,7 @@ pub async fn run(
     let monitor = new_monitor(pipeline.clone());
     let monitor = register_workers(
         monitor,
-        store.pool(),
+        store.as_ref(),
         &settings,
         concurrency,
         &worker_id,
@@ -140,80 +138,35 @@ fn new_monitor(pipeline: Arc<Pipeline>) -> Monitor {
     Monitor::new().should_restart(restart)
 }
 
-/// Registers the apalis worker for the database's kind: each (re)start gets a new name,
+/// Registers the apalis worker over the store's queue: each (re)start gets a new name,
 /// kept in `names` for the hand-back, and runs its jobs through the pipeline.
 fn register_workers(
     monitor: Monitor,
-    pool: DbPool,
+    store: &dyn Store,
     settings: &Settings,
     concurrency: usize,
     worker_id: &str,
     pipeline: &Arc<Pipeline>,
     names: &Arc<Mutex<Vec<String>>>,
 ) -> Monitor {
-    // apalis fetches at most as many jobs as it can start at once: fetched jobs that wait
-    // in a buffer send no heartbeat and get re-delivered to others (docs/APALIS.md, "The same job can run twice at once").
-    let batch = concurrency.min(32);
-    match pool {
-        DbPool::Sqlite(pool) => {
-            let config = apalis_sqlite::Config::default()
-                .queue(QUEUE)
-                .batch_size(batch)
-                .heartbeat_interval(settings.queue_heartbeat)
-                .missed_heartbeats(settings.missed_heartbeats)
-                .lock_tasks(false)
-                .persist_results(false);
-            let (pipeline, names, worker_id) =
-                (pipeline.clone(), names.clone(), worker_id.to_string());
-            let poll = settings.poll_interval;
-            monitor.register(move |restarts| {
-                let name = format!("{worker_id}-w{restarts}");
-                names.lock().expect("names lock").push(name.clone());
-                let backend = SqliteStorage::<Vec<u8>>::new(&pool)
-                    .with_config(config.clone())
-                    .with_codec(RawBytes)
-                    .poll_with_strategy(Every::new(poll));
-                WorkerBuilder::new(name)
-                    .backend(backend)
-                    .data(pipeline.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(handle_job)
-            })
-        }
-        DbPool::Postgres(pool) => {
-            let config = apalis_postgres::Config::default()
-                .queue(QUEUE)
-                .batch_size(batch)
-                .heartbeat_interval(settings.queue_heartbeat)
-                .missed_heartbeats(settings.missed_heartbeats)
-                .lock_tasks(false)
-                .persist_results(false);
-            let (pipeline, names, worker_id) =
-                (pipeline.clone(), names.clone(), worker_id.to_string());
-            let poll = settings.poll_interval;
-            monitor.register(move |restarts| {
-                let name = format!("{worker_id}-w{restarts}");
-                names.lock().expect("names lock").push(name.clone());
-                // NOTIFY wakes the worker at once for new jobs; the interval catches jobs
-                // scheduled for later (NOTIFY does not fire for a future run_at).
-                let strategy = NotifyOrEvery::new(
-                    apalis_postgres::Pubsub::new(pool.clone(), QUEUE.to_string()),
-                    poll,
-                );
-                let backend = PostgresStorage::<Vec<u8>>::new(&pool)
-                    .with_config(config.clone())
-                    .with_codec(RawBytes)
-                    .poll_with_strategy(strategy);
-                WorkerBuilder::new(name)
-                    .backend(backend)
-                    .data(pipeline.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(handle_job)
-            })
-        }
-    }
+    let fetching = Fetching {
+        concurrency,
+        // apalis fetches at most as many jobs as it can start at once: fetched jobs that
+        // wait in a buffer send no heartbeat and get re-delivered to others
+        // (docs/APALIS.md, "The same job can run twice at once").
+        batch: concurrency.min(32),
+        heartbeat: settings.queue_heartbeat,
+        missed_heartbeats: settings.missed_heartbeats,
+        poll: settings.poll_interval,
+    };
+    let (names, worker_id) = (names.clone(), worker_id.to_string());
+    let name = move |restarts: usize| {
+        let name = format!("{worker_id}-w{restarts}");
+        names.lock().expect("names lock").push(name.clone());
+        name
+    };
+    let handler: Arc<dyn JobHandler> = pipeline.clone();
+    crate::consumer::register(monitor, store.pool(), fetching, name, handler)
 }
 
 /// Spawns the task that refreshes the planner statistics until shutdown begins.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use apalis::prelude::{BoxDynError, Data, TaskId};
+use apalis::prelude::BoxDynError;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,7 @@ use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 
 use super::writer::{WriteError, Writer};
+use crate::consumer::JobHandler;
 use crate::metrics;
 use crate::model::Instance;
 use crate::queue::JobPayload;
@@ -591,11 +592,14 @@ fn new_request_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The apalis handler: payload bytes in, decoded by us (see `queue::RawBytes`).
-pub async fn handle_job(
-    bytes: Vec<u8>,
-    id: TaskId,
-    pipeline: Data<Arc<Pipeline>>,
-) -> Result<(), BoxDynError> {
-    pipeline.handle(id.to_string(), bytes).await
+// The queue hands each job to the pipeline as stored bytes (decoded by us, see
+// `queue::RawBytes`).
+impl JobHandler for Pipeline {
+    fn run(
+        self: Arc<Self>,
+        job_id: String,
+        bytes: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<(), BoxDynError>> {
+        Box::pin(async move { Pipeline::handle(&self, job_id, bytes).await })
+    }
 }

@@ -49,7 +49,7 @@ pub(crate) async fn run(store: &dyn Store, a: &ChangesArgs) -> Out {
         };
         // A baseline recorded before baselines stopped being flagged still says nothing
         // was gained.
-        let flags = if c.flags.is_empty() || c.kind == "baseline" {
+        let flags = if c.flags.is_empty() || c.kind == crate::model::ChangeKind::Baseline {
             String::new()
         } else {
             format!("  [SENSITIVE: {}]", printable(&c.flags.join(", ")))
@@ -59,9 +59,9 @@ pub(crate) async fn run(store: &dyn Store, a: &ChangesArgs) -> Out {
             ts::format(&c.changed_at),
             printable(&c.instance_name),
             printable(&who),
-            printable(&c.kind),
+            c.kind,
             // Grant texts hold database and role names from the source.
-            printable(&crate::history::summary(&c.kind, &c.detail))
+            printable(&crate::history::summary(c.kind, &c.detail))
         );
     }
     if let Some(next) = page.next_after {

@@ -89,7 +89,7 @@ async fn remove(store: &dyn Store, name: &str) -> Out {
 pub(crate) fn new_instance_from_args(a: &AddArgs) -> Result<NewInstance, CliError> {
     Ok(validate::new_instance(NewInstance {
         name: a.name.clone(),
-        kind: a.kind.clone(),
+        kind: a.kind.parse().map_err(CliError::Usage)?,
         host: a.host.clone(),
         port: a.port,
         username: a.username.clone(),

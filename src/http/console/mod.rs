@@ -395,7 +395,7 @@ async fn instance(
 
 async fn instance_new(who: Visitor) -> PageResult {
     let form = view::InstanceForm {
-        kind: "postgres".into(),
+        kind: crate::model::InstanceKind::Postgres.as_str().into(),
         options: "{}".into(),
         active: true,
         ..Default::default()
@@ -466,9 +466,10 @@ fn read_form(
             o => serde_json::from_str(o)
                 .map_err(|e| ("options".to_string(), format!("not JSON: {e}")))?,
         };
+        let kind = typed.kind.parse().map_err(|m| ("kind".to_string(), m))?;
         let new = NewInstance {
             name: typed.name.clone(),
-            kind: typed.kind.clone(),
+            kind,
             host: opt(&typed.host),
             port,
             username: opt(&typed.username),
@@ -578,7 +579,7 @@ async fn instance_active(
     };
     let new = NewInstance {
         name: i.name,
-        kind: i.kind.as_str().to_string(),
+        kind: i.kind,
         host: i.host,
         port: i.port,
         username: i.username,

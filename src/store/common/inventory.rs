@@ -2,9 +2,9 @@
 //! reads (its writes are in the finish transaction, `store/batch/`).
 
 use super::{Backend, SqlStore, is_unique_violation, rows};
-use crate::model::{AccountChange, Instance, NewInstance, StoredAccount};
+use crate::model::{AccountChange, ChangeKind, Instance, NewInstance, StoredAccount};
 use crate::store::sql::{Arg, Q};
-use crate::store::{ChangeFilter, Result, StoreError, parse_uuid};
+use crate::store::{ChangeFilter, Result, StoreError, parse_status, parse_uuid};
 
 fn conflict(name: &str) -> impl FnOnce(StoreError) -> StoreError + '_ {
     move |e| {
@@ -26,7 +26,7 @@ async fn insert_one<D: Backend>(
          RETURNING id",
     )
     .bind(&n.name)
-    .bind(&n.kind)
+    .bind(n.kind.as_str())
     .bind(&n.host)
     .bind(n.port)
     .bind(&n.username)
@@ -106,7 +106,7 @@ pub(super) async fn update<D: Backend>(
     ))
     .bind(id)
     .bind(&new.name)
-    .bind(&new.kind)
+    .bind(new.kind.as_str())
     .bind(&new.host)
     .bind(new.port)
     .bind(&new.username)
@@ -169,7 +169,7 @@ pub(super) async fn changes<D: Backend>(
     ))
     .bind(&f.instance)
     .bind(f.since)
-    .bind(&f.kind)
+    .bind(f.kind.map(ChangeKind::as_str))
     .bind(f.sensitive_only)
     .bind(f.after)
     .bind(f.limit)
@@ -188,7 +188,7 @@ pub(super) async fn changes<D: Backend>(
                 record_id: D::get(r, "record_id")?,
                 username: D::get(r, "username")?,
                 host: D::get(r, "host")?,
-                kind: D::get(r, "kind")?,
+                kind: parse_status(D::get(r, "kind")?)?,
                 detail: D::get(r, "detail")?,
                 flags: serde_json::from_value(flags).unwrap_or_default(),
                 sensitive: D::get(r, "sensitive")?,
