@@ -337,6 +337,8 @@ pub struct Session {
     /// When it last changed.
     #[serde(with = "ts")]
     pub updated_at: DateTime<Utc>,
+    /// The session this one retries (`retry`): null for any other.
+    pub retry_of: Option<Uuid>,
     /// Seconds from start to finish (or to now while running); null before it starts.
     pub duration_seconds: Option<f64>,
     /// `successful_instances / total_instances`; null for an empty session.
@@ -428,6 +430,9 @@ pub struct SessionCreated {
     pub total_instances: i64,
     /// `pending` at first.
     pub status: SessionStatus,
+    /// The session it retries, when `retry` started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
 }
 
 /// An account in syncpool's inventory.

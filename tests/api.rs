@@ -972,6 +972,12 @@ async fn real_responses_match_the_generated_openapi_document() {
         ),
         (
             "POST",
+            format!("/api/v1/sessions/{sid}/retry"),
+            "/api/v1/sessions/{session_id}/retry",
+            None,
+        ),
+        (
+            "POST",
             "/api/v1/maintenance/cleanup".into(),
             "/api/v1/maintenance/cleanup",
             Some(r#"{"days":1}"#),

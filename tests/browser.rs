@@ -100,24 +100,22 @@ impl Browser {
 
     async fn text(&self, css: &str) -> String {
         // The live refresh replaces `data-live` parts every 2 s: an element found just
-        // before a refresh is gone when its text is asked for. Find it again then.
-        for _ in 0..5 {
-            let element = self
-                .client
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("{css}: {e}"));
-            match element.text().await {
+        // before a refresh is gone when its text is asked for. And while a form's POST
+        // redirects, the next page is not there yet. Find it again then.
+        use fantoccini::error::{CmdError, ErrorStatus};
+        let passing = |e: &CmdError| matches!(e, CmdError::Standard(w) if w.error == ErrorStatus::StaleElementReference || w.error == ErrorStatus::NoSuchElement);
+        for _ in 0..20 {
+            let text = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.text().await,
+                Err(e) => Err(e),
+            };
+            match text {
                 Ok(text) => return text,
-                Err(fantoccini::error::CmdError::Standard(e))
-                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
+                Err(e) if passing(&e) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(e) => panic!("{css}: {e}"),
             }
         }
-        panic!("{css}: replaced by every refresh for half a second")
+        panic!("{css}: missing or replaced by every refresh for two seconds")
     }
 
     async fn count(&self, css: &str) -> usize {

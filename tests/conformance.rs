@@ -150,6 +150,23 @@ pub(crate) fn finish(job: &(String, JobPayload), token: i64, result: SyncResult)
     }
 }
 
+/// Grants and completes (with no accounts) every job of a session, one by one.
+pub(crate) async fn complete_all(store: &dyn Store, session: uuid::Uuid) {
+    let p = params(Duration::from_secs(30));
+    for job in jobs_of(store, session).await {
+        let t = token_of(
+            &store
+                .lease_grant_batch(&p, &[grant(&job, "w")])
+                .await
+                .unwrap()[0],
+        );
+        store
+            .record_finish_batch(&[finish(&job, t, SyncResult::Completed(vec![]))])
+            .await
+            .unwrap();
+    }
+}
+
 pub(crate) fn token_of(o: &GrantOutcome) -> i64 {
     match o {
         GrantOutcome::Granted { token, .. } => *token,
@@ -660,18 +677,7 @@ async fn cleanup_deletes_old_finished_sessions_but_not_running_ones(b: Backend) 
         .session_create(SyncType::ManualBatch, None)
         .await
         .unwrap();
-    for job in jobs_of(store.as_ref(), done.session_id).await {
-        let t = token_of(
-            &store
-                .lease_grant_batch(&p, &[grant(&job, "w")])
-                .await
-                .unwrap()[0],
-        );
-        store
-            .record_finish_batch(&[finish(&job, t, SyncResult::Completed(vec![]))])
-            .await
-            .unwrap();
-    }
+    complete_all(store.as_ref(), done.session_id).await;
     let running = store
         .session_create(SyncType::ManualBatch, None)
         .await

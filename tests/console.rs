@@ -556,6 +556,41 @@ async fn console_changes_instances_and_starts_and_cancels_sessions(b: Backend) {
         "a finished session offers no cancel"
     );
     assert!(html.contains("cancelled"));
+    // A finished session with a cancelled record offers a retry, which starts a session
+    // naming it.
+    assert!(html.contains("Retry failed and cancelled"), "{html}");
+    let (st, head, _) = app
+        .request(
+            "POST",
+            &format!("{location}/retry"),
+            form,
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(st, 303);
+    let retried = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(retried, location);
+    let (st, _, html) = page(&app, &retried, "").await;
+    assert_eq!(st, 200);
+    assert!(
+        html.contains("Retry of") && html.contains(&sid[..8]) && html.contains("Cancel session"),
+        "{html}"
+    );
+    // Without the CSRF token it is refused, and starts nothing.
+    let before = app.store.session_list(&Default::default()).await.unwrap().1;
+    let (st, _, _) = app
+        .request("POST", &format!("{location}/retry"), form, "")
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        app.store.session_list(&Default::default()).await.unwrap().1,
+        before
+    );
 }
 
 /// Issue #19: DNS rebinding, cross-site requests, sign-in redirects, sign-in hardening.

@@ -17,6 +17,7 @@ mod process_faults;
 mod processes;
 mod prometheus;
 mod proxy;
+mod retry;
 mod seams;
 mod security;
 mod sources;

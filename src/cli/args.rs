@@ -166,6 +166,16 @@ pub enum Command {
         #[command(flatten)]
         opts: SyncOpts,
     },
+    /// Start a session over the instances whose records in a finished session failed or
+    /// were cancelled
+    Retry {
+        /// The session to retry (its id, or a unique prefix of at least 8 characters)
+        #[arg(value_name = "SESSION")]
+        id: String,
+        /// How it reports.
+        #[command(flatten)]
+        opts: SyncOpts,
+    },
     /// Run a worker process until SIGINT/SIGTERM
     Worker {
         /// Instances this process syncs at once (1-1024)
@@ -309,7 +319,7 @@ pub enum Command {
     },
 }
 
-/// How `sync` and `sync-all` report.
+/// How `sync`, `sync-all` and `retry` report.
 #[derive(Args, Debug, Clone)]
 pub struct SyncOpts {
     /// Wait until the session finishes; the exit code tells how it ended

@@ -215,6 +215,7 @@ pub async fn run(cli: Cli) -> Out {
         Command::Instances(command) => instances::run(store.as_ref(), command).await,
         Command::SyncAll(opts) => sessions::sync_all(store.as_ref(), &opts).await,
         Command::Sync { names, opts } => sessions::sync(store.as_ref(), &names, &opts).await,
+        Command::Retry { id, opts } => sessions::retry(store.as_ref(), &id, &opts).await,
         Command::Worker {
             concurrency,
             metrics_bind,

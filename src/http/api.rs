@@ -53,6 +53,7 @@ pub fn routes() -> Router<AppState> {
             get(session_records),
         )
         .route("/api/v1/sessions/{session_id}/cancel", post(session_cancel))
+        .route("/api/v1/sessions/{session_id}/retry", post(session_retry))
         .route(
             "/api/v1/instances",
             post(instance_create).get(instance_list),
@@ -267,6 +268,20 @@ pub(super) async fn session_cancel(
     Ok(Json(
         serde_json::to_value(session).map_err(anyhow::Error::from)?,
     ))
+}
+
+#[utoipa::path(post, path = "/api/v1/sessions/{session_id}/retry", params(("session_id" = String, Path)), responses((status = 202, description = "Accepted: a new session over the instances whose records failed or were cancelled, naming this one (retry_of)", body = SessionCreated), (status = 404, description = "No such resource", body = super::error::ErrorBody), (status = 409, description = "The session is still running, or none of its records failed or was cancelled", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn session_retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<SessionCreated>)> {
+    let id = session_id(&id)?;
+    let created = s
+        .store
+        .session_retry(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances", request_body = NewInstance, responses((status = 201, description = "Created; the new resource", body = Instance), (status = 409, description = "Conflict with the current state", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]

@@ -23,6 +23,7 @@ use crate::validate;
         super::api::session_get,
         super::api::session_records,
         super::api::session_cancel,
+        super::api::session_retry,
         super::api::instance_create,
         super::api::instance_list,
         super::api::instance_get,

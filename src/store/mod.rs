@@ -587,6 +587,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Cancels pending records, and running ones whose lease is gone, now; running ones
     /// with a live lease stop at their next heartbeat.
     async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>>;
+    /// A new session over the instances whose records in a finished session failed or
+    /// were cancelled, naming it (`retry_of`). None: no such session; `Conflict`: it is
+    /// still running, or none of its records of a registered instance failed or was
+    /// cancelled.
+    async fn session_retry(&self, session_id: Uuid) -> Result<Option<SessionCreated>>;
 }
 
 /// The operator's reads: leases, the queue, the console's instance views, the fleet's gauges.

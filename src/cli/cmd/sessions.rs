@@ -1,4 +1,4 @@
-//! `syncpool sync`, `sync-all`, `sessions`, `session` and `cancel`: a session is started,
+//! `syncpool sync`, `sync-all`, `retry`, `sessions`, `session` and `cancel`: a session is started,
 //! waited for (`--wait`), listed, shown and cancelled here. A session is named on the
 //! command line by its whole id or a short prefix of it, as git names a commit.
 
@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::cli::wait::wait_for;
 use crate::cli::{CliError, Out, SyncOpts, print_json, printable, show};
-use crate::model::{SessionStatus, SyncType, ts};
+use crate::model::{SessionCreated, SessionStatus, SyncType, ts};
 use crate::store::{SessionFilter, Store};
 use crate::text::plural;
 use crate::validate;
@@ -122,19 +122,53 @@ async fn start_session(
     opts: &SyncOpts,
 ) -> Out {
     let created = store.session_create(kind, ids).await?;
+    report(store, created, kind, opts).await
+}
+
+/// `syncpool retry ID`: a new session over what failed or was cancelled in that one.
+pub(crate) async fn retry(store: &dyn Store, id: &str, opts: &SyncOpts) -> Out {
+    let id = resolve_session(store, id).await?;
+    let created = store
+        .session_retry(id)
+        .await?
+        .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;
+    let kind = if created.total_instances == 1 {
+        SyncType::ManualSingle
+    } else {
+        SyncType::ManualBatch
+    };
+    report(store, created, kind, opts).await
+}
+
+/// Says a session started, or with `--wait` waits for it: the exit code tells how it
+/// ended.
+async fn report(
+    store: &dyn Store,
+    created: SessionCreated,
+    kind: SyncType,
+    opts: &SyncOpts,
+) -> Out {
     if !opts.wait {
         if opts.json {
-            print_json(&serde_json::json!({
+            let mut out = serde_json::json!({
                 "session_id": created.session_id,
                 "sync_type": kind,
                 "status": created.status,
                 "total_instances": created.total_instances,
-            }));
+            });
+            if let Some(old) = created.retry_of {
+                out["retry_of"] = serde_json::json!(old);
+            }
+            print_json(&out);
         } else {
             println!(
-                "session {} started over {}",
+                "session {} started over {}{}",
                 created.session_id,
-                plural(created.total_instances, "instance")
+                plural(created.total_instances, "instance"),
+                created
+                    .retry_of
+                    .map(|old| format!(" (retrying {old})"))
+                    .unwrap_or_default()
             );
         }
         return Ok(());

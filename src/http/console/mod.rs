@@ -54,6 +54,7 @@ pub fn routes(app: AppState) -> Router {
         .route("/", get(sessions))
         .route("/sessions/{session_id}", get(session))
         .route("/sessions/{session_id}/cancel", post(session_cancel))
+        .route("/sessions/{session_id}/retry", post(session_retry))
         .route("/instances", get(instances).post(instance_create))
         .route("/instances/new", get(instance_new))
         .route("/instances/{id}", get(instance).post(instance_update))
@@ -338,6 +339,21 @@ async fn session_cancel(
         .iter()
         .for_each(crate::metrics::session_finished);
     Ok(Redirect::to(&format!("/sessions/{id}")).into_response())
+}
+
+async fn session_retry(
+    State(c): State<Console>,
+    Path(id): Path<String>,
+    _checked: Post,
+) -> PageResult {
+    let id = super::extract::session_id(&id)?;
+    let created = c
+        .app
+        .store
+        .session_retry(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session '{id}'")))?;
+    Ok(Redirect::to(&format!("/sessions/{}", created.session_id)).into_response())
 }
 
 async fn instances(State(c): State<Console>, who: Visitor, q: Params) -> PageResult {

@@ -247,6 +247,15 @@ pub fn session(v: &SessionView) -> Markup {
                 div.card { div.label { "Duration" } div.value { (s.duration_seconds.map(secs).unwrap_or_else(|| "-".into())) } }
                 div.card { div.label { "Type" } div.value { (s.sync_type.as_str().replace('_', " ")) } }
                 div.card { div.label { "Created" } div.value { (time(&s.created_at)) } }
+                @if let Some(old) = s.retry_of {
+                    div.card { div.label { "Retry of" } div.value { a.mono href={"/sessions/" (old)} { (old.to_string()[..8]) } } }
+                }
+            }
+            @if s.is_finished() && s.failed_instances + s.cancelled_instances > 0 {
+                form.inline method="post" action={(base) "/retry"} {
+                    (csrf_field(v.csrf))
+                    button type="submit" { "Retry failed and cancelled" }
+                }
             }
             @if !s.is_finished() && !s.cancel_requested {
                 form.inline method="post" action={(base) "/cancel"} data-confirm="Cancel this session? Pending instances end at once, running ones at their next heartbeat." {

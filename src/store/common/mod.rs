@@ -266,6 +266,9 @@ impl<D: Backend> SessionStore for SqlStore<D> {
         let session = self.session_get(session_id).await?.map(|d| d.session);
         Ok(session.map(|session| Cancelled { session, finished }))
     }
+    async fn session_retry(&self, session_id: Uuid) -> Result<Option<SessionCreated>> {
+        sessions::retry(self, session_id).await
+    }
 }
 
 #[async_trait]

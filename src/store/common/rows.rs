@@ -4,12 +4,12 @@ use chrono::Utc;
 
 use crate::model::{Instance, Record, Session};
 use crate::store::sql::Fetch;
-use crate::store::{Result, parse_status};
+use crate::store::{Result, parse_status, parse_uuid};
 
 /// The columns [`session`] reads.
 pub(crate) const SESSION_COLS: &str = "id, session_id, sync_type, status, total_instances, \
      successful_instances, failed_instances, cancelled_instances, cancel_requested, created_at, \
-     started_at, completed_at, updated_at";
+     started_at, completed_at, updated_at, retry_of";
 
 /// An `instances` row (`SELECT *`, or `i.*` among other columns).
 pub(crate) fn instance<D: Fetch>(row: &D::Row) -> Result<Instance> {
@@ -51,6 +51,10 @@ pub(crate) fn session<D: Fetch>(row: &D::Row) -> Result<Session> {
         started_at: D::get(row, "started_at")?,
         completed_at: D::get(row, "completed_at")?,
         updated_at: D::get(row, "updated_at")?,
+        retry_of: D::get::<Option<String>>(row, "retry_of")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
         duration_seconds: None,
         success_rate: None,
     }

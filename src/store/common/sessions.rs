@@ -85,7 +85,59 @@ pub(crate) async fn insert<D: Backend>(
         session_id,
         total_instances: total,
         status,
+        retry_of: None,
     })
+}
+
+/// Starts a session over the instances whose records in `session_id` failed or were
+/// cancelled (those still registered), naming the one it retries. None: no such session;
+/// a conflict while it still runs (its records are not final) or when nothing is left to
+/// retry.
+pub(super) async fn retry<D: Backend>(
+    s: &SqlStore<D>,
+    session_id: Uuid,
+) -> Result<Option<SessionCreated>> {
+    let mut tx = s.begin().await?;
+    let Some(row) = D::opt(&mut tx, Q::new(by_public_id()).bind(session_id)).await? else {
+        return Ok(None);
+    };
+    let old = rows::session::<D>(&row)?;
+    if !old.is_finished() {
+        return Err(StoreError::Conflict(format!(
+            "session {session_id} is still {}: retry it once it has finished",
+            old.status
+        )));
+    }
+    let q = Q::new(
+        "SELECT DISTINCT r.instance_id AS id FROM sync_instance_records r \
+         JOIN instances i ON i.id = r.instance_id \
+         WHERE r.session_id = $1 AND r.status IN ('failed', 'cancelled') ORDER BY r.instance_id",
+    )
+    .bind(old.id);
+    let ids = D::all(&mut tx, q)
+        .await?
+        .iter()
+        .map(|r| D::get::<i64>(r, "id"))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        return Err(StoreError::Conflict(format!(
+            "session {session_id} has no failed or cancelled records of registered instances \
+             to retry"
+        )));
+    }
+    let sync_type = if ids.len() == 1 {
+        SyncType::ManualSingle
+    } else {
+        SyncType::ManualBatch
+    };
+    let mut created = insert(&mut tx, sync_type, Some(&ids)).await?;
+    let q = Q::new("UPDATE sync_sessions SET retry_of = $1 WHERE session_id = $2")
+        .bind(session_id.to_string())
+        .bind(created.session_id);
+    D::run(&mut tx, q).await?;
+    tx.commit().await?;
+    created.retry_of = Some(session_id);
+    Ok(Some(created))
 }
 
 fn by_public_id() -> String {
