@@ -23,6 +23,29 @@ use crate::store::*;
 /// Upper bound on one batch: keeps each transaction short even under a burst.
 const MAX_BATCH: usize = 256;
 
+/// Upper bound on the accounts one round writes (past its first finish). A round holds
+/// its finishes' accounts, the stored rows it diffs them against and the rows it writes:
+/// 13 instances of 10,000 accounts made one statement of 130,000 rows (1-3 s) and workers
+/// of 1.5-1.9 GB (docs/BENCHMARKS.md). The rest waits for the next round, in order.
+const MAX_ROUND_ACCOUNTS: usize = 40_000;
+
+/// How many of `ops` (at least one) the next round takes: all, unless their accounts
+/// pass [`MAX_ROUND_ACCOUNTS`].
+fn round_len(ops: &[Op]) -> usize {
+    let mut accounts = 0;
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Finish(r, _) = op
+            && let SyncResult::Completed(found) = &r.result
+        {
+            accounts += found.len();
+            if accounts > MAX_ROUND_ACCOUNTS && i > 0 {
+                return i;
+            }
+        }
+    }
+    ops.len()
+}
+
 /// A failed write as the pipeline sees it: the store's error, shared by every request of
 /// the batch it failed.
 pub type WriteError = Arc<StoreError>;
@@ -90,7 +113,21 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+    // What the last round left for this one; taken before anything newer.
+    let mut carried: Vec<Op> = vec![];
+    loop {
+        if carried.is_empty() {
+            if rx.recv_many(&mut ops, MAX_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            ops.append(&mut carried);
+            while ops.len() < MAX_BATCH {
+                let Ok(op) = rx.try_recv() else { break };
+                ops.push(op);
+            }
+        }
+        carried = ops.split_off(round_len(&ops));
         let mut grants = (vec![], vec![]);
         let mut finishes = (vec![], vec![]);
         for op in ops.drain(..) {
@@ -202,5 +239,60 @@ where
             Err(e) => Err(Arc::new(e)),
         };
         let _ = tx.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finish(accounts: usize) -> Op {
+        let account = syncpool_workers::Account {
+            username: "u".into(),
+            host: String::new(),
+            attributes: serde_json::json!({}),
+            privileges: serde_json::json!([]),
+        };
+        let req = FinishRequest {
+            request_id: String::new(),
+            job_id: String::new(),
+            record_id: 1,
+            instance_id: 1,
+            session_id: uuid::Uuid::nil(),
+            token: 1,
+            result: SyncResult::Completed(vec![account; accounts]),
+        };
+        Op::Finish(req, oneshot::channel().0)
+    }
+
+    fn grant() -> Op {
+        let req = GrantRequest {
+            request_id: String::new(),
+            job_id: String::new(),
+            payload: crate::queue::JobPayload {
+                session_id: uuid::Uuid::nil(),
+                record_id: 1,
+                instance_id: 1,
+                attempt: 1,
+                waiting_since_ms: None,
+            },
+            owner: "w".into(),
+        };
+        Op::Grant(req, oneshot::channel().0)
+    }
+
+    #[test]
+    fn a_round_stops_before_the_finish_that_passes_the_account_cap() {
+        assert_eq!(round_len(&[finish(30_000), finish(30_000), finish(5)]), 1);
+        assert_eq!(round_len(&[grant(), finish(20_000), finish(20_000)]), 3);
+        assert_eq!(round_len(&[finish(20_000), grant(), finish(20_001)]), 2);
+    }
+
+    #[test]
+    fn a_finish_over_the_cap_goes_alone_and_grants_never_count() {
+        assert_eq!(round_len(&[finish(100_000), finish(1)]), 1);
+        assert_eq!(round_len(&[finish(100_000)]), 1);
+        let grants: Vec<Op> = (0..MAX_BATCH).map(|_| grant()).collect();
+        assert_eq!(round_len(&grants), MAX_BATCH);
     }
 }
