@@ -16,7 +16,7 @@ use crate::store::DbPool;
 /// What a queue worker does with each job it fetched: its id and its bytes as stored.
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one job; an error marks the apalis attempt failed (syncpool's own record
-    /// says what happened, see [`APALIS_MAX_ATTEMPTS`]).
+    /// says what happened, see `queue::APALIS_MAX_ATTEMPTS`).
     fn run(
         self: Arc<Self>,
         job_id: String,

@@ -63,7 +63,17 @@ async fn a_retry_starts_a_session_over_what_failed_or_was_cancelled_and_names_th
         (1, 1, 1)
     );
 
-    let created = store.session_retry(old).await.unwrap().unwrap();
+    // Two at once (a double click): one starts, the other is told which one did.
+    let (a, b) = tokio::join!(store.session_retry(old), store.session_retry(old));
+    let (created, refused) = match (a, b) {
+        (Ok(Some(c)), Err(e)) | (Err(e), Ok(Some(c))) => (c, e),
+        other => panic!("expected one retry and one refusal: {other:?}"),
+    };
+    assert!(
+        matches!(&refused, StoreError::Conflict(m)
+            if m.contains(&format!("already being retried by session {}", created.session_id))),
+        "{refused:?}"
+    );
     assert_eq!(created.retry_of, Some(old));
     assert_eq!(created.total_instances, 2);
     assert_eq!(created.status, SessionStatus::Pending);

@@ -32,15 +32,16 @@ const MAX_ROUND_ACCOUNTS: usize = 40_000;
 /// How many of `ops` (at least one) the next round takes: all, unless their accounts
 /// pass [`MAX_ROUND_ACCOUNTS`].
 fn round_len(ops: &[Op]) -> usize {
-    let mut accounts = 0;
+    let (mut accounts, mut finishes) = (0, 0);
     for (i, op) in ops.iter().enumerate() {
-        if let Op::Finish(r, _) = op
-            && let SyncResult::Completed(found) = &r.result
-        {
-            accounts += found.len();
-            if accounts > MAX_ROUND_ACCOUNTS && i > 0 {
+        if let Op::Finish(r, _) = op {
+            if let SyncResult::Completed(found) = &r.result {
+                accounts += found.len();
+            }
+            if accounts > MAX_ROUND_ACCOUNTS && finishes > 0 {
                 return i;
             }
+            finishes += 1;
         }
     }
     ops.len()
@@ -136,7 +137,9 @@ async fn run(
                 Op::Finish(r, tx) => (finishes.0.push(r), finishes.1.push(tx)),
             };
         }
-        // Finishes first: they release leases that grants in the same round may want.
+        // Finishes first: they release leases that grants in the same round may want. (A
+        // finish carried to the next round by the account cap releases its lease after
+        // this round's grants: such a grant finds the instance busy and waits its turn.)
         // On failure each kind is retried alone: whatever the round committed replays
         // as a no-op (request ids, tokens).
         match store
@@ -291,6 +294,8 @@ mod tests {
     #[test]
     fn a_finish_over_the_cap_goes_alone_and_grants_never_count() {
         assert_eq!(round_len(&[finish(100_000), finish(1)]), 1);
+        assert_eq!(round_len(&[grant(), finish(100_000), grant()]), 3);
+        assert_eq!(round_len(&[grant(), finish(100_000), finish(1)]), 2);
         assert_eq!(round_len(&[finish(100_000)]), 1);
         let grants: Vec<Op> = (0..MAX_BATCH).map(|_| grant()).collect();
         assert_eq!(round_len(&grants), MAX_BATCH);

@@ -98,14 +98,31 @@ pub(super) async fn retry<D: Backend>(
     session_id: Uuid,
 ) -> Result<Option<SessionCreated>> {
     let mut tx = s.begin().await?;
-    let Some(row) = D::opt(&mut tx, Q::new(by_public_id()).bind(session_id)).await? else {
+    // Two retries at once (a double click) must not both start: the first takes the old
+    // session's row (a no-op write: PostgreSQL's row lock; SQLite's writes are serial
+    // anyway), the second then sees the first's session below.
+    let lock = Q::new("UPDATE sync_sessions SET updated_at = updated_at WHERE session_id = $1")
+        .bind(session_id);
+    if D::run(&mut tx, lock).await? == 0 {
         return Ok(None);
-    };
+    }
+    let row = D::one(&mut tx, Q::new(by_public_id()).bind(session_id)).await?;
     let old = rows::session::<D>(&row)?;
     if !old.is_finished() {
         return Err(StoreError::Conflict(format!(
             "session {session_id} is still {}: retry it once it has finished",
             old.status
+        )));
+    }
+    let q = Q::new(
+        "SELECT session_id FROM sync_sessions WHERE retry_of = $1 \
+         AND status IN ('pending', 'running') LIMIT 1",
+    )
+    .bind(session_id.to_string());
+    if let Some(r) = D::opt(&mut tx, q).await? {
+        let running: Uuid = D::get(&r, "session_id")?;
+        return Err(StoreError::Conflict(format!(
+            "session {session_id} is already being retried by session {running}"
         )));
     }
     let q = Q::new(
