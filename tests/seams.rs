@@ -41,9 +41,9 @@ async fn a_session_over_more_ids_than_one_statement_binds_reads_back_every_recor
         .iter()
         .map(|i| i.id)
         .collect();
-    // Twice over, so the list is longer than either database's limit on binds.
-    let doubled: Vec<i64> = (0..24).flat_map(|_| ids.iter().copied()).collect();
-    assert!(doubled.len() > 32_766);
+    // 44 times over (66,000 ids): longer than either database's limit on binds.
+    let doubled: Vec<i64> = (0..44).flat_map(|_| ids.iter().copied()).collect();
+    assert!(doubled.len() > 65_535);
     let created = store
         .session_create(SyncType::ManualBatch, Some(&doubled))
         .await
