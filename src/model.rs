@@ -265,6 +265,18 @@ status_enum!(
     }
 );
 
+impl SyncType {
+    /// A manual session over `named` instances its caller named (a sync, a retry): one is
+    /// `manual_single`, more `manual_batch`.
+    pub fn manual(named: usize) -> Self {
+        if named == 1 {
+            SyncType::ManualSingle
+        } else {
+            SyncType::ManualBatch
+        }
+    }
+}
+
 impl RecordStatus {
     /// Completed, failed or cancelled: nothing more happens to it.
     pub fn is_terminal(self) -> bool {

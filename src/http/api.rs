@@ -172,8 +172,8 @@ pub(super) async fn session_create(
         v
     });
     let kind = req.sync_type.unwrap_or(match &ids {
-        Some(v) if v.len() == 1 => SyncType::ManualSingle,
-        _ => SyncType::ManualBatch,
+        Some(v) => SyncType::manual(v.len()),
+        None => SyncType::ManualBatch,
     });
     let created = s
         .store

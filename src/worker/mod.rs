@@ -162,7 +162,12 @@ fn register_workers(
     let (names, worker_id) = (names.clone(), worker_id.to_string());
     let name = move |restarts: usize| {
         let name = format!("{worker_id}-w{restarts}");
-        names.lock().expect("names lock").push(name.clone());
+        // A poisoned lock only means another restart panicked mid-push; the list is
+        // still usable for the hand-back.
+        names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(name.clone());
         name
     };
     let handler: Arc<dyn JobHandler> = pipeline.clone();

@@ -231,15 +231,14 @@ async fn database_privileges(
         let name: String = d.try_get("rolname")?;
         let database: String = d.try_get("datname")?;
         budget.charge(&name, name.len() + database.len() + 3 * FIELD)?;
-        let granted: Vec<&str> = [
-            ("CONNECT", "connect"),
-            ("CREATE", "create"),
-            ("TEMP", "temp"),
-        ]
-        .into_iter()
-        .filter(|(_, col)| d.try_get::<bool, _>(*col).unwrap_or(false))
-        .map(|(p, _)| p)
-        .collect();
+        let granted = granted(
+            &d,
+            &[
+                ("CONNECT", "connect"),
+                ("CREATE", "create"),
+                ("TEMP", "temp"),
+            ],
+        );
         if !granted.is_empty() && budget.has(&name) {
             privileges
                 .entry(name)
@@ -248,6 +247,15 @@ async fn database_privileges(
         }
     }
     Ok(())
+}
+
+/// The privileges whose `has_*_privilege` column in `row` is true, by name.
+fn granted(row: &sqlx::postgres::PgRow, checks: &[(&'static str, &str)]) -> Vec<&'static str> {
+    checks
+        .iter()
+        .filter(|(_, col)| row.try_get::<bool, _>(*col).unwrap_or(false))
+        .map(|(p, _)| *p)
+        .collect()
 }
 
 /// Adds each role's privileges on the schemas of `database` (the one connected to) to
@@ -273,11 +281,7 @@ async fn schema_privileges(
         let name: String = s.try_get("rolname")?;
         let schema: String = s.try_get("nspname")?;
         budget.charge(&name, name.len() + schema.len() + 2 * FIELD)?;
-        let granted: Vec<&str> = [("USAGE", "usage"), ("CREATE", "create")]
-            .into_iter()
-            .filter(|(_, col)| s.try_get::<bool, _>(*col).unwrap_or(false))
-            .map(|(p, _)| p)
-            .collect();
+        let granted = granted(&s, &[("USAGE", "usage"), ("CREATE", "create")]);
         if !granted.is_empty() && budget.has(&name) {
             privileges.entry(name).or_default().push(json!({
                 "level": "schema", "database": database, "schema": schema, "privileges": granted

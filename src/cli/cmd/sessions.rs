@@ -107,12 +107,7 @@ pub(crate) async fn sync(store: &dyn Store, names: &[String], opts: &SyncOpts) -
     }
     ids.sort_unstable();
     ids.dedup();
-    let kind = if ids.len() == 1 {
-        SyncType::ManualSingle
-    } else {
-        SyncType::ManualBatch
-    };
-    start_session(store, kind, Some(&ids), opts).await
+    start_session(store, SyncType::manual(ids.len()), Some(&ids), opts).await
 }
 
 async fn start_session(
@@ -132,11 +127,8 @@ pub(crate) async fn retry(store: &dyn Store, id: &str, opts: &SyncOpts) -> Out {
         .session_retry(id)
         .await?
         .ok_or_else(|| CliError::Usage(format!("unknown session '{id}'")))?;
-    let kind = if created.total_instances == 1 {
-        SyncType::ManualSingle
-    } else {
-        SyncType::ManualBatch
-    };
+    // The store chose the type by the same rule.
+    let kind = SyncType::manual(usize::try_from(created.total_instances).unwrap_or(0));
     report(store, created, kind, opts).await
 }
 

@@ -101,12 +101,14 @@ pub(super) async fn retry<D: Backend>(
     // Two retries at once (a double click) must not both start: the first takes the old
     // session's row (a no-op write: PostgreSQL's row lock; SQLite's writes are serial
     // anyway), the second then sees the first's session below.
-    let lock = Q::new("UPDATE sync_sessions SET updated_at = updated_at WHERE session_id = $1")
-        .bind(session_id);
-    if D::run(&mut tx, lock).await? == 0 {
+    let lock = Q::new(format!(
+        "UPDATE sync_sessions SET updated_at = updated_at WHERE session_id = $1 \
+         RETURNING {SESSION_COLS}"
+    ))
+    .bind(session_id);
+    let Some(row) = D::opt(&mut tx, lock).await? else {
         return Ok(None);
-    }
-    let row = D::one(&mut tx, Q::new(by_public_id()).bind(session_id)).await?;
+    };
     let old = rows::session::<D>(&row)?;
     if !old.is_finished() {
         return Err(StoreError::Conflict(format!(
@@ -142,12 +144,7 @@ pub(super) async fn retry<D: Backend>(
              to retry"
         )));
     }
-    let sync_type = if ids.len() == 1 {
-        SyncType::ManualSingle
-    } else {
-        SyncType::ManualBatch
-    };
-    let mut created = insert(&mut tx, sync_type, Some(&ids)).await?;
+    let mut created = insert(&mut tx, SyncType::manual(ids.len()), Some(&ids)).await?;
     let q = Q::new("UPDATE sync_sessions SET retry_of = $1 WHERE session_id = $2")
         .bind(session_id.to_string())
         .bind(created.session_id);
