@@ -25,6 +25,7 @@
 //! The account sources (PostgreSQL, MySQL, simulated) and TLS to instances live in the
 //! `syncpool-workers` crate (`workers/`).
 
+pub(crate) mod audit;
 pub mod cli;
 pub(crate) mod consumer;
 pub(crate) mod history;
@@ -38,5 +39,6 @@ pub(crate) mod settings;
 mod sqlite_busy;
 pub mod store;
 mod text;
+pub(crate) mod tokens;
 pub mod validate;
 pub(crate) mod worker;

@@ -210,6 +210,10 @@ macro_rules! status_enum {
     };
 }
 
+// After the macro: the module's enums are `status_enum!`s too.
+mod access;
+pub use access::*;
+
 status_enum!(
     /// What an instance is, and so which source reads it (`syncpool_workers::KINDS`).
     InstanceKind ("kind") {
@@ -484,6 +488,8 @@ pub struct CleanupCounts {
     pub locks_deleted: u64,
     /// Account history rows past their retention deleted.
     pub changes_deleted: u64,
+    /// Audit rows past their retention deleted.
+    pub audit_deleted: u64,
 }
 
 /// Fleet-wide numbers read from the database for the gauges.
@@ -568,6 +574,14 @@ pub struct AccountChange {
     pub changed_at: DateTime<Utc>,
 }
 
+/// The keyset cursor after a page of at most `limit` items: the last one's id when the
+/// page is full (a next page may exist), else none.
+pub fn next_after<T>(items: &[T], limit: i64, id: impl Fn(&T) -> i64) -> Option<i64> {
+    (items.len() as i64 == limit)
+        .then(|| items.last().map(id))
+        .flatten()
+}
+
 /// A page of the change history, as the API and `changes --json` print it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChangePage {
@@ -590,9 +604,7 @@ pub struct RecordPage {
 impl RecordPage {
     /// A page of at most `limit` items: a full page may have a next one.
     pub fn new(items: Vec<Record>, limit: i64) -> Self {
-        let next_after = (items.len() as i64 == limit)
-            .then(|| items.last().map(|r| r.id))
-            .flatten();
+        let next_after = next_after(&items, limit, |r| r.id);
         RecordPage { items, next_after }
     }
 }
@@ -600,9 +612,7 @@ impl RecordPage {
 impl ChangePage {
     /// A page of at most `limit` items: a full page may have a next one.
     pub fn new(items: Vec<AccountChange>, limit: i64) -> Self {
-        let next_after = (items.len() as i64 == limit)
-            .then(|| items.last().map(|c| c.id))
-            .flatten();
+        let next_after = next_after(&items, limit, |c| c.id);
         ChangePage { items, next_after }
     }
 }

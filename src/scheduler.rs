@@ -24,6 +24,8 @@ pub enum Job {
         days: i64,
         /// Days of account change history to keep.
         history_days: i64,
+        /// Days of audit trail to keep.
+        audit_days: i64,
     },
 }
 
@@ -84,12 +86,16 @@ pub async fn fire(
                 Ok(Fired::Started(created.session_id))
             }
         },
-        Job::Cleanup { days, history_days } => {
+        Job::Cleanup {
+            days,
+            history_days,
+            audit_days,
+        } => {
             if !store.schedule_slot_claim(schedule.name, slot).await? {
                 return Ok(Fired::Taken);
             }
             metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
-            let c = store.cleanup(days, history_days).await?;
+            let c = store.cleanup(days, history_days, audit_days).await?;
             tracing::info!(%slot, sessions = c.sessions_deleted, "scheduled cleanup done");
             Ok(Fired::CleanedUp)
         }

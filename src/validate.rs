@@ -246,6 +246,11 @@ pub fn history_days(d: i64) -> Result<i64> {
     days_named("history_days", d)
 }
 
+/// Days of audit trail to keep: 0 to [`MAX_DAYS`].
+pub fn audit_days(d: i64) -> Result<i64> {
+    days_named("audit_days", d)
+}
+
 /// The start of a history query: an RFC 3339 time, or a duration back from `now`
 /// (`90s`, `30m`, `24h`, `7d`; at most six digits).
 pub fn since(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>> {
@@ -280,6 +285,68 @@ pub fn name_filter(field: &'static str, s: &str) -> Result<String> {
     name(s).map(|_| s.to_string()).map_err(|e| match e {
         StoreError::Invalid { message, .. } => StoreError::Invalid { field, message },
         other => other,
+    })
+}
+
+/// Longest token name.
+pub const MAX_TOKEN_NAME: usize = 64;
+
+/// A token's name: 1 to 64 of `A-Z a-z 0-9 . _ -`, and not a name the audit trail gives
+/// to someone else (`SYNCPOOL_API_TOKEN`, `anonymous`), so a token cannot pass for them.
+pub fn token_name(s: &str) -> Result<String> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_TOKEN_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(StoreError::invalid(
+            "name",
+            format!("a token name is 1 to {MAX_TOKEN_NAME} of A-Z, a-z, 0-9, '.', '_', '-'"),
+        ));
+    }
+    if s == "SYNCPOOL_API_TOKEN" || s == "anonymous" {
+        return Err(StoreError::invalid(
+            "name",
+            format!("'{s}' is reserved for the audit trail"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A role: `viewer`, `operator` or `admin`.
+pub fn role(s: &str) -> Result<crate::model::Role> {
+    s.parse().map_err(|m| StoreError::invalid("role", m))
+}
+
+/// An audit query: `since` (a time or a duration back), `actor`, a page.
+pub fn audit_filter(
+    since: Option<&str>,
+    actor: Option<&str>,
+    limit_: i64,
+    after_: Option<i64>,
+) -> Result<crate::model::AuditFilter> {
+    let actor = actor
+        .map(|a| {
+            if a.is_empty()
+                || a.len() > 256
+                || a.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                Err(StoreError::invalid(
+                    "actor",
+                    "actor must be 1 to 256 printable characters without spaces",
+                ))
+            } else {
+                Ok(a.to_string())
+            }
+        })
+        .transpose()?;
+    Ok(crate::model::AuditFilter {
+        since: since
+            .map(|s| self::since(s, chrono::Utc::now()))
+            .transpose()?,
+        actor,
+        limit: limit(limit_)?,
+        after: after_.map(after).transpose()?,
     })
 }
 

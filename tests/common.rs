@@ -285,3 +285,42 @@ macro_rules! on_both_databases {
     };
 }
 pub(crate) use on_both_databases;
+
+/// The first column, as text, of every row `sql` returns from the test's database
+/// (for checks of what is stored, beneath the store).
+pub async fn sql_texts(db: &TestDb, sql: &str) -> Vec<String> {
+    let q = sqlx::AssertSqlSafe(sql.to_string());
+    match db.url.starts_with("sqlite:") {
+        true => {
+            sqlx::query_scalar(q)
+                .fetch_all(&sqlite_pool(db).await)
+                .await
+        }
+        false => sqlx::query_scalar(q).fetch_all(&pg_pool(db).await).await,
+    }
+    .unwrap()
+}
+
+/// Runs `sql` (several statements) on the test's database.
+pub async fn sql_exec(db: &TestDb, sql: &str) {
+    let q = sqlx::AssertSqlSafe(sql.to_string());
+    match db.url.starts_with("sqlite:") {
+        true => sqlx::raw_sql(q)
+            .execute(&sqlite_pool(db).await)
+            .await
+            .map(|_| ()),
+        false => sqlx::raw_sql(q)
+            .execute(&pg_pool(db).await)
+            .await
+            .map(|_| ()),
+    }
+    .unwrap()
+}
+
+async fn sqlite_pool(db: &TestDb) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&db.url).await.unwrap()
+}
+
+async fn pg_pool(db: &TestDb) -> sqlx::PgPool {
+    sqlx::PgPool::connect(&db.url).await.unwrap()
+}

@@ -688,13 +688,13 @@ async fn cleanup_deletes_old_finished_sessions_but_not_running_ones(b: Backend) 
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let kept = store.cleanup(7, 365).await.unwrap();
+    let kept = store.cleanup(7, 365, 365).await.unwrap();
     assert_eq!(kept.sessions_deleted, 0, "nothing is older than 7 days");
     assert_eq!(
         kept.locks_deleted, 1,
         "expired locks go whatever their age; the live lease stays"
     );
-    let c = store.cleanup(0, 365).await.unwrap();
+    let c = store.cleanup(0, 365, 365).await.unwrap();
     assert_eq!((c.sessions_deleted, c.records_deleted), (1, 2));
     assert_eq!(c.jobs_deleted, 2);
     assert_eq!(c.locks_deleted, 0);
@@ -964,7 +964,7 @@ mod console_secrets {
         assert!(two.console_nonce_revoked("n-live").await.unwrap());
         assert!(one.console_nonce_revoked("n-old").await.unwrap());
         assert!(!two.console_nonce_revoked("n-other").await.unwrap());
-        one.cleanup(7, 365).await.unwrap();
+        one.cleanup(7, 365, 365).await.unwrap();
         assert!(
             two.console_nonce_revoked("n-live").await.unwrap(),
             "kept until it expires"

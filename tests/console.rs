@@ -226,7 +226,7 @@ async fn queue_counts_are_exact_unless_a_cap_is_asked_for(b: Backend) {
 }
 
 /// Signs in over HTTP; returns the `Cookie:` header line to send.
-async fn sign_in(app: &App, token: &str) -> String {
+pub(crate) async fn sign_in(app: &App, token: &str) -> String {
     let (st, head, _) = app
         .request(
             "POST",
@@ -252,13 +252,13 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
-async fn page(app: &App, path: &str, cookie: &str) -> (u16, String, String) {
+pub(crate) async fn page(app: &App, path: &str, cookie: &str) -> (u16, String, String) {
     let (st, head, body) = app.request("GET", path, cookie, "").await;
     (st, head, text(&body).to_string())
 }
 
 /// The CSRF token of the first form on a page.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let at = html
         .find(r#"name="csrf" value=""#)
         .expect("a form with a CSRF token");
@@ -1182,15 +1182,17 @@ mod hardening {
             .trim()
             .strip_prefix("Cookie: syncpool_console=")
             .unwrap();
-        let mut parts = value.splitn(3, '.');
-        let (expiry, nonce, sig) = (
+        // `expiry.nonce.holder.signature`, the MAC over the first three.
+        let mut parts = value.splitn(4, '.');
+        let (expiry, nonce, holder, sig) = (
+            parts.next().unwrap(),
             parts.next().unwrap(),
             parts.next().unwrap(),
             parts.next().unwrap(),
         );
         // What anyone holding the cookie could compute for each guess of the token.
         let mut m = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).unwrap();
-        for p in ["session", expiry, nonce] {
+        for p in ["session", expiry, nonce, holder] {
             m.update(p.as_bytes());
             m.update(b"\x1f");
         }

@@ -476,7 +476,7 @@ async fn a_fenced_finish_records_no_history_and_a_replayed_one_records_it_once(b
         &[],
     )
     .await;
-    let counts = store.cleanup(0, 365).await.unwrap();
+    let counts = store.cleanup(0, 365, 365).await.unwrap();
     assert_eq!(
         (counts.sessions_deleted, counts.changes_deleted),
         (2, 1),

@@ -665,7 +665,7 @@ async fn cleanup_with_zero_retention_days_keeps_just_claimed_cron_slots(b: Backe
     let (_db, store, _) = setup(b, 1).await;
     let slot = chrono::Utc::now();
     assert!(store.schedule_slot_claim("cleanup", slot).await.unwrap());
-    store.cleanup(0, 365).await.unwrap();
+    store.cleanup(0, 365, 365).await.unwrap();
     assert!(
         !store.schedule_slot_claim("cleanup", slot).await.unwrap(),
         "the slot survived cleanup, so no replica fires it again"

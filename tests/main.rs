@@ -1,5 +1,6 @@
 //! One integration-test binary (links once): real SQLite files, the real PostgreSQL.
 mod api;
+mod audit;
 mod browser;
 mod cli;
 mod common;
@@ -18,6 +19,7 @@ mod processes;
 mod prometheus;
 mod proxy;
 mod retry;
+mod roles;
 mod seams;
 mod security;
 mod sources;

@@ -78,7 +78,7 @@ async fn a_session_over_more_ids_than_one_statement_binds_reads_back_every_recor
             .iter()
             .all(|r| r.status == RecordStatus::Cancelled)
     );
-    let c = store.cleanup(0, 365).await.unwrap();
+    let c = store.cleanup(0, 365, 365).await.unwrap();
     assert_eq!((c.sessions_deleted, c.records_deleted), (1, 1_500));
 }
 
@@ -202,13 +202,13 @@ async fn cleanup_deletes_old_history_in_more_than_one_batch_and_keeps_the_recent
         count(store.as_ref(), "SELECT COUNT(*) FROM account_changes").await,
         2_348
     );
-    let c = store.cleanup(7, 30).await.unwrap();
+    let c = store.cleanup(7, 30, 365).await.unwrap();
     assert_eq!(c.changes_deleted, 2_345);
     assert_eq!(
         count(store.as_ref(), "SELECT COUNT(*) FROM account_changes").await,
         3
     );
-    assert_eq!(store.cleanup(7, 30).await.unwrap().changes_deleted, 0);
+    assert_eq!(store.cleanup(7, 30, 365).await.unwrap().changes_deleted, 0);
 }
 
 /// The reads behind `locks`, `queue` and the console's instance pages, on a fleet with a

@@ -288,10 +288,24 @@ pub enum Command {
             value_name = "N"
         )]
         history_days: i64,
+        /// Age in days of the newest audit trail rows to delete (0-36500)
+        #[arg(
+            long,
+            default_value_t = 365,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        audit_days: i64,
         /// Print what was deleted as JSON
         #[arg(long)]
         json: bool,
     },
+    /// API tokens with a role, for `serve`'s API and console
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The audit trail: every change made through the API, the console or the CLI,
+    /// newest first
+    Audit(AuditArgs),
     /// The synced accounts of one instance
     Accounts {
         /// The instance's name
@@ -386,6 +400,16 @@ pub struct ServeOpts {
         value_name = "N"
     )]
     pub history_days: i64,
+    /// Days of audit trail the daily cleanup keeps
+    #[arg(
+        long,
+        env = "SYNCPOOL_AUDIT_DAYS",
+        hide_env_values = true,
+        default_value_t = 365,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub audit_days: i64,
     /// Serve a non-loopback address without SYNCPOOL_API_TOKEN (bearer tokens,
     /// comma-separated for rotation); refused otherwise
     #[arg(long)]
@@ -518,6 +542,61 @@ pub struct ChangesArgs {
     )]
     pub limit: i64,
     /// Only changes older than this id (the `next_after` of the previous page)
+    #[arg(long, allow_negative_numbers = true, value_name = "ID")]
+    pub after: Option<i64>,
+    /// Print {"items": [...], "next_after": ID|null} as JSON, as the API does
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `tokens` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Create a token and print it, this once (syncpool keeps only its hash)
+    Create {
+        /// Its name, which the audit trail records (A-Z, a-z, 0-9, '.', '_', '-')
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// viewer (reads), operator (also starts, cancels and retries sessions) or admin
+        /// (also changes instances, limits and tokens, and runs cleanup)
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// Print {"name", "role", "token"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never the tokens themselves)
+    List {
+        /// Print the tokens as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working at once, for the API and the console
+    Revoke {
+        /// The token's name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+/// The arguments of `audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only rows since a time (RFC 3339) or for a duration back from now (30m, 24h, 7d)
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+    /// Only this actor: a token's name, SYNCPOOL_API_TOKEN, anonymous, or cli:USER
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
+    /// How many to list (1-1000)
+    #[arg(
+        long,
+        default_value_t = 50,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub limit: i64,
+    /// Only rows older than this id (the `next_after` of the previous page)
     #[arg(long, allow_negative_numbers = true, value_name = "ID")]
     pub after: Option<i64>,
     /// Print {"items": [...], "next_after": ID|null} as JSON, as the API does

@@ -14,6 +14,7 @@ mod cmd;
 mod demo;
 mod show;
 mod text;
+mod trail;
 mod wait;
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ pub use text::printable;
 use crate::model::SessionStatus;
 use crate::store::{self, Store, StoreError};
 use crate::validate;
-use cmd::{accounts, changes, instances, locks, maintenance, serve, sessions, worker};
+use cmd::{access, accounts, changes, instances, locks, maintenance, serve, sessions, worker};
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -135,10 +136,14 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
             validate::limit(*limit)?;
         }
         Command::Cleanup {
-            days, history_days, ..
+            days,
+            history_days,
+            audit_days,
+            ..
         } => {
             validate::days(*days)?;
             validate::history_days(*history_days)?;
+            validate::audit_days(*audit_days)?;
         }
         Command::Worker {
             metrics_bind,
@@ -168,6 +173,10 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
         }
         Command::Changes(a) => {
             changes::filter(a)?;
+        }
+        Command::Tokens(t) => access::check(t)?,
+        Command::Audit(a) => {
+            access::audit_filter(a)?;
         }
         _ => {}
     }
@@ -210,7 +219,25 @@ pub async fn run(cli: Cli) -> Out {
     } else {
         store::connect_existing(&cli.database_url).await?
     };
-    match cli.command {
+    let Some(action) = trail::action(&cli.command) else {
+        return dispatch(store, cli.command, shutdown).await;
+    };
+    let (result, scope) = crate::audit::run(
+        trail::event(action),
+        dispatch(store.clone(), cli.command, shutdown),
+    )
+    .await;
+    trail::close(store.as_ref(), &scope, &result).await;
+    result
+}
+
+/// Hands one command to its file, over an open store.
+async fn dispatch(
+    store: Arc<dyn Store>,
+    command: Command,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Out {
+    match command {
         Command::Migrate => unreachable!("`migrate` has returned above"),
         Command::Instances(command) => instances::run(store.as_ref(), command).await,
         Command::SyncAll(opts) => sessions::sync_all(store.as_ref(), &opts).await,
@@ -244,14 +271,17 @@ pub async fn run(cli: Cli) -> Out {
         Command::Cleanup {
             days,
             history_days,
+            audit_days,
             json,
-        } => maintenance::cleanup(store.as_ref(), days, history_days, json).await,
+        } => maintenance::cleanup(store.as_ref(), days, history_days, audit_days, json).await,
         Command::Changes(a) => changes::run(store.as_ref(), &a).await,
         Command::Accounts {
             name,
             json,
             include_deleted,
         } => accounts::run(store.as_ref(), &name, json, include_deleted).await,
+        Command::Tokens(t) => access::tokens(store.as_ref(), t).await,
+        Command::Audit(a) => access::audit(store.as_ref(), &a).await,
         Command::Demo {
             instances,
             workers,

@@ -445,6 +445,8 @@ pub(super) struct CleanupRequest {
     pub days: i64,
     #[serde(default = "a_year")]
     pub history_days: i64,
+    #[serde(default = "a_year")]
+    pub audit_days: i64,
 }
 fn seven() -> i64 {
     7
@@ -463,6 +465,7 @@ pub(super) async fn cleanup(
             .cleanup(
                 validate::days(req.days)?,
                 validate::history_days(req.history_days)?,
+                validate::audit_days(req.audit_days)?,
             )
             .await?,
     ))

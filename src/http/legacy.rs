@@ -84,6 +84,7 @@ pub(super) async fn cleanup(
         .cleanup(
             validate::days(req.days)?,
             validate::history_days(req.history_days)?,
+            validate::audit_days(req.audit_days)?,
         )
         .await?;
     Ok(Json(

@@ -2,6 +2,8 @@
 //! routes of the previous platform, and the operator console at `/`. Handlers validate, call the [`Store`], and shape JSON;
 //! they never hold SQL.
 
+mod access;
+mod admin;
 mod api;
 mod console;
 mod error;
@@ -15,9 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::Request;
+use axum::middleware;
 use axum::routing::get;
 
 pub use error::ApiError;
@@ -35,7 +36,8 @@ pub struct AppState {
     /// syncpool's database.
     pub store: Arc<dyn Store>,
     /// The accepted bearer tokens (`SYNCPOOL_API_TOKEN`, comma-separated so that a new
-    /// token can be rolled out before the old one is retired); empty: no auth.
+    /// token can be rolled out before the old one is retired): admins. With none and no
+    /// stored token (`syncpool tokens create`), the server is open (`access.rs`).
     pub tokens: Vec<Arc<str>>,
     /// The names and origins this server calls its own (`--allowed-host`,
     /// `--public-url`); [`serve`] adds the bound address.
@@ -51,9 +53,11 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 /// The whole application: API, legacy routes, health, metrics and the OpenAPI document.
 pub fn app(state: AppState) -> Router {
+    let authn = access::Authn::new(state.store.clone(), &state.tokens);
     let protected = api::routes()
+        .merge(admin::routes())
         .merge(legacy::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(authn, access::guard))
         // Outside the token check: another site's request is refused whoever sent it.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -103,25 +107,6 @@ fn bearer(req: &Request) -> &str {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .unwrap_or("")
-}
-
-async fn require_token(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if !state.tokens.is_empty() {
-        let given = bearer(&req).as_bytes();
-        // Every token is compared, whichever matches: no early exit to time.
-        let ok = state
-            .tokens
-            .iter()
-            .fold(false, |ok, t| ok | constant_time_eq(given, t.as_bytes()));
-        if !ok {
-            return Err(ApiError::Unauthorized);
-        }
-    }
-    Ok(next.run(req).await)
 }
 
 /// Logs an instance edit that changed where its password goes (kind, endpoint, login or

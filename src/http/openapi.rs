@@ -35,6 +35,10 @@ use crate::validate;
         super::api::changes_list,
         super::api::locks_list,
         super::api::queue_stats,
+        super::admin::token_list,
+        super::admin::token_create,
+        super::admin::token_revoke,
+        super::admin::audit_list,
         super::api::healthz,
         super::api::readyz,
         super::legacy::sync_all,
@@ -255,7 +259,23 @@ fn make_exact(doc: &mut Value) {
             "maximum": validate::MAX_DAYS,
             "default": 365,
             "description": "Keep account change history younger than this many days",
+        },
+        "audit_days": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": validate::MAX_DAYS,
+            "default": 365,
+            "description": "Keep audit trail rows younger than this many days",
         }},
+    });
+    schemas["TokenRequest"] = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "role"],
+        "properties": {
+            "name": token_name_schema(),
+            "role": {"type": "string", "enum": crate::model::Role::names()},
+        },
     });
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
@@ -282,7 +302,40 @@ fn make_exact(doc: &mut Value) {
                 body["required"] = json!(false);
             }
             add_guard_responses(method, op);
+            add_role(path, method, op);
         }
+    }
+}
+
+/// A token's name as `validate::token_name` takes it.
+fn token_name_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": validate::MAX_TOKEN_NAME,
+        "pattern": "^[A-Za-z0-9._-]+$",
+        "not": {"enum": ["SYNCPOOL_API_TOKEN", "anonymous"]},
+    })
+}
+
+/// States each route's least role (`x-required-role`, from the table the server
+/// enforces, `access::RULES`) and its 403 for a lesser one.
+fn add_role(path: &str, method: &str, op: &mut Value) {
+    let Some(rule) = super::access::rule(method, path) else {
+        return;
+    };
+    op["x-required-role"] = json!(rule.role.as_str());
+    if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+        responses.insert(
+            "403".into(),
+            json!({
+                "description": format!(
+                    "The token's role is less than {} (the error names the role needed), or the request came from another site's page",
+                    rule.role
+                ),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+            }),
+        );
     }
 }
 
@@ -343,6 +396,10 @@ fn constrain_parameter(param: &mut Value, path: &str) {
         Some("include_deleted" | "sensitive") => json!({"type": "boolean", "default": false}),
         Some("after") => {
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
+        }
+        Some("name") if path.starts_with("/api/v1/tokens") => token_name_schema(),
+        Some("actor") => {
+            json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": word_pattern()})
         }
         Some("instance") => json!({
             "type": "string",

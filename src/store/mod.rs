@@ -25,6 +25,7 @@ macro_rules! unleased_running {
     };
 }
 
+pub(crate) mod access;
 pub(crate) mod batch;
 pub(crate) mod common;
 pub mod postgres;
@@ -39,6 +40,7 @@ use uuid::Uuid;
 
 use crate::model::*;
 use crate::queue::JobPayload;
+pub use access::AccessStore;
 
 /// Errors at the storage boundary. `Invalid` and `NotFound` are the caller's fault (4xx,
 /// exit code 2); everything else is unexpected.
@@ -473,12 +475,12 @@ pub struct ChangeFilter {
 /// Every SQL statement lives behind it. A module that needs one role can take that
 /// trait alone (`Arc<dyn PipelineWrites>`); `Arc<dyn Store>` upcasts to each.
 pub trait Store:
-    AdminStore + InventoryStore + SessionStore + OperatorReads + PipelineWrites
+    AdminStore + InventoryStore + SessionStore + OperatorReads + PipelineWrites + AccessStore
 {
 }
 
 impl<T> Store for T where
-    T: AdminStore + InventoryStore + SessionStore + OperatorReads + PipelineWrites
+    T: AdminStore + InventoryStore + SessionStore + OperatorReads + PipelineWrites + AccessStore
 {
 }
 
@@ -497,7 +499,8 @@ pub trait AdminStore: Send + Sync + 'static {
     async fn analyze(&self) -> Result<()>;
     /// Deletes finished sessions older than `days`, their records and jobs, expired
     /// leases, and account history older than `history_days`.
-    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts>;
+    async fn cleanup(&self, days: i64, history_days: i64, audit_days: i64)
+    -> Result<CleanupCounts>;
     /// How many of syncpool's migrations are not applied; `None` without any syncpool
     /// table.
     async fn migrations_pending(&self) -> Result<Option<usize>>;

@@ -25,20 +25,31 @@ pub(crate) async fn migrate(database_url: &str) -> Out {
 
 /// `syncpool cleanup`: deletes finished sessions older than `days` (their records and
 /// jobs), expired locks, and account changes older than `history_days`.
-pub(crate) async fn cleanup(store: &dyn Store, days: i64, history_days: i64, json: bool) -> Out {
+pub(crate) async fn cleanup(
+    store: &dyn Store,
+    days: i64,
+    history_days: i64,
+    audit_days: i64,
+    json: bool,
+) -> Out {
     let counts = store
-        .cleanup(validate::days(days)?, validate::history_days(history_days)?)
+        .cleanup(
+            validate::days(days)?,
+            validate::history_days(history_days)?,
+            validate::audit_days(audit_days)?,
+        )
         .await?;
     if json {
         print_json(&counts);
     } else {
         println!(
-            "deleted {} sessions, {} records, {} jobs, {} locks, {} account changes",
+            "deleted {} sessions, {} records, {} jobs, {} locks, {} account changes, {} audit rows",
             counts.sessions_deleted,
             counts.records_deleted,
             counts.jobs_deleted,
             counts.locks_deleted,
-            counts.changes_deleted
+            counts.changes_deleted,
+            counts.audit_deleted
         );
     }
     Ok(())

@@ -5,11 +5,13 @@
 //! - `accounts.rs`: `accounts`; `changes.rs`: `changes`, the account change history;
 //! - `locks.rs`: `locks` and `queue`;
 //! - `worker.rs`: `worker`; `serve.rs`: `serve`;
-//! - `maintenance.rs`: `migrate` and `cleanup`.
+//! - `maintenance.rs`: `migrate` and `cleanup`;
+//! - `access.rs`: `tokens` and `audit`.
 //!
 //! The grammar and help of every command are in `cli/args.rs`; `syncpool demo` is
 //! `cli/demo.rs`.
 
+pub(crate) mod access;
 pub(crate) mod accounts;
 pub(crate) mod changes;
 pub(crate) mod instances;

@@ -1,6 +1,7 @@
 //! `syncpool serve`: the operator console, the HTTP API, `/metrics`, the scheduler and
 //! optionally an in-process worker, until SIGINT/SIGTERM. Every check of its flags and of
-//! `SYNCPOOL_API_TOKEN` needs no database and runs before one is opened.
+//! `SYNCPOOL_API_TOKEN` needs no database and runs before one is opened, but one: whether
+//! a public address may be served without the variable (it may, once tokens are stored).
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ pub(crate) type ServeSetup = (
 );
 
 /// What `serve` needs decided before it starts: the schedules (cron expressions parsed),
-/// the API tokens (and whether serving without one is allowed) and the host names and
+/// the API tokens and the host names and
 /// public URL it calls its own. Pure, so that `check_input` can run it before any
 /// database is opened.
 pub(crate) fn serve_checks(opts: &ServeOpts) -> Result<ServeSetup, CliError> {
@@ -27,6 +28,7 @@ pub(crate) fn serve_checks(opts: &ServeOpts) -> Result<ServeSetup, CliError> {
         job: Job::Cleanup {
             days: validate::days(opts.retention_days)?,
             history_days: validate::history_days(opts.history_days)?,
+            audit_days: validate::audit_days(opts.audit_days)?,
         },
     }];
     if let Some(expr) = opts.schedule.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -45,13 +47,6 @@ pub(crate) fn serve_checks(opts: &ServeOpts) -> Result<ServeSetup, CliError> {
         )));
     }
     let tokens = api_tokens()?;
-    if tokens.is_empty() && !opts.insecure_no_auth && !is_loopback(bind) {
-        return Err(CliError::Usage(format!(
-            "refusing to serve on {bind} without SYNCPOOL_API_TOKEN: anyone who can reach it could \
-             register instances and start syncs with the workers' credentials; set a token, bind a \
-             loopback address, or pass --insecure-no-auth"
-        )));
-    }
     let site = crate::http::Site::new(&opts.allowed_hosts, opts.public_url.as_deref())
         .map_err(CliError::Usage)?;
     Ok((schedules, tokens, site))
@@ -67,14 +62,28 @@ pub(crate) async fn run(
     let (schedules, tokens, site) = serve_checks(&opts)?;
     let settings = opts.timing.settings()?;
     let (bind, workers) = (opts.bind.as_str(), opts.workers);
+    // Stored tokens (`syncpool tokens create`) close the server as the variable does;
+    // only a server with neither may be open, and then only on loopback.
+    if tokens.is_empty()
+        && !opts.insecure_no_auth
+        && !is_loopback(bind)
+        && !store.tokens_exist().await?
+    {
+        return Err(CliError::Usage(format!(
+            "refusing to serve on {bind} without SYNCPOOL_API_TOKEN or a stored token: anyone \
+             who can reach it could register instances and start syncs with the workers' \
+             credentials; set a token (or create one with `syncpool tokens create NAME --role \
+             admin`), bind a loopback address, or pass --insecure-no-auth"
+        )));
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let state = crate::http::AppState {
         store: store.clone(),
         tokens,
         site,
     };
-    let auth = if state.tokens.is_empty() {
-        "no token required (SYNCPOOL_API_TOKEN unset)"
+    let auth = if state.tokens.is_empty() && !store.tokens_exist().await? {
+        "no token required (SYNCPOOL_API_TOKEN unset, no stored token)"
     } else {
         "every route but /metrics, /healthz, /readyz and /api/v1/openapi.json needs a token"
     };

@@ -5,7 +5,9 @@
 //!
 //! [`Store`]: crate::store::Store
 
+mod audit;
 mod auth;
+mod guard;
 mod limit;
 mod view;
 
@@ -48,8 +50,12 @@ struct Console {
 
 /// The console's routes, with their own cookie sign-in (the API keeps bearer tokens).
 pub fn routes(app: AppState) -> Router {
-    let keys = Keys::new(app.store.clone(), &app.tokens);
-    let limiter = Arc::default();
+    let keys = Keys::new(super::access::Authn::new(app.store.clone(), &app.tokens));
+    let console = Console {
+        app,
+        keys,
+        limiter: Arc::default(),
+    };
     Router::new()
         .route("/", get(sessions))
         .route("/sessions/{session_id}", get(session))
@@ -62,12 +68,17 @@ pub fn routes(app: AppState) -> Router {
         .route("/instances/{id}/active", post(instance_active))
         .route("/instances/{id}/sync", post(instance_sync))
         .route("/leases", get(leases))
+        .route("/audit", get(audit::page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/console.css", get(css))
         .route("/console.js", get(js))
+        .route_layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            guard::guard,
+        ))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(Console { app, keys, limiter })
+        .with_state(console)
 }
 
 /// No framing (clickjacking), scripts and styles from this server only, no caching of
@@ -139,6 +150,7 @@ impl IntoResponse for PageError {
             csrf: "",
             signed_in: false,
             live: false,
+            admin: false,
         };
         (
             status,
@@ -184,21 +196,32 @@ struct Visitor {
     signed_in: bool,
 }
 
+impl Visitor {
+    /// What the signed-in token may do: the pages show only the forms it may send.
+    fn role(&self) -> crate::model::Role {
+        self.who.principal.role
+    }
+}
+
 impl FromRequestParts<Console> for Visitor {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Response> {
         let page_error = |e: StoreError| PageError::from(e).into_response();
-        match c
-            .keys
-            .visitor(&parts.headers, now())
-            .await
-            .map_err(page_error)?
-        {
+        // The guard has looked the visitor up already (`guard.rs`).
+        let found = match parts.extensions.get::<auth::Visitor>() {
+            Some(v) => Some(v.clone()),
+            None => c
+                .keys
+                .visitor(&parts.headers, now())
+                .await
+                .map_err(page_error)?,
+        };
+        match found {
             Some(who) => Ok(Visitor {
                 csrf: c.keys.derived().await.map_err(page_error)?.csrf(&who),
+                signed_in: who.nonce().is_some(),
                 who,
-                signed_in: c.keys.required(),
             }),
             None => {
                 let next = parts
@@ -221,6 +244,7 @@ impl Visitor {
             csrf: &self.csrf,
             signed_in: self.signed_in,
             live,
+            admin: self.role() == crate::model::Role::Admin,
         }
     }
 
@@ -314,6 +338,7 @@ async fn session(
         next_after: page.next_after,
         after: filter.after,
         csrf: &who.csrf,
+        role: who.role(),
     });
     Ok(html(view::page(
         &who.frame(&title, "sessions", !session.is_finished()),
@@ -364,12 +389,10 @@ async fn instances(State(c): State<Console>, who: Visitor, q: Params) -> PageRes
         .transpose()?
         .unwrap_or(0);
     let items = c.app.store.instance_overview(PAGE, after).await?;
-    let next = (items.len() as i64 == PAGE)
-        .then(|| items.last().map(|o| o.instance.id))
-        .flatten();
+    let next = crate::model::next_after(&items, PAGE, |o| o.instance.id);
     Ok(html(view::page(
         &who.frame("Instances", "instances", false),
-        view::instances(&items, after, next),
+        view::instances(&items, after, next, who.role()),
     )))
 }
 
@@ -402,6 +425,7 @@ async fn instance(
         include_deleted,
         syncs: &syncs,
         csrf: &who.csrf,
+        role: who.role(),
     });
     Ok(html(view::page(
         &who.frame(&inst.name, "instances", live),
@@ -676,8 +700,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 
 async fn login_page(State(c): State<Console>, q: Params) -> Response {
     let next = local_path(q.str("next"));
-    if !c.keys.required() {
-        return see_other(next);
+    match c.keys.required().await {
+        Ok(false) => return see_other(next),
+        Ok(true) => {}
+        Err(e) => return PageError::from(e).into_response(),
     }
     login_form(StatusCode::OK, None, next)
 }
@@ -690,6 +716,7 @@ fn login_form(status: StatusCode, error: Option<&str>, next: &str) -> Response {
         csrf: "",
         signed_in: false,
         live: false,
+        admin: false,
     };
     (status, html(view::page(&frame, view::login(error, next)))).into_response()
 }

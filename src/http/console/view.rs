@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::model::{
-    Instance, InstanceOverview, InstanceSync, Lease, QueueStats, Record, RecordStatus, Session,
-    StoredAccount,
+    Instance, InstanceOverview, InstanceSync, Lease, QueueStats, Record, RecordStatus, Role,
+    Session, StoredAccount,
 };
 
 /// What every page's frame needs.
@@ -23,6 +23,8 @@ pub struct Frame<'a> {
     pub signed_in: bool,
     /// Something on the page is still moving: refresh it.
     pub live: bool,
+    /// The visitor is an admin (show the audit trail's tab).
+    pub admin: bool,
 }
 
 pub fn page(f: &Frame, body: Markup) -> Markup {
@@ -45,6 +47,7 @@ pub fn page(f: &Frame, body: Markup) -> Markup {
                         (tab(f, "sessions", "/", "Sessions"))
                         (tab(f, "instances", "/instances", "Instances"))
                         (tab(f, "leases", "/leases", "Leases & queue"))
+                        @if f.admin { (tab(f, "audit", "/audit", "Audit")) }
                     } }
                     @if f.signed_in {
                         form.signout method="post" action="/logout" {
@@ -207,6 +210,8 @@ pub struct SessionView<'a> {
     pub next_after: Option<i64>,
     pub after: i64,
     pub csrf: &'a str,
+    /// The visitor's role: the forms shown are the ones it may send.
+    pub role: Role,
 }
 
 pub fn session(v: &SessionView) -> Markup {
@@ -251,13 +256,13 @@ pub fn session(v: &SessionView) -> Markup {
                     div.card { div.label { "Retry of" } div.value { a.mono href={"/sessions/" (old)} { (old.to_string()[..8]) } } }
                 }
             }
-            @if s.is_finished() && s.failed_instances + s.cancelled_instances > 0 {
+            @if v.role >= Role::Operator && s.is_finished() && s.failed_instances + s.cancelled_instances > 0 {
                 form.inline method="post" action={(base) "/retry"} {
                     (csrf_field(v.csrf))
                     button type="submit" { "Retry failed and cancelled" }
                 }
             }
-            @if !s.is_finished() && !s.cancel_requested {
+            @if v.role >= Role::Operator && !s.is_finished() && !s.cancel_requested {
                 form.inline method="post" action={(base) "/cancel"} data-confirm="Cancel this session? Pending instances end at once, running ones at their next heartbeat." {
                     (csrf_field(v.csrf))
                     button.danger type="submit" { "Cancel session" }
@@ -320,14 +325,18 @@ fn record_duration(r: &Record) -> String {
     }
 }
 
-pub fn instances(items: &[InstanceOverview], after: i64, next: Option<i64>) -> Markup {
+pub fn instances(items: &[InstanceOverview], after: i64, next: Option<i64>, role: Role) -> Markup {
     html! {
         div.heading {
             h1 { "Instances" }
-            a.button href="/instances/new" { "Add instance" }
+            @if role >= Role::Admin { a.button href="/instances/new" { "Add instance" } }
         }
         @if items.is_empty() {
-            p.empty { "No instance here. " a href="/instances/new" { "Add one" } ", or import many with " code { "syncpool instances import" } "." }
+            @if role >= Role::Admin {
+                p.empty { "No instance here. " a href="/instances/new" { "Add one" } ", or import many with " code { "syncpool instances import" } "." }
+            } @else {
+                p.empty { "No instance here." }
+            }
         } @else {
             table {
                 thead { tr {
@@ -364,6 +373,8 @@ pub struct InstanceView<'a> {
     pub include_deleted: bool,
     pub syncs: &'a [InstanceSync],
     pub csrf: &'a str,
+    /// The visitor's role: the forms shown are the ones it may send.
+    pub role: Role,
 }
 
 pub fn instance(v: &InstanceView) -> Markup {
@@ -373,15 +384,19 @@ pub fn instance(v: &InstanceView) -> Markup {
         div.heading {
             h1 { (i.name) " " @if !i.active { span.badge.st-inactive { "inactive" } } }
             div.actions {
-                form.inline method="post" action={(base) "/sync"} {
-                    (csrf_field(v.csrf))
-                    button type="submit" { "Sync now" }
+                @if v.role >= Role::Operator {
+                    form.inline method="post" action={(base) "/sync"} {
+                        (csrf_field(v.csrf))
+                        button type="submit" { "Sync now" }
+                    }
                 }
-                a.button.secondary href={(base) "/edit"} { "Edit" }
-                form.inline method="post" action={(base) "/active"} data-confirm=[i.active.then_some("Deactivate this instance? It will be left out of sync-all and scheduled sessions.")] {
-                    (csrf_field(v.csrf))
-                    input type="hidden" name="active" value=(if i.active { "false" } else { "true" });
-                    button.secondary type="submit" { @if i.active { "Deactivate" } @else { "Activate" } }
+                @if v.role >= Role::Admin {
+                    a.button.secondary href={(base) "/edit"} { "Edit" }
+                    form.inline method="post" action={(base) "/active"} data-confirm=[i.active.then_some("Deactivate this instance? It will be left out of sync-all and scheduled sessions.")] {
+                        (csrf_field(v.csrf))
+                        input type="hidden" name="active" value=(if i.active { "false" } else { "true" });
+                        button.secondary type="submit" { @if i.active { "Deactivate" } @else { "Activate" } }
+                    }
                 }
             }
         }

@@ -394,14 +394,23 @@ pub(crate) async fn cancel<O: BatchOps + ?Sized>(
 }
 
 /// Cancels the session `session_id`: `None` if there is none, `Some(None)` if it had
-/// finished already or its running records end it later.
+/// finished already or its running records end it later. A cancel that changes
+/// something writes `audit` (the request's row) in the same transaction, and says so
+/// with `true`.
 pub(crate) async fn cancel_by_id<O: BatchOps + ?Sized>(
     ops: &mut O,
     session_id: uuid::Uuid,
-) -> Result<Option<Option<SessionFinished>>> {
+    audit: Option<&crate::model::NewAuditEvent>,
+) -> Result<Option<(bool, Option<SessionFinished>)>> {
     match ops.session_find(session_id).await? {
         None => Ok(None),
-        Some(found) if found.finished => Ok(Some(None)),
-        Some(found) => cancel(ops, found.row).await.map(Some),
+        Some(found) if found.finished => Ok(Some((false, None))),
+        Some(found) => {
+            let finished = cancel(ops, found.row).await?;
+            if let Some(row) = audit {
+                ops.audit_insert(row).await?;
+            }
+            Ok(Some((audit.is_some(), finished)))
+        }
     }
 }

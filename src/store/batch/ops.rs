@@ -209,6 +209,8 @@ pub(crate) trait BatchOps: Send {
     ) -> Result<Vec<RenewOutcome>>;
     /// A session's row id and whether it has finished, by its public id.
     async fn session_find(&mut self, session_id: uuid::Uuid) -> Result<Option<FoundSession>>;
+    /// Writes the audit row of the change this transaction makes (a cancel).
+    async fn audit_insert(&mut self, row: &crate::model::NewAuditEvent) -> Result<()>;
 }
 
 /// A session found by its public id.

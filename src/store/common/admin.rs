@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Backend, SLOT_CLAIM, SqlStore, count, sessions};
-use crate::model::{CleanupCounts, SyncType};
+use crate::model::{AuditTarget, CleanupCounts, SyncType};
 use crate::queue;
 use crate::store::sql::{Arg, Q};
 use crate::store::{Result, SlotFired, StoreError, pending};
@@ -51,6 +51,7 @@ pub(super) async fn cleanup<D: Backend>(
     s: &SqlStore<D>,
     days: i64,
     history_days: i64,
+    audit_days: i64,
 ) -> Result<CleanupCounts> {
     let cutoff = Utc::now() - chrono::Duration::days(days);
     let mut counts = CleanupCounts::default();
@@ -111,6 +112,21 @@ pub(super) async fn cleanup<D: Backend>(
     ));
     D::run(&mut tx, q).await?;
     tx.commit().await?;
+    let q = Q::new(
+        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < $1 LIMIT 1000)",
+    )
+    .bind(Utc::now() - chrono::Duration::days(audit_days));
+    counts.audit_deleted = delete_in_batches(s, q, 1000).await?;
+    // Cleanup is many short transactions by design (above), so its row cannot share
+    // one with all of them: it is written last, with what was deleted, in its own.
+    let audit = super::access::InTx::new(vec![AuditTarget::new("cleanup", "all")])
+        .with_detail(format!("{counts:?}"));
+    if audit.row().is_some() {
+        let mut tx = s.begin().await?;
+        audit.write::<D>(&mut tx).await?;
+        tx.commit().await?;
+        audit.committed();
+    }
     Ok(counts)
 }
 

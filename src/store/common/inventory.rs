@@ -1,8 +1,9 @@
 //! The inventory: instances, their stored accounts, and the account change history's
 //! reads (its writes are in the finish transaction, `store/batch/`).
 
+use super::access::InTx;
 use super::{Backend, SqlStore, is_unique_violation, rows};
-use crate::model::{AccountChange, ChangeKind, Instance, NewInstance, StoredAccount};
+use crate::model::{AccountChange, AuditTarget, ChangeKind, Instance, NewInstance, StoredAccount};
 use crate::store::sql::{Arg, Q};
 use crate::store::{ChangeFilter, Result, StoreError, parse_status, parse_uuid};
 
@@ -44,16 +45,24 @@ pub(super) async fn insert<D: Backend>(s: &SqlStore<D>, new: &NewInstance) -> Re
     let id = insert_one(&mut tx, new).await?;
     let q = Q::new("SELECT * FROM instances WHERE id = $1").bind(id);
     let row = D::one(&mut tx, q).await?;
+    let audit = InTx::new(vec![AuditTarget::named("instance", id, &new.name)]);
+    audit.write::<D>(&mut tx).await?;
     tx.commit().await?;
+    audit.committed();
     rows::instance::<D>(&row)
 }
 
 pub(super) async fn insert_many<D: Backend>(s: &SqlStore<D>, new: &[NewInstance]) -> Result<u64> {
     let mut tx = s.begin().await?;
+    let mut targets = Vec::with_capacity(new.len());
     for n in new {
-        insert_one(&mut tx, n).await?;
+        let id = insert_one(&mut tx, n).await?;
+        targets.push(AuditTarget::named("instance", id, &n.name));
     }
+    let audit = InTx::new(targets);
+    audit.write::<D>(&mut tx).await?;
     tx.commit().await?;
+    audit.committed();
     Ok(new.len() as u64)
 }
 
@@ -81,15 +90,18 @@ pub(super) async fn delete<D: Backend>(s: &SqlStore<D>, id: i64) -> Result<bool>
     let mut tx = s.begin().await?;
     // The instance row first, then its accounts: the order a finish takes them in
     // (it share-locks the instance), so a delete racing a finish cannot deadlock.
-    let n = D::run(
-        &mut tx,
-        Q::new("DELETE FROM instances WHERE id = $1").bind(id),
-    )
-    .await?;
+    let q = Q::new("DELETE FROM instances WHERE id = $1 RETURNING name").bind(id);
+    let Some(gone) = D::opt(&mut tx, q).await? else {
+        return Ok(false);
+    };
     let q = Q::new("DELETE FROM instance_accounts WHERE instance_id = $1").bind(id);
     D::run(&mut tx, q).await?;
+    let name: String = D::get(&gone, "name")?;
+    let audit = InTx::new(vec![AuditTarget::named("instance", id, &name)]);
+    audit.write::<D>(&mut tx).await?;
     tx.commit().await?;
-    Ok(n > 0)
+    audit.committed();
+    Ok(true)
 }
 
 pub(super) async fn update<D: Backend>(
@@ -119,7 +131,10 @@ pub(super) async fn update<D: Backend>(
         .await
         .map_err(conflict(&new.name))?
         .ok_or_else(|| StoreError::NotFound(format!("unknown instance {id}")))?;
+    let audit = InTx::new(vec![AuditTarget::named("instance", id, &new.name)]);
+    audit.write::<D>(&mut tx).await?;
     tx.commit().await?;
+    audit.committed();
     rows::instance::<D>(&row)
 }
 

@@ -4,7 +4,10 @@
 //! the operator's reads, cleanup, the scheduler's slots, loops and decides here once,
 //! in the manner of River's maintenance services above its drivers.
 
+mod access;
 mod admin;
+
+pub(crate) use access::audit_insert_query;
 mod inventory;
 mod operator;
 pub(crate) mod rows;
@@ -145,8 +148,13 @@ impl<D: Backend> AdminStore for SqlStore<D> {
         D::run(&self.pool, Q::new(D::SQL.analyze)).await?;
         Ok(())
     }
-    async fn cleanup(&self, days: i64, history_days: i64) -> Result<CleanupCounts> {
-        admin::cleanup(self, days, history_days).await
+    async fn cleanup(
+        &self,
+        days: i64,
+        history_days: i64,
+        audit_days: i64,
+    ) -> Result<CleanupCounts> {
+        admin::cleanup(self, days, history_days, audit_days).await
     }
     async fn migrations_pending(&self) -> Result<Option<usize>> {
         admin::migrations_pending(self).await
@@ -186,6 +194,34 @@ impl<D: Backend> AdminStore for SqlStore<D> {
     async fn console_nonce_revoked(&self, nonce: &str) -> Result<bool> {
         let q = Q::new("SELECT COUNT(*) AS n FROM console_revoked_nonces WHERE nonce = $1");
         Ok(count(&self.pool, q.bind(nonce)).await? > 0)
+    }
+}
+
+#[async_trait]
+impl<D: Backend> AccessStore for SqlStore<D> {
+    async fn token_insert(&self, name: &str, role: Role, token_hash: &str) -> Result<TokenInfo> {
+        access::token_insert(self, name, role, token_hash).await
+    }
+    async fn token_by_hash(&self, token_hash: &str) -> Result<Option<Principal>> {
+        access::token_by_hash(self, token_hash).await
+    }
+    async fn token_hash_of(&self, name: &str) -> Result<Option<(Role, String)>> {
+        access::token_hash_of(self, name).await
+    }
+    async fn tokens_list(&self) -> Result<Vec<TokenInfo>> {
+        access::tokens_list(self).await
+    }
+    async fn token_revoke(&self, name: &str) -> Result<bool> {
+        access::token_revoke(self, name).await
+    }
+    async fn tokens_exist(&self) -> Result<bool> {
+        access::tokens_exist(self).await
+    }
+    async fn audit_insert(&self, row: &NewAuditEvent) -> Result<()> {
+        access::audit_insert(self, row).await
+    }
+    async fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
+        access::audit_list(self, filter).await
     }
 }
 
@@ -233,7 +269,10 @@ impl<D: Backend> SessionStore for SqlStore<D> {
     ) -> Result<SessionCreated> {
         let mut tx = self.begin().await?;
         let created = sessions::insert(&mut tx, sync_type, instance_ids).await?;
+        let audit = access::InTx::new(vec![AuditTarget::new("session", created.session_id)]);
+        audit.write::<D>(&mut tx).await?;
         tx.commit().await?;
+        audit.committed();
         Ok(created)
     }
     async fn session_get(&self, session_id: Uuid) -> Result<Option<SessionDetail>> {
@@ -259,10 +298,17 @@ impl<D: Backend> SessionStore for SqlStore<D> {
         sessions::ids_between(self, lo, hi, limit).await
     }
     async fn session_cancel(&self, session_id: Uuid) -> Result<Option<Cancelled>> {
-        let f = batch::batch(move |ops| Box::pin(batch::cancel_by_id(ops, session_id)));
-        let Some(finished) = D::write(self, f).await? else {
+        let audit = access::InTx::new(vec![AuditTarget::new("session", session_id)]);
+        let row = audit.row();
+        let f = batch::batch(move |ops| {
+            Box::pin(async move { batch::cancel_by_id(ops, session_id, row.as_ref()).await })
+        });
+        let Some((audited, finished)) = D::write(self, f).await? else {
             return Ok(None);
         };
+        if audited {
+            audit.committed();
+        }
         let session = self.session_get(session_id).await?.map(|d| d.session);
         Ok(session.map(|session| Cancelled { session, finished }))
     }

@@ -6,7 +6,8 @@ use uuid::Uuid;
 use super::rows::{self, SESSION_COLS};
 use super::{Backend, SqlStore, count};
 use crate::model::{
-    Record, RecordStatus, Session, SessionCreated, SessionDetail, SessionStatus, SyncType,
+    AuditTarget, Record, RecordStatus, Session, SessionCreated, SessionDetail, SessionStatus,
+    SyncType,
 };
 use crate::queue;
 use crate::store::sql::{Arg, Q};
@@ -149,7 +150,13 @@ pub(super) async fn retry<D: Backend>(
         .bind(session_id.to_string())
         .bind(created.session_id);
     D::run(&mut tx, q).await?;
+    let audit = super::access::InTx::new(vec![
+        AuditTarget::new("session", created.session_id),
+        AuditTarget::new("retried_session", session_id),
+    ]);
+    audit.write::<D>(&mut tx).await?;
     tx.commit().await?;
+    audit.committed();
     created.retry_of = Some(session_id);
     Ok(Some(created))
 }

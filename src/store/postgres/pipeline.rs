@@ -695,4 +695,11 @@ impl BatchOps for PgOps<'_> {
             })
             .transpose()
     }
+
+    async fn audit_insert(&mut self, row: &crate::model::NewAuditEvent) -> Result<()> {
+        use crate::store::sql::Fetch;
+        let q = crate::store::common::audit_insert_query(row);
+        sqlx::Postgres::run(crate::store::sql::Ex::Conn(&mut *self.0), q).await?;
+        Ok(())
+    }
 }

@@ -709,4 +709,22 @@ impl BatchOps for SqliteOps<'_> {
             finished: parse_status::<SessionStatus>(status)?.is_finished(),
         }))
     }
+
+    async fn audit_insert(&mut self, row: &crate::model::NewAuditEvent) -> Result<()> {
+        let targets = serde_json::to_string(&row.targets).unwrap_or_else(|_| "[]".into());
+        self.exec(
+            "INSERT INTO audit_log (actor, client, action, targets, fields, outcome, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                row.actor,
+                row.client,
+                row.action,
+                targets,
+                row.fields.to_string(),
+                row.outcome.as_str(),
+                row.detail
+            ],
+        )?;
+        Ok(())
+    }
 }

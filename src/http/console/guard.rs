@@ -1,0 +1,92 @@
+//! Who may open which console page or send which form: the console's side of
+//! `http/access.rs`, over the same roles and the same audit trail. Pages that only read
+//! are a viewer's; a form that changes something needs the role its API route needs,
+//! and is refused (403) even when forged by hand, whatever the page showed.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{Console, PageError, now};
+use crate::http::ApiError;
+use crate::http::access::{Rule, forbidden};
+use crate::model::Role::{Admin, Operator, Viewer};
+
+const fn page(path: &'static str, role: crate::model::Role) -> Rule {
+    Rule {
+        method: "GET",
+        path,
+        role,
+        action: None,
+    }
+}
+
+const fn form(path: &'static str, role: crate::model::Role, action: &'static str) -> Rule {
+    Rule {
+        method: "POST",
+        path,
+        role,
+        action: Some(action),
+    }
+}
+
+/// Every console route but sign-in, sign-out and the style sheet and script.
+pub const RULES: &[Rule] = &[
+    page("/", Viewer),
+    page("/sessions/{session_id}", Viewer),
+    form("/sessions/{session_id}/cancel", Operator, "session.cancel"),
+    form("/sessions/{session_id}/retry", Operator, "session.retry"),
+    page("/instances", Viewer),
+    form("/instances", Admin, "instance.create"),
+    page("/instances/new", Admin),
+    page("/instances/{id}", Viewer),
+    form("/instances/{id}", Admin, "instance.update"),
+    page("/instances/{id}/edit", Admin),
+    form("/instances/{id}/active", Admin, "instance.update"),
+    form("/instances/{id}/sync", Operator, "instance.sync"),
+    page("/leases", Viewer),
+    page("/audit", Admin),
+];
+
+/// The routes anyone may reach: signing in needs no role, and signing out only a cookie.
+pub const PUBLIC: &[&str] = &["/login", "/logout", "/console.css", "/console.js"];
+
+/// Looks the visitor up once (handlers read it from the request), checks the route's
+/// role, and audits a changing form. A request without a sign-in goes on to its
+/// handler, which sends it to the sign-in page.
+pub(super) async fn guard(State(c): State<Console>, mut req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    if PUBLIC.contains(&path.as_str()) {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let Some(rule) = RULES
+        .iter()
+        .find(|r| r.method == method.as_str() && r.path == path)
+    else {
+        let e = ApiError::Forbidden(format!("no role is granted {method} {path}"));
+        return PageError(e).into_response();
+    };
+    let visitor = match c.keys.visitor(req.headers(), now()).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return next.run(req).await,
+        Err(e) => return PageError::from(e).into_response(),
+    };
+    let who = visitor.principal.clone();
+    req.extensions_mut().insert(visitor);
+    let denied = (who.role < rule.role).then(|| forbidden(&who, rule.role, "this page"));
+    let Some(action) = rule.action else {
+        return match denied {
+            Some(e) => PageError(e).into_response(),
+            None => next.run(req).await,
+        };
+    };
+    let render = |e: ApiError| PageError(e).into_response();
+    crate::http::access::audited(&c.app.store, &who, action, denied, render, req, next)
+        .await
+        .unwrap_or_else(|e| PageError(e).into_response())
+}
