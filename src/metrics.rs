@@ -14,7 +14,8 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::{
-    FleetGauges, SESSION_DURATION_BUCKETS, SessionFinished, SessionStat, SessionStatus, SyncType,
+    FleetGauges, Limit, SESSION_DURATION_BUCKETS, SessionFinished, SessionStat, SessionStatus,
+    SyncType,
 };
 
 /// Counter of cron slots fired but skipped (the last session still ran, or nothing to sync).
@@ -57,6 +58,12 @@ pub const DB_BUSY: &str = "syncpool_db_busy_total";
 pub const RECORDS_RESCUED: &str = "syncpool_records_rescued_total";
 /// Counter of account changes recorded in the history, by kind and sensitivity.
 pub const ACCOUNT_CHANGES: &str = "syncpool_account_changes_total";
+/// Gauge, fleet-wide: syncs running under each concurrency limit (label `limit`: its key).
+pub const LIMIT_IN_USE: &str = "syncpool_limit_slots_in_use";
+/// Gauge, fleet-wide: each limit's maximum.
+pub const LIMIT_MAX: &str = "syncpool_limit_slots_max";
+/// Gauge, fleet-wide: jobs waiting for a slot of each limit.
+pub const LIMIT_WAITING: &str = "syncpool_limit_waiting";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -279,6 +286,32 @@ pub fn render_sessions(g: &FleetGauges) -> String {
     );
     for (t, ratio) in &g.last_success {
         let _ = writeln!(out, "{SESSION_SUCCESS}{{sync_type=\"{t}\"}} {ratio}");
+    }
+    // One series per configured limit, gone with the limit (rendered here, not kept in
+    // the process's registry, which would keep a removed limit's last value). A key is
+    // `group:` or `host:` and a name or host of a restricted alphabet
+    // (`validate::limit_key`): nothing to escape, and as many series as limits set.
+    for (name, help, value) in [
+        (
+            LIMIT_IN_USE,
+            "Syncs running under each concurrency limit (fleet-wide, from the database)",
+            (|l: &Limit| l.in_use) as fn(&Limit) -> i64,
+        ),
+        (
+            LIMIT_MAX,
+            "Each concurrency limit's maximum",
+            |l: &Limit| l.max_concurrent,
+        ),
+        (
+            LIMIT_WAITING,
+            "Jobs waiting for a slot of each concurrency limit (fleet-wide, from the database)",
+            |l: &Limit| l.waiting,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for l in &g.limits {
+            let _ = writeln!(out, "{name}{{limit=\"{}\"}} {}", l.key, value(l));
+        }
     }
     out
 }

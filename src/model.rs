@@ -67,6 +67,8 @@ pub struct Instance {
     pub options: serde_json::Value,
     /// Inactive instances are left out of `sync-all` and scheduled sessions.
     pub active: bool,
+    /// The group it belongs to, for concurrency limits (`group:NAME`).
+    pub group: Option<String>,
     /// When it was registered.
     #[serde(with = "ts")]
     pub created_at: DateTime<Utc>,
@@ -93,6 +95,7 @@ impl Instance {
             password_file: self.password_file.clone(),
             options: self.options.clone(),
             active: self.active,
+            group: self.group.clone(),
         }
     }
 
@@ -147,6 +150,10 @@ pub struct NewInstance {
     /// Whether `sync-all` and scheduled sessions include it (default true).
     #[serde(default = "yes")]
     pub active: bool,
+    /// A group for concurrency limits (`limits set group:NAME`): 1 to 64 of A-Z, a-z,
+    /// 0-9, '.', '_', '-'.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -517,6 +524,8 @@ pub struct FleetGauges {
     pub slots_fired_24h: i64,
     /// See `slots_fired_24h`.
     pub slots_skipped_24h: i64,
+    /// Every concurrency limit with its slots in use and its waiting jobs.
+    pub limits: Vec<Limit>,
 }
 
 /// Upper bounds, in seconds, of the session-duration histogram's buckets: one counter

@@ -95,7 +95,19 @@ pub async fn fire(
                 return Ok(Fired::Taken);
             }
             metrics::counter!(FIRED, "schedule" => schedule.name).increment(1);
-            let c = store.cleanup(days, history_days, audit_days).await?;
+            // Audited like an operator's cleanup: it deletes audit rows too.
+            let event = crate::model::NewAuditEvent {
+                actor: "scheduler".into(),
+                client: crate::audit::local_client(),
+                action: "cleanup".into(),
+                targets: vec![],
+                fields: serde_json::json!({"schedule": schedule.name}),
+                outcome: crate::model::AuditOutcome::Failed,
+                detail: None,
+            };
+            let run = store.cleanup(days, history_days, audit_days);
+            let (c, _) = crate::audit::run(event, run).await;
+            let c = c?;
             tracing::info!(%slot, sessions = c.sessions_deleted, "scheduled cleanup done");
             Ok(Fired::CleanedUp)
         }

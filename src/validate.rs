@@ -31,6 +31,9 @@ pub fn new_instance(n: NewInstance) -> Result<NewInstance> {
 /// wrong only beside the stored fields (options of another kind) is a conflict.
 pub fn instance_fields(n: &NewInstance) -> Result<()> {
     name(&n.name)?;
+    if let Some(g) = &n.group {
+        group(g)?;
+    }
     // Bounded like the servers bound them (a DNS name is at most 253 characters; PostgreSQL
     // and MySQL names are far shorter than 128), so a 900 KB "host" is an error, not a row.
     // Counted in characters, as the OpenAPI document's maxLength counts them.
@@ -291,14 +294,68 @@ pub fn name_filter(field: &'static str, s: &str) -> Result<String> {
 /// Longest token name.
 pub const MAX_TOKEN_NAME: usize = 64;
 
+/// Longest group name.
+pub const MAX_GROUP: usize = 64;
+
+/// Most syncs one limit may allow at once.
+pub const MAX_CONCURRENT: i64 = 100_000;
+
+/// 1 to `max` of `A-Z a-z 0-9 . _ -`: a name that goes into URLs, cookies and metric
+/// labels unescaped.
+fn plain_word(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// An instance's group: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn group(s: &str) -> Result<()> {
+    if !plain_word(s, MAX_GROUP) {
+        return Err(StoreError::invalid(
+            "group",
+            format!("a group is 1 to {MAX_GROUP} of A-Z, a-z, 0-9, '.', '_', '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A limit's key: `group:NAME` (a group as [`group`] takes it) or `host:HOST` (a host as
+/// an instance's).
+pub fn limit_key(s: &str) -> Result<String> {
+    let bad = || {
+        StoreError::invalid(
+            "key",
+            format!("'{s}' is not a limit key: give group:NAME or host:HOST"),
+        )
+    };
+    match s.split_once(':') {
+        Some(("group", g)) => group(g).map_err(|_| bad())?,
+        Some(("host", h)) => {
+            if h.is_empty() || h.len() > 253 || !syncpool_workers::is_network_host(h) {
+                return Err(bad());
+            }
+        }
+        _ => return Err(bad()),
+    }
+    Ok(s.to_string())
+}
+
+/// A limit's maximum: 1 to [`MAX_CONCURRENT`] syncs at once.
+pub fn max_concurrent(n: i64) -> Result<i64> {
+    if !(1..=MAX_CONCURRENT).contains(&n) {
+        return Err(StoreError::invalid(
+            "max_concurrent",
+            format!("max_concurrent must be between 1 and {MAX_CONCURRENT}, got {n}"),
+        ));
+    }
+    Ok(n)
+}
+
 /// A token's name: 1 to 64 of `A-Z a-z 0-9 . _ -`, and not a name the audit trail gives
 /// to someone else (`SYNCPOOL_API_TOKEN`, `anonymous`), so a token cannot pass for them.
 pub fn token_name(s: &str) -> Result<String> {
-    let ok = !s.is_empty()
-        && s.len() <= MAX_TOKEN_NAME
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !ok {
+    if !plain_word(s, MAX_TOKEN_NAME) {
         return Err(StoreError::invalid(
             "name",
             format!("a token name is 1 to {MAX_TOKEN_NAME} of A-Z, a-z, 0-9, '.', '_', '-'"),

@@ -151,6 +151,24 @@ async fn every_changing_route_records_its_change_with_who_and_from_where(b: Back
     assert_eq!(call("DELETE", "/api/v1/tokens/n1", None).await.0, 204);
     assert_eq!(newest(&app).await["action"], "token.revoke");
     covered.insert(("DELETE", "/api/v1/tokens/{name}"));
+    let (st, v) = call(
+        "PUT",
+        "/api/v1/limits/group:g1",
+        Some(json!({"max_concurrent": 4})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let e = newest(&app).await;
+    assert_eq!(
+        (e["action"].as_str(), e["outcome"].as_str()),
+        (Some("limit.set"), Some("ok"))
+    );
+    assert_eq!(e["targets"][0], json!({"kind": "limit", "id": "group:g1"}));
+    assert_eq!(e["fields"]["body"]["max_concurrent"], 4);
+    covered.insert(("PUT", "/api/v1/limits/{key}"));
+    assert_eq!(call("DELETE", "/api/v1/limits/group:g1", None).await.0, 204);
+    assert_eq!(newest(&app).await["action"], "limit.remove");
+    covered.insert(("DELETE", "/api/v1/limits/{key}"));
     assert_eq!(
         call("DELETE", &format!("/api/v1/instances/{id}"), None)
             .await

@@ -117,6 +117,7 @@ pub fn simulated(name: &str, options: serde_json::Value) -> NewInstance {
         password_file: None,
         options,
         active: true,
+        group: None,
     }
 }
 
@@ -219,7 +220,6 @@ pub fn free_port() -> u16 {
 #[derive(Debug, Clone)]
 pub struct TracedRead {
     pub instance: String,
-    #[allow(dead_code)] // shown in failure messages
     pub pid: u32,
     pub steps: Vec<u128>,
     pub end: Option<u128>,

@@ -96,6 +96,7 @@ fn db_instance(name: &str, kind: &str, port: u16, user: &str, options: Value) ->
         password_file: None,
         options,
         active: true,
+        group: None,
     }
 }
 

@@ -11,6 +11,8 @@ mod fault_soak;
 mod history;
 mod http_rules;
 mod lease_faults;
+mod limit_faults;
+mod limits;
 mod pg_faults;
 mod private_maria;
 mod private_pg;

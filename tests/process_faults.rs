@@ -18,7 +18,7 @@ on_both_databases!(
 
 /// Lease 2 s, renewal 500 ms, and apalis' orphan timeout far away (3 x 60 s), so only the
 /// lease and the rescuer can hand work on.
-const TIMINGS: &[&str] = &[
+pub(crate) const TIMINGS: &[&str] = &[
     "--lease-ttl",
     "2s",
     "--lease-renew",

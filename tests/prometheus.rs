@@ -147,6 +147,8 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
             .await
             .unwrap();
     }
+    // A limit, so that the limits panel has series (one per configured limit).
+    store.limit_set("group:p", 16).await.unwrap();
     let (api_port, worker_port, prom_port) = (free_port(), free_port(), free_port());
     let api = format!("127.0.0.1:{api_port}");
     let worker_metrics = format!("127.0.0.1:{worker_port}");

@@ -278,7 +278,63 @@ async fn the_console_hides_what_a_role_cannot_do_and_refuses_it_when_forged(b: B
         !e["fields"].to_string().contains(&csrf),
         "no CSRF token in the trail"
     );
-    // The operator's own form works.
+    // Every form a role may not send, forged with that role's own CSRF token: 403, and
+    // nothing changes (the instance keeps its name and stays active; the session runs).
+    let forms = [
+        (format!("{session}/cancel"), "operator", ""),
+        (format!("{instance}/sync"), "operator", ""),
+        (
+            "/instances".to_string(),
+            "admin",
+            "name=forged&kind=simulated&options=%7B%7D&active=true",
+        ),
+        (
+            instance.clone(),
+            "admin",
+            "name=renamed&kind=simulated&options=%7B%7D&active=true",
+        ),
+        (format!("{instance}/active"), "admin", "active=false"),
+    ];
+    for (cookie, role) in [(&viewer, "viewer"), (&operator, "operator")] {
+        let (_, _, html) = page(&app, "/", cookie).await;
+        let csrf = csrf_of(&html);
+        for (path, needed, body) in &forms {
+            if rank(role) >= rank(needed) {
+                continue;
+            }
+            let (st, _, page_body) = app
+                .request(
+                    "POST",
+                    path,
+                    &format!("{cookie}Content-Type: application/x-www-form-urlencoded\r\n"),
+                    &format!("csrf={csrf}&{body}"),
+                )
+                .await;
+            assert_eq!(st, 403, "{role} POST {path}: {page_body}");
+        }
+    }
+    let still = app.store.instance_get(inst.id).await.unwrap().unwrap();
+    assert_eq!((still.name.as_str(), still.active), ("sim-roles", true));
+    assert!(
+        app.store
+            .instance_get_by_name("forged")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (_, trail) = app
+        .raw("GET", "/api/v1/audit?actor=run", None, Some(ADMIN))
+        .await;
+    let refused = &trail["items"][0];
+    assert_eq!(refused["outcome"], "refused");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs the admin role"),
+        "the console's refusal is in the trail with its reason: {refused}"
+    );
+    // The operator's own form works, and its row is written with the change.
     let (_, _, html) = page(&app, &instance, &operator).await;
     let (st, head, _) = app
         .request(
@@ -289,6 +345,24 @@ async fn the_console_hides_what_a_role_cannot_do_and_refuses_it_when_forged(b: B
         )
         .await;
     assert_eq!(st, 303, "{head}");
+    let (_, trail) = app
+        .raw("GET", "/api/v1/audit?actor=run", None, Some(ADMIN))
+        .await;
+    let e = &trail["items"][0];
+    assert_eq!(
+        (e["action"].as_str(), e["outcome"].as_str()),
+        (Some("instance.sync"), Some("ok"))
+    );
+    assert!(e["detail"].is_null(), "{e}");
+    assert_eq!(e["targets"][0]["kind"], "session");
+    // An admin sees the trail's tab and every form.
+    let admin = sign_in(&app, ADMIN).await;
+    let (_, _, html) = page(&app, &instance, &admin).await;
+    assert!(
+        html.contains(r#"href="/audit""#) && html.contains("Deactivate"),
+        "{html}"
+    );
+    assert_eq!(page(&app, "/audit", &admin).await.0, 200);
     let _ = app.store.session_cancel(s.session_id).await;
 }
 

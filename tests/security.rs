@@ -174,6 +174,7 @@ async fn a_password_file_in_the_secrets_folder_logs_in_and_a_wrong_one_is_a_fata
                 password_file: Some(file.into()),
                 options: json!({}),
                 active: true,
+                group: None,
             })
             .await
             .unwrap();
@@ -571,6 +572,7 @@ fn unreachable_pg(name: &str, password_file: Option<&str>, options: Value) -> Ne
         password_file: password_file.map(Into::into),
         options,
         active: true,
+        group: None,
     }
 }
 

@@ -71,6 +71,7 @@ fn instance(
         password_file: None,
         options,
         active: true,
+        group: None,
     }
 }
 

@@ -146,6 +146,7 @@ fn instance(
         password_file: None,
         options,
         active: true,
+        group: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn postgres_instance(name: &str, host: &str, port: i64) -> NewInstance {
         password_file: None,
         options: json!({"ssl_mode": "verify-full"}),
         active: true,
+        group: None,
     }
 }
 

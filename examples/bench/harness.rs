@@ -55,6 +55,17 @@ impl Db {
         n: usize,
         options: serde_json::Value,
     ) -> anyhow::Result<Self> {
+        Self::with_groups(backend, n, options, 0).await
+    }
+
+    /// [`Db::with_instances`], the instances spread over `groups` groups `g00`, `g01`,
+    /// ... (none when 0).
+    pub async fn with_groups(
+        backend: &'static str,
+        n: usize,
+        options: serde_json::Value,
+        groups: usize,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let (url, pg) = if backend == "sqlite" {
             (
@@ -80,6 +91,7 @@ impl Db {
                 password_file: None,
                 options: options.clone(),
                 active: true,
+                group: (groups > 0).then(|| format!("g{:02}", i % groups)),
             })
             .collect();
         for chunk in instances.chunks(10_000) {

@@ -3,7 +3,8 @@
 //! Run it with `scripts/bench.sh` (which builds it and the raw apalis peer).
 //!
 //! Usage: bench [--quick] [--backend sqlite|postgres|both] [--scenario NAME[,NAME...]]
-//! Scenarios: noop, steady, inventory, efficiency, pickup, enqueue, scale, previous, console
+//! Scenarios: noop, steady, inventory, efficiency, pickup, enqueue, scale, limit, previous,
+//! console
 //! (default: all).
 
 mod console;
@@ -105,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let backend = get("--backend").unwrap_or_else(|| "both".into());
     let wanted = get("--scenario").unwrap_or_else(|| {
-        "noop,steady,inventory,efficiency,pickup,enqueue,scale,previous,console".into()
+        "noop,steady,inventory,efficiency,pickup,enqueue,scale,limit,previous,console".into()
     });
     let wants = |s: &str| wanted.split(',').any(|w| w == s);
     let backends: Vec<&'static str> = ["sqlite", "postgres"]
@@ -174,6 +175,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if wants("scale") {
             run!(format!("scale/{b}"), scenarios::scale(b, &scales));
+        }
+        if wants("limit") {
+            run!(format!("limit/{b}"), scenarios::limit(b, noop_n, rounds));
         }
         if wants("console") {
             run!(format!("console/{b}"), console::console(b, console_n));

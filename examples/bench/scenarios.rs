@@ -453,3 +453,36 @@ pub async fn inventory(
         Fig::one(s, backend, "accounts10k_peak_worker_rss", rss, "MB"),
     ])
 }
+
+/// Issue #23: `n` no-op syncs on 2 x 16 workers with a limit of 16 per group over 20
+/// groups, against the same fleet without limits, in the same run.
+pub async fn limit(backend: &'static str, n: usize, rounds: usize) -> anyhow::Result<Vec<Fig>> {
+    const GROUPS: usize = 20;
+    let (mut free, mut limited) = (vec![], vec![]);
+    for round in 0..rounds {
+        let db = Db::with_groups(backend, n, instant_options(), GROUPS).await?;
+        let (d, _) = drain(&db, n, 2, 16).await?;
+        db.close().await?;
+        free.push(d.rate);
+        let db = Db::with_groups(backend, n, instant_options(), GROUPS).await?;
+        for g in 0..GROUPS {
+            db.store.limit_set(&format!("group:g{g:02}"), 16).await?;
+        }
+        let (d, _) = drain(&db, n, 2, 16).await?;
+        db.close().await?;
+        limited.push(d.rate);
+        eprintln!(
+            "  limit {backend} round {}: no limits {:.0}/s, 16 per group x {GROUPS} groups {:.0}/s",
+            round + 1,
+            free[round],
+            limited[round]
+        );
+    }
+    let s = "limit";
+    let (free_m, lim_m) = (spread(&free).0, spread(&limited).0);
+    Ok(vec![
+        Fig::range(s, backend, "no_limits_syncs_per_s", &free, "1/s"),
+        Fig::range(s, backend, "limited_syncs_per_s", &limited, "1/s").vs(free_m),
+        Fig::one(s, backend, "limited_vs_no_limits", lim_m / free_m, "x"),
+    ])
+}

@@ -303,6 +303,9 @@ pub enum Command {
     /// API tokens with a role, for `serve`'s API and console
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Concurrency limits per group or host: how many syncs run at once under each
+    #[command(subcommand)]
+    Limits(LimitsCmd),
     /// The audit trail: every change made through the API, the console or the CLI,
     /// newest first
     Audit(AuditArgs),
@@ -444,7 +447,7 @@ pub struct ServeOpts {
 #[derive(Subcommand, Debug)]
 pub enum InstancesCmd {
     /// Register an instance
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Register a JSON array of instances, all or nothing
     #[command(
         after_help = "FILE holds a JSON array of instances, each as `instances add` \
@@ -510,6 +513,9 @@ pub struct AddArgs {
     /// latency_ms, jitter_ms, fail_rate, accounts, panic_rate
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// A group for concurrency limits (`limits set group:NAME`)
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
 }
 
 /// The arguments of `changes`.
@@ -602,4 +608,32 @@ pub struct AuditArgs {
     /// Print {"items": [...], "next_after": ID|null} as JSON, as the API does
     #[arg(long)]
     pub json: bool,
+}
+
+/// The `limits` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum LimitsCmd {
+    /// Set a limit: at most N syncs at once of the instances of a group (group:NAME) or
+    /// on a host (host:HOST); both apply to an instance that has both. Takes effect at
+    /// the next grant; lowering it stops no running sync
+    Set {
+        /// group:NAME or host:HOST
+        #[arg(value_name = "KEY")]
+        key: String,
+        /// Most syncs under the key at once (1-100000)
+        #[arg(long, allow_negative_numbers = true, value_name = "N")]
+        max_concurrent: i64,
+    },
+    /// List limits with their slots in use and their waiting jobs
+    List {
+        /// Print {"items": [...]} as JSON, as the API does
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a limit
+    Remove {
+        /// group:NAME or host:HOST
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
 }

@@ -75,6 +75,7 @@ async fn register(store: &dyn Store, instances: u32) -> Result<(), CliError> {
                 "fail_rate": if i % FAIL_EVERY == 0 { 1.0 } else { 0.0 },
             }),
             active: true,
+            group: None,
         })
         .filter(|n| !existing.contains(&n.name))
         .collect();
@@ -276,6 +277,7 @@ async fn local_servers(existing: &std::collections::HashSet<String>) -> Vec<NewI
                 password_file: None,
                 options: serde_json::json!({}),
                 active: true,
+                group: None,
             });
         }
     }

@@ -175,6 +175,7 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
             changes::filter(a)?;
         }
         Command::Tokens(t) => access::check(t)?,
+        Command::Limits(l) => locks::check_limits(l)?,
         Command::Audit(a) => {
             access::audit_filter(a)?;
         }
@@ -213,6 +214,9 @@ pub async fn run(cli: Cli) -> Out {
     if let Command::Migrate = cli.command {
         // `migrate` opens the database itself, so that it can say what it applied.
         return maintenance::migrate(&cli.database_url).await;
+    }
+    if let Command::Serve(opts) = &cli.command {
+        serve::check_public_bind(&cli.database_url, opts).await?;
     }
     let store = if creates_database(&cli.command) {
         open(&cli.database_url).await?
@@ -281,6 +285,7 @@ async fn dispatch(
             include_deleted,
         } => accounts::run(store.as_ref(), &name, json, include_deleted).await,
         Command::Tokens(t) => access::tokens(store.as_ref(), t).await,
+        Command::Limits(l) => locks::limits(store.as_ref(), l).await,
         Command::Audit(a) => access::audit(store.as_ref(), &a).await,
         Command::Demo {
             instances,

@@ -6,7 +6,7 @@
 //! the CLI against the database can write the database directly too, so this records
 //! who did something, it does not stop anyone pretending.
 
-use super::{CliError, Command, InstancesCmd, TokensCmd};
+use super::{CliError, Command, InstancesCmd, LimitsCmd, TokensCmd};
 use crate::model::{AuditOutcome, NewAuditEvent};
 use crate::store::Store;
 
@@ -26,6 +26,9 @@ pub(crate) fn action(cmd: &Command) -> Option<&'static str> {
         Command::Tokens(TokensCmd::Create { .. }) => Some("token.create"),
         Command::Tokens(TokensCmd::Revoke { .. }) => Some("token.revoke"),
         Command::Tokens(TokensCmd::List { .. }) => None,
+        Command::Limits(LimitsCmd::Set { .. }) => Some("limit.set"),
+        Command::Limits(LimitsCmd::Remove { .. }) => Some("limit.remove"),
+        Command::Limits(LimitsCmd::List { .. }) => None,
         // Registers simulated instances (and syncs them): a change like `instances import`.
         Command::Demo { .. } => Some("demo"),
         Command::Migrate
@@ -46,7 +49,11 @@ pub(crate) fn action(cmd: &Command) -> Option<&'static str> {
 pub(crate) fn event(action: &str) -> NewAuditEvent {
     let mut args = Vec::new();
     let mut skip = false;
-    for a in std::env::args().skip(1) {
+    // Lossy: a path argument need not be UTF-8 (`std::env::args` would panic on one).
+    for a in std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+    {
         if std::mem::take(&mut skip) {
             continue;
         }
@@ -61,10 +68,10 @@ pub(crate) fn event(action: &str) -> NewAuditEvent {
     }
     NewAuditEvent {
         actor: format!("cli:{}", os_user()),
-        client: format!("local:{}", host_name()),
+        client: crate::audit::local_client(),
         action: action.into(),
         targets: vec![],
-        fields: crate::audit::scrub(serde_json::json!({ "args": args })),
+        fields: crate::audit::scrub(serde_json::json!({ "args": args }), &[]),
         outcome: AuditOutcome::Refused,
         detail: None,
     }
@@ -79,14 +86,6 @@ fn os_user() -> String {
             let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
             Some(format!("uid {}", uid.split_whitespace().next()?))
         })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -107,7 +106,11 @@ pub(crate) async fn close(
         Err(e @ (CliError::Unsuccessful { .. } | CliError::TimedOut { .. })) => {
             (AuditOutcome::Ok, e.to_string())
         }
-        Err(e) => (AuditOutcome::Failed, format!("{e:#}")),
+        // The chain may name the database's address with its password: scrubbed.
+        Err(e) => (
+            AuditOutcome::Failed,
+            crate::audit::scrub_text(&format!("{e:#}"), &[]),
+        ),
     };
     if let Err(e) = store
         .audit_insert(&scope.closing(outcome, Some(detail)))

@@ -104,6 +104,9 @@ pub const RULES: &[Rule] = &[
     change("POST", "/api/v1/tokens", Admin, "token.create"),
     change("DELETE", "/api/v1/tokens/{name}", Admin, "token.revoke"),
     read("GET", "/api/v1/audit", Admin),
+    read("GET", "/api/v1/limits", Viewer),
+    change("PUT", "/api/v1/limits/{key}", Admin, "limit.set"),
+    change("DELETE", "/api/v1/limits/{key}", Admin, "limit.remove"),
     change(
         "POST",
         "/account-sync-optimized/sync-all",
@@ -116,7 +119,18 @@ pub const RULES: &[Rule] = &[
 
 /// The rule for `method` on the route `path` (as matched, with its `{params}`).
 pub fn rule(method: &str, path: &str) -> Option<&'static Rule> {
-    RULES
+    find(RULES, method, path)
+}
+
+/// The rule of `rules` for `method` on `path`; HEAD is GET's (axum serves it with the
+/// GET handler, so it must need what GET needs, no more and no less).
+pub fn find<'r>(rules: &'r [Rule], method: &str, path: &str) -> Option<&'r Rule> {
+    let method = if method.eq_ignore_ascii_case("HEAD") {
+        "GET"
+    } else {
+        method
+    };
+    rules
         .iter()
         .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
 }
@@ -261,37 +275,57 @@ pub(super) async fn guard(
     };
     let denied =
         (who.role < rule.role).then(|| forbidden(&who, rule.role, &format!("{method} {path}")));
-    audited(
-        &authn.store,
-        &who,
+    let secrets: Vec<&str> = authn.env.iter().map(|t| t.as_ref()).collect();
+    let ctx = Audited {
+        store: &authn.store,
+        who: &who,
         action,
-        denied,
-        IntoResponse::into_response,
-        req,
-        next,
-    )
-    .await
+        secrets: &secrets,
+    };
+    audited(ctx, denied, IntoResponse::into_response, req, next).await
+}
+
+/// Who does what, for [`audited`].
+pub(super) struct Audited<'a> {
+    /// Where the rows go.
+    pub store: &'a Arc<dyn Store>,
+    /// Who asks.
+    pub who: &'a Principal,
+    /// The trail's name for what they ask.
+    pub action: &'a str,
+    /// Values never recorded (the `SYNCPOOL_API_TOKEN` tokens), besides `audit::scrub`'s.
+    pub secrets: &'a [&'a str],
 }
 
 /// Runs a changing request inside an audit scope (`crate::audit`) as `who` doing
 /// `action`, or refuses it with `denied` (rendered by `render`); then records whatever
 /// no change recorded in its own transaction: a refusal, a failure, or nothing changed.
 pub(super) async fn audited(
-    store: &Arc<dyn Store>,
-    who: &Principal,
-    action: &str,
+    ctx: Audited<'_>,
     denied: Option<ApiError>,
     render: fn(ApiError) -> Response,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let Audited {
+        store,
+        who,
+        action,
+        secrets,
+    } = ctx;
     let client = client(&req);
     let method = req.method().clone();
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ApiError::TooLarge(MAX_BODY))?;
-    let fields = request_fields(&method, parts.uri.path(), parts.uri.query(), &bytes);
+    let fields = request_fields(
+        &method,
+        parts.uri.path(),
+        parts.uri.query(),
+        &bytes,
+        secrets,
+    );
     let event = NewAuditEvent {
         actor: who.name.clone(),
         client,
@@ -339,7 +373,13 @@ pub fn outcome_of(status: StatusCode) -> AuditOutcome {
 
 /// The fields of a changing request: its path, query and body (JSON, or a form's
 /// pairs), secrets left out.
-pub fn request_fields(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Value {
+pub fn request_fields(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    secrets: &[&str],
+) -> Value {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else if let Ok(v) = serde_json::from_slice::<Value>(body) {
@@ -354,18 +394,30 @@ pub fn request_fields(method: &Method, path: &str, query: Option<&str>, body: &[
     } else {
         json!(format!("({} bytes, neither JSON nor a form)", body.len()))
     };
-    crate::audit::scrub(json!({
-        "method": method.as_str(),
-        "path": path,
-        "query": query,
-        "body": body,
-    }))
+    crate::audit::scrub(
+        json!({
+            "method": method.as_str(),
+            "path": path,
+            "query": query,
+            "body": body,
+        }),
+        secrets,
+    )
 }
+
+/// The message of an error as it left a handler, for responses whose body is not our
+/// JSON error shape (the console's error pages).
+#[derive(Clone, Debug)]
+pub struct ErrorMessage(pub String);
 
 /// The message of an error response (our JSON error shape), and the response rebuilt.
 pub async fn error_message(response: Response) -> (Response, Option<String>) {
     if response.status().is_success() || response.status().is_redirection() {
         return (response, None);
+    }
+    if let Some(ErrorMessage(m)) = response.extensions().get::<ErrorMessage>() {
+        let m = m.clone();
+        return (response, Some(m));
     }
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY)

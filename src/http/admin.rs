@@ -1,16 +1,17 @@
-//! The admin's routes: API tokens and the audit trail (roles in `access.rs`).
+//! The admin's routes: API tokens, the audit trail and concurrency limits (roles in
+//! `access.rs`).
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{Params, RequiredJson};
 use super::{ApiError, AppState};
-use crate::model::{AuditPage, Role, TokenCreated, TokenInfo};
+use crate::model::{AuditPage, Limit, LimitList, Role, TokenCreated, TokenInfo};
 use crate::validate;
 
 pub fn routes() -> Router<AppState> {
@@ -18,6 +19,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/tokens", get(token_list).post(token_create))
         .route("/api/v1/tokens/{name}", delete(token_revoke))
         .route("/api/v1/audit", get(audit_list))
+        .route("/api/v1/limits", get(limit_list))
+        .route("/api/v1/limits/{key}", put(limit_set).delete(limit_remove))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -91,4 +94,42 @@ pub(super) async fn audit_list(
     )?;
     let items = s.store.audit_list(&filter).await?;
     Ok(Json(AuditPage::new(items, filter.limit)))
+}
+
+/// A limit's new maximum.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitRequest {
+    /// Most syncs under the key at once (1 to 100,000).
+    max_concurrent: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/limits", responses((status = 200, description = "Every concurrency limit with its slots in use and its waiting jobs", body = LimitList), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn limit_list(State(s): State<AppState>) -> Result<Json<LimitList>, ApiError> {
+    Ok(Json(LimitList {
+        items: s.store.limits_list().await?,
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/limits/{key}", params(("key" = String, Path, description = "group:NAME or host:HOST")), request_body = LimitRequest, responses((status = 200, description = "Set: the next grant under the key obeys it; lowering it stops no running sync", body = Limit), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn limit_set(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    super::extract::ApiJson(req): RequiredJson<LimitRequest>,
+) -> Result<Json<Limit>, ApiError> {
+    let key = validate::limit_key(&key)?;
+    let max = validate::max_concurrent(req.max_concurrent)?;
+    Ok(Json(s.store.limit_set(&key, max).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/limits/{key}", params(("key" = String, Path, description = "group:NAME or host:HOST")), responses((status = 204, description = "Removed: syncs under the key are no longer held back"), (status = 404, description = "No limit on this key", body = super::error::ErrorBody), (status = 400, description = "Bad input; the error names the field", body = super::error::ErrorBody), (status = 401, description = "Missing or wrong bearer token (WWW-Authenticate: Bearer)", body = super::error::ErrorBody)))]
+pub(super) async fn limit_remove(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let key = validate::limit_key(&key)?;
+    if !s.store.limit_remove(&key).await? {
+        return Err(ApiError::NotFound(format!("no limit on '{key}'")));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -361,6 +361,7 @@ pub(super) async fn instance_patch(
             "database" => new.database = text(&value)?,
             "password_env" => new.password_env = text(&value)?,
             "password_file" => new.password_file = text(&value)?,
+            "group" => new.group = text(&value)?,
             "port" => {
                 new.port = match value {
                     Value::Null => None,

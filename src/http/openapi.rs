@@ -39,6 +39,9 @@ use crate::validate;
         super::admin::token_create,
         super::admin::token_revoke,
         super::admin::audit_list,
+        super::admin::limit_list,
+        super::admin::limit_set,
+        super::admin::limit_remove,
         super::api::healthz,
         super::api::readyz,
         super::legacy::sync_all,
@@ -143,6 +146,10 @@ fn instance_properties() -> serde_json::Map<String, Value> {
             "additionalProperties": {"not": {"type": "string", "pattern": "\\x00"}},
         },
         "active": {"type": "boolean"},
+        "group": {
+            "type": ["string", "null"],
+            "pattern": format!("^[A-Za-z0-9._-]{{1,{}}}$", validate::MAX_GROUP),
+        },
     }) else {
         unreachable!("a JSON object literal")
     };
@@ -266,6 +273,14 @@ fn make_exact(doc: &mut Value) {
             "maximum": validate::MAX_DAYS,
             "default": 365,
             "description": "Keep audit trail rows younger than this many days",
+        }},
+    });
+    schemas["LimitRequest"] = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["max_concurrent"],
+        "properties": {"max_concurrent": {
+            "type": "integer", "minimum": 1, "maximum": validate::MAX_CONCURRENT,
         }},
     });
     schemas["TokenRequest"] = json!({
@@ -398,6 +413,13 @@ fn constrain_parameter(param: &mut Value, path: &str) {
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
         }
         Some("name") if path.starts_with("/api/v1/tokens") => token_name_schema(),
+        Some("key") => json!({
+            "type": "string",
+            "pattern": format!(
+                "^(group:[A-Za-z0-9._-]{{1,{}}}|host:[A-Za-z0-9._:\\[\\]-]{{1,253}})$",
+                validate::MAX_GROUP
+            ),
+        }),
         Some("actor") => {
             json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": word_pattern()})
         }

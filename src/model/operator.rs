@@ -147,3 +147,24 @@ pub struct InstanceSync {
     /// The record.
     pub record: Record,
 }
+
+/// A concurrency limit and where it stands now (fleet-wide, from the database).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Limit {
+    /// `group:NAME` or `host:HOST`.
+    pub key: String,
+    /// Most syncs under it at once.
+    pub max_concurrent: i64,
+    /// Syncs running under it: live leases of its instances. Above the maximum only
+    /// after the maximum was lowered (a running sync is never stopped for it).
+    pub in_use: i64,
+    /// Jobs of its instances waiting for one of its slots.
+    pub waiting: i64,
+}
+
+/// Every limit, by key.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LimitList {
+    /// By key.
+    pub items: Vec<Limit>,
+}

@@ -98,6 +98,7 @@ pub(crate) fn new_instance_from_args(a: &AddArgs) -> Result<NewInstance, CliErro
         password_file: a.password_file.clone(),
         options: validate::option_pairs(&a.options)?,
         active: true,
+        group: a.group.clone(),
     })?)
 }
 

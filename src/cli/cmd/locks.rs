@@ -1,10 +1,12 @@
-//! `syncpool locks` and `syncpool queue`: who holds each instance's lease and which jobs
-//! wait for it, and what the job queue holds.
+//! `syncpool locks`, `syncpool queue` and `syncpool limits`: who holds each instance's
+//! lease and which jobs wait for it, what the job queue holds, and the concurrency limits
+//! with their slots.
 
-use crate::cli::{CliError, print_json, printable};
-use crate::model::{Lease, LeaseList, QueueStats, ts};
+use crate::cli::{CliError, LimitsCmd, print_json, printable};
+use crate::model::{Lease, LeaseList, Limit, LimitList, QueueStats, ts};
 use crate::store::Store;
 use crate::text::{plural, seconds};
+use crate::validate;
 
 /// `syncpool locks`.
 pub(crate) async fn locks(store: &dyn Store, json: bool) -> Result<(), CliError> {
@@ -16,6 +18,7 @@ pub(crate) async fn locks(store: &dyn Store, json: bool) -> Result<(), CliError>
         });
         return Ok(());
     }
+    print_limits(&store.limits_list().await?);
     if items.is_empty() {
         println!("no instance is leased");
         return Ok(());
@@ -89,6 +92,7 @@ pub(crate) async fn queue(store: &dyn Store, json: bool, raw: bool) -> Result<()
     );
     println!("running  {running:>7}  (instances under a live lease: `syncpool locks`)");
     println!("done     {done:>7}  (records finished in the last hour)");
+    print_limits(&store.limits_list().await?);
     match &q.oldest_pending {
         Some(o) => println!(
             "next:    job {} due {} ({}, {})",
@@ -131,4 +135,72 @@ fn due(o: &crate::model::OldestJob) -> String {
     } else {
         format!("{} ago", seconds(o.waited_seconds))
     }
+}
+
+/// The limits' slots, one line each (nothing when none is set).
+fn print_limits(limits: &[Limit]) {
+    for l in limits {
+        println!(
+            "limit    {:<40} {:>5} of {:<5} slots in use, {} waiting",
+            l.key,
+            l.in_use,
+            l.max_concurrent,
+            plural(l.waiting, "job")
+        );
+    }
+}
+
+/// `syncpool limits set|list|remove`.
+pub(crate) async fn limits(store: &dyn Store, cmd: LimitsCmd) -> Result<(), CliError> {
+    match cmd {
+        LimitsCmd::Set {
+            key,
+            max_concurrent,
+        } => {
+            let key = validate::limit_key(&key)?;
+            let l = store
+                .limit_set(&key, validate::max_concurrent(max_concurrent)?)
+                .await?;
+            println!(
+                "limit {}: at most {} at once ({} in use now)",
+                l.key, l.max_concurrent, l.in_use
+            );
+        }
+        LimitsCmd::List { json } => {
+            let items = store.limits_list().await?;
+            if json {
+                print_json(&LimitList { items });
+            } else if items.is_empty() {
+                println!("no limits: `syncpool limits set group:NAME --max-concurrent N`");
+            } else {
+                print_limits(&items);
+            }
+        }
+        LimitsCmd::Remove { key } => {
+            let key = validate::limit_key(&key)?;
+            if !store.limit_remove(&key).await? {
+                return Err(CliError::Usage(format!("no limit on '{key}'")));
+            }
+            println!("removed the limit on {key}");
+        }
+    }
+    Ok(())
+}
+
+/// Checks that need no database.
+pub(crate) fn check_limits(cmd: &LimitsCmd) -> Result<(), CliError> {
+    match cmd {
+        LimitsCmd::Set {
+            key,
+            max_concurrent,
+        } => {
+            validate::limit_key(key)?;
+            validate::max_concurrent(*max_concurrent)?;
+        }
+        LimitsCmd::Remove { key } => {
+            validate::limit_key(key)?;
+        }
+        LimitsCmd::List { .. } => {}
+    }
+    Ok(())
 }

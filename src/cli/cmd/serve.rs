@@ -52,6 +52,30 @@ pub(crate) fn serve_checks(opts: &ServeOpts) -> Result<ServeSetup, CliError> {
     Ok((schedules, tokens, site))
 }
 
+/// Refuses to serve a public address with no token at all: not in `SYNCPOOL_API_TOKEN`,
+/// not stored (`syncpool tokens create`), and no `--insecure-no-auth`. Stored tokens close
+/// the server as the variable does. Run before the database is opened, so that a refused
+/// `serve` creates nothing: only an existing database can hold tokens.
+pub(crate) async fn check_public_bind(database_url: &str, opts: &ServeOpts) -> Out {
+    let bind = opts.bind.as_str();
+    if !api_tokens()?.is_empty() || opts.insecure_no_auth || is_loopback(bind) {
+        return Ok(());
+    }
+    let stored = match crate::store::connect_existing(database_url).await {
+        Ok(store) => store.tokens_exist().await.unwrap_or(false),
+        Err(_) => false,
+    };
+    if stored {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "refusing to serve on {bind} without SYNCPOOL_API_TOKEN or a stored token: anyone \
+         who can reach it could register instances and start syncs with the workers' \
+         credentials; set a token (or create one with `syncpool tokens create NAME --role \
+         admin`), bind a loopback address, or pass --insecure-no-auth"
+    )))
+}
+
 /// `syncpool serve`: runs until `shutdown` resolves, then stops everything and waits for
 /// the scheduler, the in-process worker and the server to end, in that order.
 pub(crate) async fn run(
@@ -62,20 +86,6 @@ pub(crate) async fn run(
     let (schedules, tokens, site) = serve_checks(&opts)?;
     let settings = opts.timing.settings()?;
     let (bind, workers) = (opts.bind.as_str(), opts.workers);
-    // Stored tokens (`syncpool tokens create`) close the server as the variable does;
-    // only a server with neither may be open, and then only on loopback.
-    if tokens.is_empty()
-        && !opts.insecure_no_auth
-        && !is_loopback(bind)
-        && !store.tokens_exist().await?
-    {
-        return Err(CliError::Usage(format!(
-            "refusing to serve on {bind} without SYNCPOOL_API_TOKEN or a stored token: anyone \
-             who can reach it could register instances and start syncs with the workers' \
-             credentials; set a token (or create one with `syncpool tokens create NAME --role \
-             admin`), bind a loopback address, or pass --insecure-no-auth"
-        )));
-    }
     let stop = tokio_util::sync::CancellationToken::new();
     let state = crate::http::AppState {
         store: store.clone(),

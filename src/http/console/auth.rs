@@ -205,6 +205,10 @@ impl Keys {
         let Some(c) = cookie(headers, COOKIE).and_then(Cookie::parse) else {
             return Ok(None);
         };
+        // An expired cookie costs no lookup (a forged one costs one, like any request).
+        if c.expiry.parse::<i64>().ok().is_none_or(|e| e <= now) {
+            return Ok(None);
+        }
         let (key, principal) = match Holder::decode(c.holder) {
             Some(Holder::Env(i)) if i < d.per_token.len() => (
                 d.per_token[i].clone(),

@@ -64,10 +64,7 @@ pub(super) async fn guard(State(c): State<Console>, mut req: Request, next: Next
         return next.run(req).await;
     }
     let method = req.method().clone();
-    let Some(rule) = RULES
-        .iter()
-        .find(|r| r.method == method.as_str() && r.path == path)
-    else {
+    let Some(rule) = crate::http::access::find(RULES, method.as_str(), &path) else {
         let e = ApiError::Forbidden(format!("no role is granted {method} {path}"));
         return PageError(e).into_response();
     };
@@ -86,7 +83,46 @@ pub(super) async fn guard(State(c): State<Console>, mut req: Request, next: Next
         };
     };
     let render = |e: ApiError| PageError(e).into_response();
-    crate::http::access::audited(&c.app.store, &who, action, denied, render, req, next)
+    let secrets: Vec<&str> = c.app.tokens.iter().map(|t| t.as_ref()).collect();
+    let ctx = crate::http::access::Audited {
+        store: &c.app.store,
+        who: &who,
+        action,
+        secrets: &secrets,
+    };
+    crate::http::access::audited(ctx, denied, render, req, next)
         .await
         .unwrap_or_else(|e| PageError(e).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::access;
+
+    #[test]
+    fn each_console_form_needs_the_role_its_api_route_needs_and_records_the_same_action() {
+        for form in RULES.iter().filter(|r| r.action.is_some()) {
+            let api: Vec<&Rule> = access::RULES
+                .iter()
+                .filter(|r| r.action == form.action)
+                .collect();
+            assert!(!api.is_empty(), "{form:?} has no API twin");
+            for r in api {
+                assert_eq!(r.role, form.role, "{form:?} vs {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pages_are_a_viewers_but_the_forms_to_change_instances_and_the_trail() {
+        for page in RULES.iter().filter(|r| r.action.is_none()) {
+            let admin = matches!(
+                page.path,
+                "/instances/new" | "/instances/{id}/edit" | "/audit"
+            );
+            let want = if admin { Admin } else { Viewer };
+            assert_eq!(page.role, want, "{page:?}");
+        }
+    }
 }

@@ -144,6 +144,7 @@ impl IntoResponse for PageError {
             e => e.to_string(),
         };
         let status = self.0.into_response().status();
+        let detail = crate::http::access::ErrorMessage(message.clone());
         let frame = Frame {
             title: "Error",
             tab: "",
@@ -152,11 +153,14 @@ impl IntoResponse for PageError {
             live: false,
             admin: false,
         };
-        (
+        let mut page = (
             status,
             view::page(&frame, view::error(status.as_u16(), &message)),
         )
-            .into_response()
+            .into_response();
+        // For the audit trail, which cannot read an HTML page's message.
+        page.extensions_mut().insert(detail);
+        page
     }
 }
 
@@ -463,6 +467,7 @@ async fn instance_edit(
         password_file: String::new(),
         options: i.options.to_string(),
         active: i.active,
+        group: i.group.clone().unwrap_or_default(),
         password_current: password_source(&i),
     };
     let title = format!("Edit {}", i.name);
@@ -488,6 +493,7 @@ fn read_form(
         password_file: text("password_file"),
         options: text("options"),
         active: field(form, "active") == Some("true"),
+        group: text("group"),
         password_current: None,
     };
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -518,6 +524,7 @@ fn read_form(
             password_file: opt(&typed.password_file),
             options,
             active: typed.active,
+            group: opt(&typed.group),
         };
         validate::new_instance(new).map_err(|e| match e {
             StoreError::Invalid { field, message } => (field.to_string(), message),
@@ -618,16 +625,8 @@ async fn instance_active(
         _ => return Err(ApiError::field("active", "active must be true or false").into()),
     };
     let new = NewInstance {
-        name: i.name,
-        kind: i.kind,
-        host: i.host,
-        port: i.port,
-        username: i.username,
-        database: i.database,
-        password_env: i.password_env,
-        password_file: i.password_file,
-        options: i.options,
         active,
+        ..i.as_new()
     };
     c.app.store.instance_update(i.id, &new).await?;
     Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response())
@@ -650,9 +649,10 @@ async fn instance_sync(
 async fn leases(State(c): State<Console>, who: Visitor) -> PageResult {
     let leases = c.app.store.locks_list().await?;
     let queue = c.app.store.queue_stats(Some(QUEUE_COUNT_CAP)).await?;
+    let limits = c.app.store.limits_list().await?;
     Ok(html(view::page(
         &who.frame("Leases & queue", "leases", true),
-        view::leases(&leases, &queue),
+        view::leases(&leases, &queue, &limits),
     )))
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::model::{
-    Instance, InstanceOverview, InstanceSync, Lease, QueueStats, Record, RecordStatus, Role,
+    Instance, InstanceOverview, InstanceSync, Lease, Limit, QueueStats, Record, RecordStatus, Role,
     Session, StoredAccount,
 };
 
@@ -487,6 +487,7 @@ pub struct InstanceForm {
     pub password_file: String,
     pub options: String,
     pub active: bool,
+    pub group: String,
     /// On an edit: where the password comes from now. The fields above start empty, so
     /// that keeping it for another endpoint takes typing it again (docs/SECURITY.md).
     pub password_current: Option<String>,
@@ -532,6 +533,7 @@ pub fn instance_form(
             (field("port", "Port", &f.port, "empty: the kind's default"))
             (field("username", "User", &f.username, ""))
             (field("database", "Database", &f.database, ""))
+            (field("group", "Group", &f.group, "for concurrency limits (group:NAME); empty: none"))
             @if let Some(current) = &f.password_current {
                 p.muted {
                     "The password now comes from " strong { (current) } ". Leave both fields empty to keep it; "
@@ -556,10 +558,26 @@ pub fn instance_form(
     }
 }
 
-pub fn leases(leases: &[Lease], q: &QueueStats) -> Markup {
+pub fn leases(leases: &[Lease], q: &QueueStats, limits: &[Limit]) -> Markup {
     html! {
         h1 { "Leases & queue" }
         div #leases data-live {
+            @if !limits.is_empty() {
+                h2 { "Concurrency limits" }
+                table #limits {
+                    thead { tr { th { "Limit" } th.num { "In use" } th.num { "Maximum" } th.num { "Waiting" } } }
+                    tbody {
+                        @for l in limits {
+                            tr data-limit=(l.key) {
+                                td.mono { (l.key) }
+                                td.num { (l.in_use) }
+                                td.num { (l.max_concurrent) }
+                                td.num { (l.waiting) }
+                            }
+                        }
+                    }
+                }
+            }
             h2 { "Instance leases" }
             @if leases.is_empty() {
                 p.empty { "No instance is leased: no sync is running." }

@@ -11,9 +11,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+mod limits;
 mod ops;
 mod plan;
 
+pub(crate) use limits::{LimitOps, keys_of};
 pub(crate) use ops::*;
 
 use super::*;
@@ -70,11 +72,16 @@ pub(crate) async fn grant<O: BatchOps + ?Sized>(
     let instance_ids = sorted_unique(reqs.iter().map(|r| r.payload.instance_id).collect());
     let locks = ops.locks_load(&instance_ids).await?;
     let instances = ops.instances_load(&instance_ids).await?;
+    let now_ms = ops.db_now_ms().await?;
+    // Owed a slot: waited a whole retry delay (`limits.rs`).
+    let owed_by = now_ms - p.busy_retry.as_millis() as i64;
+    let limits = limits::Limits::load(ops, &instances, owed_by).await?;
     let st = plan::GrantState {
         recs: &recs,
         locks: &locks,
         instances: &instances,
-        now_ms: ops.db_now_ms().await?,
+        limits: &limits,
+        now_ms,
     };
     let plan = plan::plan_grants(p, reqs, &st);
     write_grants(ops, p, reqs, &st, plan).await
@@ -113,6 +120,7 @@ async fn write_grants<O: BatchOps + ?Sized>(
     let attempts = ops.records_start(owner, &starts).await?;
     ops.records_end(&plan.ended).await?;
     ops.records_requeue(&plan.busy_records, false).await?;
+    ops.records_limit_wait(&plan.limit_waits).await?;
     ops.locks_take(owner, p.ttl, &leases).await?;
     ops.jobs_push(&plan.busy_jobs).await?;
     ops.jobs_ack(&plan.ack).await?;

@@ -28,6 +28,8 @@ pub(crate) struct RecState {
     pub request_id: Option<String>,
     /// `(total, added, removed, changed)` accounts of a completed record.
     pub accounts: (Option<i64>, Option<i64>, Option<i64>, Option<i64>),
+    /// When it first found a concurrency limit of its instance full (`limits.rs`).
+    pub limit_wait_since_ms: Option<i64>,
 }
 
 /// An instance's lease row.
@@ -121,7 +123,7 @@ pub(crate) struct NewJob {
 /// Set-based statements over one open transaction. Every method handles an empty slice
 /// by doing nothing.
 #[async_trait]
-pub(crate) trait BatchOps: Send {
+pub(crate) trait BatchOps: super::limits::LimitOps + Send {
     /// Locks (PostgreSQL: `FOR UPDATE`) and reads records with their session's state.
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>>;
     /// Locks and reads the lease rows of these instances.

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::limits::{Admission, Limits};
 use super::ops::*;
 use super::{lease_alive, replayed};
 use crate::history::{AccountDiff, ChangeTally, rows_for_sync};
@@ -20,6 +21,8 @@ pub(crate) struct GrantState<'a> {
     pub recs: &'a HashMap<i64, RecState>,
     pub locks: &'a HashMap<i64, LockState>,
     pub instances: &'a HashMap<i64, Instance>,
+    /// The concurrency limits on these instances (`limits.rs`).
+    pub limits: &'a Limits,
     /// The database's clock, Unix milliseconds.
     pub now_ms: i64,
 }
@@ -143,8 +146,40 @@ pub(crate) struct GrantPlan {
     pub bumps: SessionBumps,
     pub busy_jobs: Vec<NewJob>,
     pub busy_records: Vec<Requeue>,
+    /// Records that found a limit of their instance full: `(record id, now)`.
+    pub limit_waits: Vec<(i64, i64)>,
     /// Indexes of the requests that take their instance's lease.
     pub granted: Vec<usize>,
+}
+
+impl GrantPlan {
+    /// Waits without holding a worker slot: a copy of the job, delayed, takes over.
+    /// `lock_wait_since` starts the lock-wait clock (a busy instance) if not started.
+    fn wait(
+        &mut self,
+        p: &LeaseParams,
+        req: &GrantRequest,
+        i: usize,
+        lock_wait_since: Option<i64>,
+    ) {
+        let mut payload = req.payload.clone();
+        if let Some(now) = lock_wait_since {
+            payload.waiting_since_ms.get_or_insert(now);
+        }
+        let job_id = queue::new_job_id();
+        self.busy_jobs.push(NewJob {
+            id: job_id.clone(),
+            payload: payload.to_bytes(),
+            delay: p.busy_retry,
+        });
+        self.busy_records.push(Requeue {
+            record_id: req.payload.record_id,
+            job_id,
+            error: None,
+        });
+        self.ack.push(req.job_id.clone());
+        self.out[i] = Some(GrantOutcome::Busy);
+    }
 }
 
 /// Decides a batch of grants.
@@ -158,6 +193,7 @@ pub(crate) fn plan_grants(
         ..Default::default()
     };
     let (mut taken, mut seen) = (HashSet::new(), HashSet::new());
+    let mut slots = Admission::default();
     for (i, req) in reqs.iter().enumerate() {
         let rid = req.payload.record_id;
         match decide_grant(p, req, st, &taken, &mut seen) {
@@ -194,27 +230,19 @@ pub(crate) fn plan_grants(
                     },
                 });
             }
-            GrantDecision::Busy => {
-                // Wait without holding a worker slot: a delayed copy of this job takes over.
-                let mut payload = req.payload.clone();
-                payload.waiting_since_ms.get_or_insert(st.now_ms);
-                let job_id = queue::new_job_id();
-                plan.busy_jobs.push(NewJob {
-                    id: job_id.clone(),
-                    payload: payload.to_bytes(),
-                    delay: p.busy_retry,
-                });
-                plan.busy_records.push(Requeue {
-                    record_id: rid,
-                    job_id,
-                    error: None,
-                });
-                plan.ack.push(req.job_id.clone());
-                plan.out[i] = Some(GrantOutcome::Busy);
-            }
+            GrantDecision::Busy => plan.wait(p, req, i, Some(st.now_ms)),
             GrantDecision::Grant => {
-                taken.insert(req.payload.instance_id);
-                plan.granted.push(i);
+                let iid = req.payload.instance_id;
+                if slots.admit(st.limits, rid, &st.recs[&rid], &st.instances[&iid]) {
+                    taken.insert(iid);
+                    plan.granted.push(i);
+                } else {
+                    // A wait for a slot is not a wait for the lease: it does not count
+                    // toward the lock-wait timeout (a small limit over a large session
+                    // keeps jobs waiting for long, by design).
+                    plan.wait(p, req, i, None);
+                    plan.limit_waits.push((rid, st.now_ms));
+                }
             }
         }
     }

@@ -32,6 +32,7 @@ fn rec(instance_id: i64, status: RecordStatus, job: &str) -> RecState {
         cancel_requested: false,
         request_id: None,
         accounts: (None, None, None, None),
+        limit_wait_since_ms: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn instance(id: i64, history: bool) -> Instance {
         password_file: None,
         options: json!({}),
         active: true,
+        group: None,
         created_at: now,
         updated_at: now,
         history_since: history.then_some(now),
@@ -89,6 +91,7 @@ impl Rows {
             recs: &self.recs,
             locks: &self.locks,
             instances: &self.instances,
+            limits: &Default::default(),
             now_ms,
         };
         plan_grants(&params(), reqs, &st)

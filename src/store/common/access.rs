@@ -120,10 +120,14 @@ pub(super) async fn tokens_exist<D: Backend>(s: &SqlStore<D>) -> Result<bool> {
 
 /// The statement that writes an audit row, and its arguments.
 pub(crate) fn audit_insert_query(row: &NewAuditEvent) -> Q {
-    Q::new(
+    insert_row(row, "")
+}
+
+fn insert_row(row: &NewAuditEvent, returning: &str) -> Q {
+    Q::new(format!(
         "INSERT INTO audit_log (actor, client, action, targets, fields, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7){returning}"
+    ))
     .bind(&row.actor)
     .bind(&row.client)
     .bind(&row.action)
@@ -208,6 +212,19 @@ impl InTx {
             D::run(e, audit_insert_query(row)).await?;
         }
         Ok(())
+    }
+    /// [`InTx::write`], returning the row's id.
+    pub(crate) async fn write_id<'c, D: Backend>(
+        &self,
+        e: impl Into<Ex<'c, D>>,
+    ) -> Result<Option<i64>> {
+        match &self.0 {
+            Some((_, row)) => {
+                let r = D::one(e, insert_row(row, " RETURNING id")).await?;
+                Ok(Some(D::get(&r, "id")?))
+            }
+            None => Ok(None),
+        }
     }
     pub(crate) fn committed(self) {
         if let Some((s, _)) = self.0 {

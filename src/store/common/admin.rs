@@ -55,6 +55,22 @@ pub(super) async fn cleanup<D: Backend>(
 ) -> Result<CleanupCounts> {
     let cutoff = Utc::now() - chrono::Duration::days(days);
     let mut counts = CleanupCounts::default();
+    // Cleanup is many short transactions by design (below), so its audit row cannot
+    // share one with all of them: it is written first, in its own, so that nothing is
+    // deleted unrecorded even if the process dies halfway, and it says what was deleted
+    // at the end. Audit rows from it on are never deleted by it.
+    let audit =
+        super::access::InTx::new(vec![AuditTarget::new("cleanup", "all")]).with_detail(format!(
+            "started: keeping {days} days of sessions, {history_days} of account history, \
+             {audit_days} of audit trail"
+        ));
+    let mut own_row = None;
+    if audit.row().is_some() {
+        let mut tx = s.begin().await?;
+        own_row = audit.write_id::<D>(&mut tx).await?;
+        tx.commit().await?;
+        audit.committed();
+    }
     loop {
         let mut tx = s.begin().await?;
         let q = Q::new(
@@ -113,19 +129,19 @@ pub(super) async fn cleanup<D: Backend>(
     D::run(&mut tx, q).await?;
     tx.commit().await?;
     let q = Q::new(
-        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < $1 LIMIT 1000)",
+        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < $1 \
+         AND (CAST($2 AS BIGINT) IS NULL OR id < $2) LIMIT 1000)",
     )
-    .bind(Utc::now() - chrono::Duration::days(audit_days));
+    .bind(Utc::now() - chrono::Duration::days(audit_days))
+    .bind(own_row);
     counts.audit_deleted = delete_in_batches(s, q, 1000).await?;
-    // Cleanup is many short transactions by design (above), so its row cannot share
-    // one with all of them: it is written last, with what was deleted, in its own.
-    let audit = super::access::InTx::new(vec![AuditTarget::new("cleanup", "all")])
-        .with_detail(format!("{counts:?}"));
-    if audit.row().is_some() {
+    if let Some(id) = own_row {
         let mut tx = s.begin().await?;
-        audit.write::<D>(&mut tx).await?;
+        let q = Q::new("UPDATE audit_log SET detail = $2 WHERE id = $1")
+            .bind(id)
+            .bind(format!("{counts:?}"));
+        D::run(&mut tx, q).await?;
         tx.commit().await?;
-        audit.committed();
     }
     Ok(counts)
 }

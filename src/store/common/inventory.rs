@@ -23,8 +23,8 @@ async fn insert_one<D: Backend>(
 ) -> Result<i64> {
     let q = Q::new(
         "INSERT INTO instances (name, kind, host, port, username, database, password_env, \
-         options, active, password_file) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         RETURNING id",
+         options, active, password_file, group_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(&n.name)
     .bind(n.kind.as_str())
@@ -35,7 +35,8 @@ async fn insert_one<D: Backend>(
     .bind(&n.password_env)
     .bind(Arg::Json(n.options.clone()))
     .bind(n.active)
-    .bind(&n.password_file);
+    .bind(&n.password_file)
+    .bind(&n.group);
     let row = D::one(tx, q).await.map_err(conflict(&n.name))?;
     D::get(&row, "id")
 }
@@ -53,6 +54,10 @@ pub(super) async fn insert<D: Backend>(s: &SqlStore<D>, new: &NewInstance) -> Re
 }
 
 pub(super) async fn insert_many<D: Backend>(s: &SqlStore<D>, new: &[NewInstance]) -> Result<u64> {
+    if new.is_empty() {
+        // No change, so no audit row claiming one.
+        return Ok(0);
+    }
     let mut tx = s.begin().await?;
     let mut targets = Vec::with_capacity(new.len());
     for n in new {
@@ -113,7 +118,7 @@ pub(super) async fn update<D: Backend>(
     let q = Q::new(format!(
         "UPDATE instances SET name = $2, kind = $3, host = $4, port = $5, username = $6, \
          database = $7, password_env = $8, options = $9, active = $10, password_file = $11, \
-         updated_at = {} WHERE id = $1 RETURNING *",
+         group_name = $12, updated_at = {} WHERE id = $1 RETURNING *",
         D::SQL.now
     ))
     .bind(id)
@@ -126,7 +131,8 @@ pub(super) async fn update<D: Backend>(
     .bind(&new.password_env)
     .bind(Arg::Json(new.options.clone()))
     .bind(new.active)
-    .bind(&new.password_file);
+    .bind(&new.password_file)
+    .bind(&new.group);
     let row = D::opt(&mut tx, q)
         .await
         .map_err(conflict(&new.name))?

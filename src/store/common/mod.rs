@@ -9,6 +9,7 @@ mod admin;
 
 pub(crate) use access::audit_insert_query;
 mod inventory;
+mod limits;
 mod operator;
 pub(crate) mod rows;
 mod sessions;
@@ -222,6 +223,19 @@ impl<D: Backend> AccessStore for SqlStore<D> {
     }
     async fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
         access::audit_list(self, filter).await
+    }
+}
+
+#[async_trait]
+impl<D: Backend> LimitStore for SqlStore<D> {
+    async fn limit_set(&self, key: &str, max_concurrent: i64) -> Result<Limit> {
+        limits::set(self, key, max_concurrent).await
+    }
+    async fn limit_remove(&self, key: &str) -> Result<bool> {
+        limits::remove(self, key).await
+    }
+    async fn limits_list(&self) -> Result<Vec<Limit>> {
+        limits::list(self).await
     }
 }
 

@@ -269,7 +269,9 @@ pub(super) async fn gauges<D: Backend>(s: &SqlStore<D>) -> Result<FleetGauges> {
         D::SQL.day_ago
     ));
     let slots = D::one(&s.pool, q).await?;
+    let limits = super::limits::list(s).await?;
     Ok(FleetGauges {
+        limits,
         jobs_pending: D::get(&jobs, "pending")?,
         jobs_running: D::get(&jobs, "running")?,
         jobs_failed: D::get(&jobs, "failed")?,

@@ -29,6 +29,7 @@ pub(crate) fn instance<D: Fetch>(row: &D::Row) -> Result<Instance> {
         password_file: D::get(row, "password_file")?,
         options,
         active: D::get(row, "active")?,
+        group: D::get(row, "group_name")?,
         created_at: D::get(row, "created_at")?,
         updated_at: D::get(row, "updated_at")?,
         history_since: D::get(row, "history_since")?,

@@ -20,6 +20,7 @@ use super::sql::{Arg, Dialect};
 use super::*;
 use pipeline::PgOps;
 
+mod limits;
 mod pipeline;
 
 /// The current time in the stored format.

@@ -23,7 +23,8 @@ impl BatchOps for PgOps<'_> {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
         let rows = sqlx::query(
             "SELECT r.id, r.instance_id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
-             s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed \
+             s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed, \
+             r.limit_wait_since_ms \
              FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
              WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r",
         )
@@ -51,6 +52,7 @@ impl BatchOps for PgOps<'_> {
                             r.try_get("accounts_removed")?,
                             r.try_get("accounts_changed")?,
                         ),
+                        limit_wait_since_ms: r.try_get("limit_wait_since_ms")?,
                     },
                 ))
             })
@@ -235,7 +237,7 @@ impl BatchOps for PgOps<'_> {
             "UPDATE sync_instance_records r SET status = 'running', attempts = r.attempts + 1, worker_id = $4, ",
             "lock_wait_ms = v.w, lock_token = v.t, request_id = v.q, started_at = ",
             now!(),
-            ", completed_at = NULL, updated_at = ",
+            ", completed_at = NULL, limit_wait_since_ms = NULL, updated_at = ",
             now!(),
             " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $5::text[]) AS v(i, w, t, q) ",
             "WHERE r.id = v.i RETURNING r.id, r.attempts"

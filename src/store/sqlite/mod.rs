@@ -25,6 +25,7 @@ use super::*;
 use exec::Exec;
 
 mod exec;
+mod limits;
 mod pipeline;
 
 /// The current time in the stored format.
@@ -149,6 +150,7 @@ macro_rules! instance_from {
             password_file: row.$get("password_file")?,
             options: serde_json::from_str(&options).unwrap_or_else(|_| serde_json::json!({})),
             active: row.$get("active")?,
+            group: row.$get("group_name")?,
             created_at: row.$get("created_at")?,
             updated_at: row.$get("updated_at")?,
             history_since: row.$get("history_since")?,

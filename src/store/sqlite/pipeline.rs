@@ -61,7 +61,7 @@ fn instance_from_row(r: &Row<'_>) -> Result<Instance> {
     super::instance_from!(r, get)
 }
 
-fn arr<T: serde::Serialize>(rows: &[T]) -> String {
+pub(super) fn arr<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("plain rows serialise")
 }
 
@@ -91,7 +91,8 @@ impl BatchOps for SqliteOps<'_> {
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>> {
         let rows = self.rows(
             "SELECT r.id, r.instance_id, r.status, r.attempts, r.job_id, r.lock_token, r.session_id, s.cancel_requested, \
-             s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed \
+             s.session_id AS uuid, r.request_id, r.accounts_total, r.accounts_added, r.accounts_removed, r.accounts_changed, \
+             r.limit_wait_since_ms \
              FROM sync_instance_records r JOIN sync_sessions s ON s.id = r.session_id \
              WHERE r.id IN (SELECT value FROM json_each(?1))",
             [arr(ids)],
@@ -114,6 +115,7 @@ impl BatchOps for SqliteOps<'_> {
                             r.get("accounts_removed")?,
                             r.get("accounts_changed")?,
                         ),
+                        limit_wait_since_ms: r.get("limit_wait_since_ms")?,
                     },
                 ))
             },
@@ -276,7 +278,7 @@ impl BatchOps for SqliteOps<'_> {
                 "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = ?2, ",
                 "lock_wait_ms = v.value->>1, lock_token = v.value->>2, request_id = v.value->>3, started_at = ",
                 now!(),
-                ", completed_at = NULL, updated_at = ",
+                ", completed_at = NULL, limit_wait_since_ms = NULL, updated_at = ",
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0 RETURNING id, attempts"
             ),

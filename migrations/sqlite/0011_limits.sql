@@ -1,0 +1,18 @@
+-- Concurrency limits per group or host (docs/ARCHITECTURE.md, "Limits"). A slot is a
+-- live lease of an instance under the limit's key: taken with the lease, renewed, fenced
+-- and released with it, and handed on by the rescuer when its holder dies.
+ALTER TABLE instances ADD COLUMN group_name TEXT;
+CREATE INDEX idx_instances_group_name ON instances (group_name);
+
+CREATE TABLE sync_limits (
+    key TEXT PRIMARY KEY,
+    max_concurrent INTEGER NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+-- When a pending record first found a limit of its instance full (database clock, Unix
+-- ms); cleared when it is granted. The oldest such records are owed the next free slots.
+ALTER TABLE sync_instance_records ADD COLUMN limit_wait_since_ms INTEGER;
+CREATE INDEX idx_records_limit_wait ON sync_instance_records (limit_wait_since_ms, id)
+    WHERE limit_wait_since_ms IS NOT NULL AND status = 'pending';
