@@ -335,6 +335,8 @@ pub fn limit_key(s: &str) -> Result<String> {
             if h.is_empty() || h.len() > 253 || !syncpool_workers::is_network_host(h) {
                 return Err(bad());
             }
+            // As instances' hosts are compared (`store::batch::keys_of`).
+            return Ok(format!("host:{}", crate::store::batch::host_key(h)));
         }
         _ => return Err(bad()),
     }

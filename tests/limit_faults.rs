@@ -16,7 +16,19 @@ on_both_databases!(a_limit_holds_with_its_slot_holders_killed_and_frozen);
 
 const LIMIT: i64 = 3;
 
-use crate::process_faults::TIMINGS;
+/// Lease 2 s, renewal 500 ms. apalis hands on a job fetched by a worker that died after
+/// 3 queue heartbeats (6 s): a waiting job that A had fetched but not granted when it was
+/// killed comes back then (the lease and the rescuer hand on the running ones).
+const TIMINGS: &[&str] = &[
+    "--lease-ttl",
+    "2s",
+    "--lease-renew",
+    "500ms",
+    "--queue-heartbeat",
+    "2s",
+    "--concurrency",
+    "4",
+];
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -110,13 +122,28 @@ async fn a_limit_holds_with_its_slot_holders_killed_and_frozen(b: Backend) {
     );
     // B holds the slots now; freeze it past its leases, and let C take over.
     until(20, "B holds the slots", async || in_use().await == LIMIT).await;
-    signal(&b_, "STOP");
     let (mut c, _) = worker_at(&db, &db.url, "c", TIMINGS, &env);
     let c_pid = c.id();
+    // C running, polling: it finds the key full.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let frozen = now_ns();
+    signal(&b_, "STOP");
+    let after_freeze = || {
+        reads_by(c_pid)
+            .filter_map(|r| r.steps.first().copied())
+            .filter(|&t| t > frozen)
+            .min()
+    };
     until(20, "C reads while B is frozen", async || {
-        reads_by(c_pid).next().is_some()
+        after_freeze().is_some()
     })
     .await;
+    let back_after = Duration::from_nanos((after_freeze().unwrap() - frozen) as u64);
+    eprintln!("a frozen holder's slots were back after {back_after:?}");
+    assert!(
+        back_after < Duration::from_secs(6),
+        "slots back after {back_after:?}"
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     signal(&b_, "CONT");
     let done = wait_finished(&db, &[s.session_id], Duration::from_secs(90)).await;

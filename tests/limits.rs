@@ -14,6 +14,7 @@ use crate::conformance::{finish, grant, jobs_of, params, token_of};
 on_both_databases!(
     a_full_limit_holds_back_grants_until_a_slot_frees,
     records_owed_a_slot_are_served_before_newcomers,
+    a_waiter_that_stops_asking_or_waits_on_another_key_holds_no_slot,
     a_lapsed_lease_frees_its_slot_and_lowering_a_limit_stops_no_running_sync,
     concurrent_grants_under_one_limit_never_exceed_it,
     limits_are_set_listed_and_removed_by_the_api_and_the_cli,
@@ -166,6 +167,86 @@ async fn records_owed_a_slot_are_served_before_newcomers(b: Backend) {
         matches!(out[1], GrantOutcome::Granted { .. }),
         "the owed one runs: {out:?}"
     );
+}
+
+async fn a_waiter_that_stops_asking_or_waits_on_another_key_holds_no_slot(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    let p = LeaseParams {
+        busy_retry: Duration::ZERO,
+        ..params(Duration::from_secs(30))
+    };
+    // Group g allows 2; host h.example allows 1. B (on h) waits for the host, not the
+    // group: it is owed nothing under g, so C (in g, elsewhere) takes g's free slot.
+    let a = fleet(store.as_ref(), "a", 1, "g", Some("h.example")).await;
+    let bb = fleet(store.as_ref(), "b", 1, "g", Some("H.example")).await;
+    let c = fleet(store.as_ref(), "c", 1, "g", None).await;
+    store.limit_set("group:g", 2).await.unwrap();
+    store.limit_set("host:h.example", 1).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualBatch, Some(&[a[0], bb[0], c[0]]))
+        .await
+        .unwrap();
+    let jobs = jobs_of(store.as_ref(), s.session_id).await;
+    let out = store
+        .lease_grant_batch(&p, &[grant(&jobs[0], "w"), grant(&jobs[1], "w")])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], GrantOutcome::Granted { .. }));
+    assert!(
+        matches!(out[1], GrantOutcome::Busy),
+        "the host is full (names compare as DNS does)"
+    );
+    assert_eq!(limit(store.as_ref(), "host:h.example").await.waiting, 1);
+    assert_eq!(limit(store.as_ref(), "group:g").await.waiting, 0);
+    let out = store
+        .lease_grant_batch(&p, &[grant(&jobs[2], "w")])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], GrantOutcome::Granted { .. }), "{out:?}");
+    // One slot, a waiter owed it: after it stops asking (its job held by a worker that
+    // died), a newcomer is no longer held back by it.
+    let ids = fleet(store.as_ref(), "s", 3, "solo", None).await;
+    store.limit_set("group:solo", 1).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualBatch, Some(&ids))
+        .await
+        .unwrap();
+    let jobs = jobs_of(store.as_ref(), s.session_id).await;
+    let held = store
+        .lease_grant_batch(&p, &[grant(&jobs[0], "w")])
+        .await
+        .unwrap();
+    let waits = store
+        .lease_grant_batch(&p, &[grant(&jobs[1], "w")])
+        .await
+        .unwrap();
+    assert!(matches!(waits[0], GrantOutcome::Busy));
+    store
+        .record_finish_batch(&[finish(
+            &jobs[0],
+            token_of(&held[0]),
+            SyncResult::Completed(vec![]),
+        )])
+        .await
+        .unwrap();
+    let newcomer = jobs_of(store.as_ref(), s.session_id).await.remove(2);
+    let out = store
+        .lease_grant_batch(&p, &[grant(&newcomer, "w")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(out[0], GrantOutcome::Busy),
+        "owed to the waiter while it asks"
+    );
+    // The window is four retry delays, at least 2 s.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let newcomer = jobs_of(store.as_ref(), s.session_id).await.remove(2);
+    let out = store
+        .lease_grant_batch(&p, &[grant(&newcomer, "w")])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], GrantOutcome::Granted { .. }), "{out:?}");
 }
 
 async fn a_lapsed_lease_frees_its_slot_and_lowering_a_limit_stops_no_running_sync(b: Backend) {

@@ -11,8 +11,11 @@ CREATE TABLE sync_limits (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
 
--- When a pending record first found a limit of its instance full (database clock, Unix
--- ms); cleared when it is granted. The oldest such records are owed the next free slots.
+-- A pending record waiting for a slot: the key that refused it, when it first found a
+-- limit full and when it last asked (database clock, Unix ms); cleared when it is
+-- granted. The oldest waiters that asked lately are owed the key's next free slots.
+ALTER TABLE sync_instance_records ADD COLUMN limit_wait_key TEXT;
 ALTER TABLE sync_instance_records ADD COLUMN limit_wait_since_ms BIGINT;
-CREATE INDEX idx_records_limit_wait ON sync_instance_records (limit_wait_since_ms, id)
-    WHERE limit_wait_since_ms IS NOT NULL AND status = 'pending';
+ALTER TABLE sync_instance_records ADD COLUMN limit_seen_ms BIGINT;
+CREATE INDEX idx_records_limit_wait ON sync_instance_records (limit_wait_key, limit_wait_since_ms, id)
+    WHERE limit_wait_key IS NOT NULL AND status = 'pending';

@@ -6,13 +6,18 @@
 //! the lease does, with no state of its own to leak.
 //!
 //! A job whose key is full waits as a job for a busy instance does (re-pushed with a
-//! delay, holding no worker slot). So that a waiting job cannot starve while new ones keep
-//! arriving, a pending record stamps when it first found a key full; once it has waited a
-//! whole retry delay it is *owed* a slot, and the owed records, oldest first, are granted
-//! before anyone younger. Owing only after a delay keeps a freed slot from idling while
-//! its owner's delayed job comes back, when nobody has waited that long.
+//! delay, holding no worker slot), its copy fetched ahead of other due jobs (a higher
+//! apalis priority) so that it comes back promptly. So that a waiting job cannot starve
+//! while new ones keep arriving, a pending record stamps which key refused it, when it
+//! first waited and when it last asked. Once it has waited a whole retry delay it is
+//! *owed* a slot of that key, and the owed records, oldest first, are granted before
+//! anyone younger. Owing only after a delay keeps a freed slot from idling while its
+//! owner's delayed job comes back, when nobody has waited that long; owing only while it
+//! keeps asking (`OWED_WHILE_SEEN`) keeps a job that cannot come back (fetched by a
+//! worker that was then killed, until the queue hands it on) from holding a slot.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -29,23 +34,61 @@ pub(crate) trait LimitOps: Send {
     async fn limits_for(&mut self, keys: &[String]) -> Result<HashMap<String, i64>>;
     /// The group and host of every instance with a live lease.
     async fn leased_keys(&mut self) -> Result<Vec<(Option<String>, Option<String>)>>;
-    /// The `n` oldest pending records under `key` that first found it full at or before
-    /// `owed_by_ms` (database clock): record id and stamp, oldest first.
-    async fn limit_owed(&mut self, key: &str, owed_by_ms: i64, n: i64) -> Result<Vec<(i64, i64)>>;
-    /// Stamps records as waiting for a slot since `ms`, keeping an earlier stamp.
-    async fn records_limit_wait(&mut self, rows: &[(i64, i64)]) -> Result<()>;
+    /// For each `(key, n)`: the `n` oldest pending records refused by `key` that first
+    /// waited at or before `owed_by_ms` and last asked at or after `seen_after_ms`
+    /// (database clock): record id and first wait, oldest first. One round trip, and
+    /// nearly free when nobody waits (the common case: a limit that does not bind).
+    async fn limit_owed(
+        &mut self,
+        keys: &[(String, i64)],
+        owed_by_ms: i64,
+        seen_after_ms: i64,
+    ) -> Result<HashMap<String, Vec<(i64, i64)>>>;
+    /// Stamps records as refused by a key now, keeping the first wait's time.
+    async fn records_limit_wait(&mut self, rows: &[LimitWait]) -> Result<()>;
 }
 
-/// The keys an instance counts under, whether or not a limit is set on them.
+/// A record refused by a full key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LimitWait {
+    pub record_id: i64,
+    pub key: String,
+    pub now_ms: i64,
+}
+
+/// How many retry delays a waiting record may go without asking and still be owed a
+/// slot: its delayed copy comes back after one delay (plus a poll, plus the time a busy
+/// worker takes to get to it); one that has not asked for longer is presumed unable to.
+pub(crate) const OWED_WHILE_SEEN: u32 = 4;
+
+/// The times of [`LimitOps::limit_owed`] for a grant at `now_ms` with retry delay
+/// `busy_retry`: owed once waited one delay, while seen within a few (at least 2 s, a
+/// worker's poll and fetch on a loaded machine).
+pub(crate) fn owed_window(now_ms: i64, busy_retry: Duration) -> (i64, i64) {
+    let delay = busy_retry.as_millis() as i64;
+    let seen = (delay * OWED_WHILE_SEEN as i64).max(2_000);
+    (now_ms - delay, now_ms - seen)
+}
+
+/// The keys an instance counts under, whether or not a limit is set on them. A host is
+/// compared as DNS compares names (case aside) and without an IPv6 address's brackets,
+/// as `validate::limit_key` stores it.
 pub(crate) fn keys_of(group: Option<&str>, host: Option<&str>) -> Vec<String> {
     let mut keys = Vec::with_capacity(2);
     if let Some(g) = group {
         keys.push(format!("group:{g}"));
     }
     if let Some(h) = host {
-        keys.push(format!("host:{h}"));
+        keys.push(format!("host:{}", host_key(h)));
     }
     keys
+}
+
+/// A host as limit keys name it: lowercase, IPv6 brackets removed.
+pub(crate) fn host_key(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 /// The limits that bear on one batch of grants, read under lock.
@@ -65,7 +108,7 @@ impl Limits {
     pub(crate) async fn load<O: LimitOps + ?Sized>(
         ops: &mut O,
         instances: &HashMap<i64, Instance>,
-        owed_by_ms: i64,
+        (owed_by_ms, seen_after_ms): (i64, i64),
     ) -> Result<Limits> {
         let mut keys: Vec<String> = instances
             .values()
@@ -88,10 +131,16 @@ impl Limits {
                 }
             }
         }
-        let mut owed = HashMap::new();
-        for (k, &m) in &max {
-            owed.insert(k.clone(), ops.limit_owed(k, owed_by_ms, m).await?);
-        }
+        // A full key owes nothing this batch: no one gets its slots anyway.
+        let open: Vec<(String, i64)> = max
+            .iter()
+            .filter(|(k, m)| in_use.get(*k).copied().unwrap_or(0) < **m)
+            .map(|(k, m)| (k.clone(), *m))
+            .collect();
+        let owed = match open.is_empty() {
+            true => HashMap::new(),
+            false => ops.limit_owed(&open, owed_by_ms, seen_after_ms).await?,
+        };
         Ok(Limits { max, in_use, owed })
     }
 
@@ -112,16 +161,17 @@ pub(crate) struct Admission {
 
 impl Admission {
     /// Whether record `rid` (in `rec`) of `instance` may take a slot under every limited
-    /// key of its instance now; if so, the slots are counted as taken.
+    /// key of its instance now; if so, the slots are counted as taken, and if not, the
+    /// key that refused it.
     pub(crate) fn admit(
         &mut self,
         limits: &Limits,
         rid: i64,
         rec: &RecState,
         instance: &Instance,
-    ) -> bool {
+    ) -> std::result::Result<(), String> {
         if limits.is_empty() {
-            return true;
+            return Ok(());
         }
         let keys: Vec<String> = keys_of(instance.group.as_deref(), instance.host.as_deref())
             .into_iter()
@@ -144,14 +194,14 @@ impl Admission {
                     .count() as i64
             });
             if free - ahead <= 0 {
-                return false;
+                return Err(k.clone());
             }
         }
         for k in keys {
             *self.granted.entry(k).or_default() += 1;
         }
         self.records.insert(rid);
-        true
+        Ok(())
     }
 }
 
@@ -210,12 +260,19 @@ mod tests {
         let l = limits(3, 1, vec![]);
         let i = inst(Some("g"), None);
         let mut a = Admission::default();
-        assert!(a.admit(&l, 10, &rec(None), &i));
-        assert!(a.admit(&l, 11, &rec(None), &i));
-        assert!(!a.admit(&l, 12, &rec(None), &i), "1 live + 2 granted = 3");
+        assert!(a.admit(&l, 10, &rec(None), &i).is_ok());
+        assert!(a.admit(&l, 11, &rec(None), &i).is_ok());
+        assert_eq!(
+            a.admit(&l, 12, &rec(None), &i),
+            Err("group:g".into()),
+            "1 live + 2 granted = 3"
+        );
         // An instance outside the key is not held back.
-        assert!(a.admit(&l, 13, &rec(None), &inst(Some("other"), None)));
-        assert!(a.admit(&l, 14, &rec(None), &inst(None, None)));
+        assert!(
+            a.admit(&l, 13, &rec(None), &inst(Some("other"), None))
+                .is_ok()
+        );
+        assert!(a.admit(&l, 14, &rec(None), &inst(None, None)).is_ok());
     }
 
     #[test]
@@ -225,40 +282,49 @@ mod tests {
         let i = inst(Some("g"), None);
         let mut a = Admission::default();
         assert!(
-            !a.admit(&l, 20, &rec(None), &i),
+            a.admit(&l, 20, &rec(None), &i).is_err(),
             "a newcomer takes no owed slot"
         );
         assert!(
-            !a.admit(&l, 21, &rec(Some(900)), &i),
-            "nor does a younger waiter"
+            a.admit(&l, 21, &rec(Some(900)), &i).is_err(),
+            "nor a younger waiter"
         );
-        assert!(
-            a.admit(&l, 8, &rec(Some(200)), &i),
-            "the younger owed one: one slot each"
-        );
-        assert!(a.admit(&l, 7, &rec(Some(100)), &i));
-        assert!(!a.admit(&l, 22, &rec(None), &i), "full");
+        assert!(a.admit(&l, 8, &rec(Some(200)), &i).is_ok(), "one slot each");
+        assert!(a.admit(&l, 7, &rec(Some(100)), &i).is_ok());
+        assert!(a.admit(&l, 22, &rec(None), &i).is_err(), "full");
         // One slot, two owed: only the oldest gets it.
         let l = limits(1, 0, vec![(7, 100), (8, 200)]);
         let mut a = Admission::default();
-        assert!(!a.admit(&l, 8, &rec(Some(200)), &i));
-        assert!(a.admit(&l, 7, &rec(Some(100)), &i));
+        assert!(a.admit(&l, 8, &rec(Some(200)), &i).is_err());
+        assert!(a.admit(&l, 7, &rec(Some(100)), &i).is_ok());
     }
 
     #[test]
-    fn both_the_group_and_the_host_limit_apply() {
+    fn both_the_group_and_the_host_limit_apply_and_hosts_compare_as_names_do() {
         let l = Limits {
-            max: [("group:g".into(), 5), ("host:h".into(), 1)].into(),
+            max: [("group:g".into(), 5), ("host:h.example".into(), 1)].into(),
             in_use: HashMap::new(),
             owed: HashMap::new(),
         };
         let mut a = Admission::default();
-        assert!(a.admit(&l, 1, &rec(None), &inst(Some("g"), Some("h"))));
-        assert!(
-            !a.admit(&l, 2, &rec(None), &inst(Some("g"), Some("h"))),
-            "the host is full"
+        let both = inst(Some("g"), Some("H.Example"));
+        assert!(a.admit(&l, 1, &rec(None), &both).is_ok());
+        assert_eq!(
+            a.admit(&l, 2, &rec(None), &both),
+            Err("host:h.example".into())
         );
-        assert!(a.admit(&l, 3, &rec(None), &inst(Some("g"), Some("other"))));
-        assert_eq!(keys_of(Some("g"), Some("h")), ["group:g", "host:h"]);
+        assert!(
+            a.admit(&l, 3, &rec(None), &inst(Some("g"), Some("other")))
+                .is_ok()
+        );
+        assert_eq!(keys_of(Some("g"), Some("[::1]")), ["group:g", "host:::1"]);
+    }
+
+    #[test]
+    fn a_waiter_is_owed_after_one_delay_while_it_keeps_asking() {
+        let (owed_by, seen_after) = owed_window(10_000, Duration::from_secs(1));
+        assert_eq!((owed_by, seen_after), (9_000, 6_000));
+        // A short delay still allows two seconds for a poll and a fetch.
+        assert_eq!(owed_window(10_000, Duration::ZERO), (10_000, 8_000));
     }
 }

@@ -15,7 +15,7 @@ mod limits;
 mod ops;
 mod plan;
 
-pub(crate) use limits::{LimitOps, keys_of};
+pub(crate) use limits::{LimitOps, LimitWait, host_key, keys_of};
 pub(crate) use ops::*;
 
 use super::*;
@@ -73,9 +73,8 @@ pub(crate) async fn grant<O: BatchOps + ?Sized>(
     let locks = ops.locks_load(&instance_ids).await?;
     let instances = ops.instances_load(&instance_ids).await?;
     let now_ms = ops.db_now_ms().await?;
-    // Owed a slot: waited a whole retry delay (`limits.rs`).
-    let owed_by = now_ms - p.busy_retry.as_millis() as i64;
-    let limits = limits::Limits::load(ops, &instances, owed_by).await?;
+    let window = limits::owed_window(now_ms, p.busy_retry);
+    let limits = limits::Limits::load(ops, &instances, window).await?;
     let st = plan::GrantState {
         recs: &recs,
         locks: &locks,
@@ -336,6 +335,7 @@ pub(crate) async fn rescue<O: BatchOps + ?Sized>(
                 id: id.clone(),
                 payload: payload.to_bytes(),
                 delay: Duration::ZERO,
+                priority: 0,
             });
             requeued.push(Requeue {
                 record_id: rid,

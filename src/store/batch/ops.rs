@@ -118,6 +118,8 @@ pub(crate) struct NewJob {
     pub id: String,
     pub payload: Vec<u8>,
     pub delay: Duration,
+    /// apalis' priority: higher is fetched first among due jobs.
+    pub priority: i32,
 }
 
 /// Set-based statements over one open transaction. Every method handles an empty slice

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::limits::{Admission, Limits};
+use super::limits::{Admission, LimitWait, Limits};
 use super::ops::*;
 use super::{lease_alive, replayed};
 use crate::history::{AccountDiff, ChangeTally, rows_for_sync};
@@ -146,15 +146,18 @@ pub(crate) struct GrantPlan {
     pub bumps: SessionBumps,
     pub busy_jobs: Vec<NewJob>,
     pub busy_records: Vec<Requeue>,
-    /// Records that found a limit of their instance full: `(record id, now)`.
-    pub limit_waits: Vec<(i64, i64)>,
+    /// Records that found a limit of their instance full.
+    pub limit_waits: Vec<LimitWait>,
     /// Indexes of the requests that take their instance's lease.
     pub granted: Vec<usize>,
 }
 
 impl GrantPlan {
     /// Waits without holding a worker slot: a copy of the job, delayed, takes over.
-    /// `lock_wait_since` starts the lock-wait clock (a busy instance) if not started.
+    /// `lock_wait_since` starts the lock-wait clock (a busy instance) if not started;
+    /// without it, the wait is for a limit's slot: the clock stops (the lease is free,
+    /// the wait so far was for it) and the copy is fetched ahead of other due jobs, so
+    /// that a slot owed to it does not idle.
     fn wait(
         &mut self,
         p: &LeaseParams,
@@ -163,14 +166,18 @@ impl GrantPlan {
         lock_wait_since: Option<i64>,
     ) {
         let mut payload = req.payload.clone();
-        if let Some(now) = lock_wait_since {
-            payload.waiting_since_ms.get_or_insert(now);
+        match lock_wait_since {
+            Some(now) => {
+                payload.waiting_since_ms.get_or_insert(now);
+            }
+            None => payload.waiting_since_ms = None,
         }
         let job_id = queue::new_job_id();
         self.busy_jobs.push(NewJob {
             id: job_id.clone(),
             payload: payload.to_bytes(),
             delay: p.busy_retry,
+            priority: if lock_wait_since.is_some() { 0 } else { 1 },
         });
         self.busy_records.push(Requeue {
             record_id: req.payload.record_id,
@@ -233,15 +240,22 @@ pub(crate) fn plan_grants(
             GrantDecision::Busy => plan.wait(p, req, i, Some(st.now_ms)),
             GrantDecision::Grant => {
                 let iid = req.payload.instance_id;
-                if slots.admit(st.limits, rid, &st.recs[&rid], &st.instances[&iid]) {
-                    taken.insert(iid);
-                    plan.granted.push(i);
-                } else {
-                    // A wait for a slot is not a wait for the lease: it does not count
-                    // toward the lock-wait timeout (a small limit over a large session
-                    // keeps jobs waiting for long, by design).
-                    plan.wait(p, req, i, None);
-                    plan.limit_waits.push((rid, st.now_ms));
+                match slots.admit(st.limits, rid, &st.recs[&rid], &st.instances[&iid]) {
+                    Ok(()) => {
+                        taken.insert(iid);
+                        plan.granted.push(i);
+                    }
+                    Err(key) => {
+                        // A wait for a slot is not a wait for the lease: it does not count
+                        // toward the lock-wait timeout (a small limit over a large session
+                        // keeps jobs waiting for long, by design).
+                        plan.wait(p, req, i, None);
+                        plan.limit_waits.push(LimitWait {
+                            record_id: rid,
+                            key,
+                            now_ms: st.now_ms,
+                        });
+                    }
                 }
             }
         }
@@ -441,6 +455,7 @@ pub(crate) fn plan_records(
                     id: job_id.clone(),
                     payload: payload.to_bytes(),
                     delay: *delay,
+                    priority: 0,
                 });
                 plan.retries.push(Requeue {
                     record_id: r.record_id,

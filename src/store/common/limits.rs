@@ -63,8 +63,8 @@ pub(super) async fn list<D: Backend>(s: &SqlStore<D>) -> Result<Vec<Limit>> {
     if limits.is_empty() {
         return Ok(limits);
     }
-    // Counted by the keys each row falls under: one pass over live leases (few) and one
-    // over waiting records, whatever the number of limits.
+    // In use: counted by the keys each live lease (few) falls under, in one pass
+    // whatever the number of limits.
     let at: HashMap<String, usize> = limits
         .iter()
         .enumerate()
@@ -76,29 +76,26 @@ pub(super) async fn list<D: Backend>(s: &SqlStore<D>) -> Result<Vec<Limit>> {
          GROUP BY i.group_name, i.host",
         D::SQL.now
     ));
-    let waiting = Q::new(
-        "SELECT i.group_name, i.host, COUNT(*) AS n FROM sync_instance_records r \
-         JOIN instances i ON i.id = r.instance_id \
-         WHERE r.status = 'pending' AND r.limit_wait_since_ms IS NOT NULL \
-         GROUP BY i.group_name, i.host",
-    );
-    for (q, in_use) in [(leased, true), (waiting, false)] {
-        for r in D::all(&s.pool, q).await? {
-            let (g, h, n): (Option<String>, Option<String>, i64) = (
-                D::get(&r, "group_name")?,
-                D::get(&r, "host")?,
-                D::get(&r, "n")?,
-            );
-            for k in keys_of(g.as_deref(), h.as_deref()) {
-                if let Some(&i) = at.get(&k) {
-                    let l = &mut limits[i];
-                    *(if in_use {
-                        &mut l.in_use
-                    } else {
-                        &mut l.waiting
-                    }) += n;
-                }
+    for r in D::all(&s.pool, leased).await? {
+        let (g, h, n): (Option<String>, Option<String>, i64) = (
+            D::get(&r, "group_name")?,
+            D::get(&r, "host")?,
+            D::get(&r, "n")?,
+        );
+        for k in keys_of(g.as_deref(), h.as_deref()) {
+            if let Some(&i) = at.get(&k) {
+                limits[i].in_use += n;
             }
+        }
+    }
+    // Waiting: pending records a key refused (each under that one key).
+    let waiting = Q::new(
+        "SELECT limit_wait_key AS k, COUNT(*) AS n FROM sync_instance_records \
+         WHERE limit_wait_key IS NOT NULL AND status = 'pending' GROUP BY limit_wait_key",
+    );
+    for r in D::all(&s.pool, waiting).await? {
+        if let Some(&i) = at.get(&D::get::<String>(&r, "k")?) {
+            limits[i].waiting += D::get::<i64>(&r, "n")?;
         }
     }
     Ok(limits)

@@ -9,16 +9,13 @@ use async_trait::async_trait;
 
 use super::pipeline::PgOps;
 use crate::store::Result;
-use crate::store::batch::LimitOps;
+use crate::store::batch::{LimitOps, LimitWait};
 
-const OWED_BY_GROUP: &str = "SELECT r.id, r.limit_wait_since_ms FROM sync_instance_records r \
-     JOIN instances i ON i.id = r.instance_id WHERE r.status = 'pending' \
-     AND r.limit_wait_since_ms IS NOT NULL AND r.limit_wait_since_ms <= $1 AND i.group_name = $2 \
-     ORDER BY r.limit_wait_since_ms, r.id LIMIT $3";
-const OWED_BY_HOST: &str = "SELECT r.id, r.limit_wait_since_ms FROM sync_instance_records r \
-     JOIN instances i ON i.id = r.instance_id WHERE r.status = 'pending' \
-     AND r.limit_wait_since_ms IS NOT NULL AND r.limit_wait_since_ms <= $1 AND i.host = $2 \
-     ORDER BY r.limit_wait_since_ms, r.id LIMIT $3";
+/// The owed records of every key in one statement: an index seek per key.
+const OWED: &str = "SELECT v.k, o.id, o.since FROM UNNEST($1::text[], $2::bigint[]) AS v(k, m) \
+     CROSS JOIN LATERAL (SELECT id, limit_wait_since_ms AS since FROM sync_instance_records \
+     WHERE limit_wait_key = v.k AND status = 'pending' AND limit_wait_since_ms <= $3 \
+     AND limit_seen_ms >= $4 ORDER BY limit_wait_since_ms, id LIMIT v.m) o";
 
 #[async_trait]
 impl LimitOps for PgOps<'_> {
@@ -41,32 +38,46 @@ impl LimitOps for PgOps<'_> {
         .await?)
     }
 
-    async fn limit_owed(&mut self, key: &str, owed_by_ms: i64, n: i64) -> Result<Vec<(i64, i64)>> {
-        let (sql, value) = match key.split_once(':') {
-            Some(("group", g)) => (OWED_BY_GROUP, g),
-            Some(("host", h)) => (OWED_BY_HOST, h),
-            _ => return Ok(vec![]),
-        };
-        Ok(sqlx::query_as(sql)
+    async fn limit_owed(
+        &mut self,
+        keys: &[(String, i64)],
+        owed_by_ms: i64,
+        seen_after_ms: i64,
+    ) -> Result<HashMap<String, Vec<(i64, i64)>>> {
+        let (k, m): (Vec<&str>, Vec<i64>) = keys.iter().map(|(k, m)| (k.as_str(), *m)).unzip();
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(OWED)
+            .bind(&k)
+            .bind(&m)
             .bind(owed_by_ms)
-            .bind(value)
-            .bind(n)
+            .bind(seen_after_ms)
             .fetch_all(&mut *self.0)
-            .await?)
+            .await?;
+        let mut out: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+        for (key, id, since) in rows {
+            out.entry(key).or_default().push((id, since));
+        }
+        // Oldest first, whatever order the join returned the keys' rows in.
+        for list in out.values_mut() {
+            list.sort_unstable_by_key(|&(id, since)| (since, id));
+        }
+        Ok(out)
     }
 
-    async fn records_limit_wait(&mut self, rows: &[(i64, i64)]) -> Result<()> {
+    async fn records_limit_wait(&mut self, rows: &[LimitWait]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let (ids, since): (Vec<i64>, Vec<i64>) = rows.iter().copied().unzip();
+        let ids: Vec<i64> = rows.iter().map(|w| w.record_id).collect();
+        let keys: Vec<&str> = rows.iter().map(|w| w.key.as_str()).collect();
+        let now: Vec<i64> = rows.iter().map(|w| w.now_ms).collect();
         sqlx::query(
-            "UPDATE sync_instance_records r SET limit_wait_since_ms = \
-             COALESCE(r.limit_wait_since_ms, v.s) FROM UNNEST($1::bigint[], $2::bigint[]) AS v(i, s) \
-             WHERE r.id = v.i",
+            "UPDATE sync_instance_records r SET limit_wait_key = v.k, \
+             limit_wait_since_ms = COALESCE(r.limit_wait_since_ms, v.n), limit_seen_ms = v.n \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS v(i, k, n) WHERE r.id = v.i",
         )
         .bind(&ids)
-        .bind(&since)
+        .bind(&keys)
+        .bind(&now)
         .execute(&mut *self.0)
         .await?;
         Ok(())

@@ -237,7 +237,7 @@ impl BatchOps for PgOps<'_> {
             "UPDATE sync_instance_records r SET status = 'running', attempts = r.attempts + 1, worker_id = $4, ",
             "lock_wait_ms = v.w, lock_token = v.t, request_id = v.q, started_at = ",
             now!(),
-            ", completed_at = NULL, limit_wait_since_ms = NULL, updated_at = ",
+            ", completed_at = NULL, limit_wait_key = NULL, limit_wait_since_ms = NULL, limit_seen_ms = NULL, updated_at = ",
             now!(),
             " FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $5::text[]) AS v(i, w, t, q) ",
             "WHERE r.id = v.i RETURNING r.id, r.attempts"
@@ -347,16 +347,18 @@ impl BatchOps for PgOps<'_> {
         let id: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         let payload: Vec<&[u8]> = jobs.iter().map(|j| j.payload.as_slice()).collect();
         let delay: Vec<f64> = jobs.iter().map(|j| j.delay.as_secs_f64()).collect();
+        let priority: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
         sqlx::query(
             "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
-             SELECT p, i, $4, 'Pending', 0, $5, now() + make_interval(secs => d), 0 \
-             FROM UNNEST($1::text[], $2::bytea[], $3::float8[]) AS v(i, p, d)",
+             SELECT p, i, $4, 'Pending', 0, $5, now() + make_interval(secs => d), r \
+             FROM UNNEST($1::text[], $2::bytea[], $3::float8[], $6::int4[]) AS v(i, p, d, r)",
         )
         .bind(&id)
         .bind(&payload)
         .bind(&delay)
         .bind(queue::QUEUE)
         .bind(queue::APALIS_MAX_ATTEMPTS as i32)
+        .bind(&priority)
         .execute(&mut *self.0)
         .await?;
         Ok(())

@@ -278,7 +278,7 @@ impl BatchOps for SqliteOps<'_> {
                 "UPDATE sync_instance_records SET status = 'running', attempts = attempts + 1, worker_id = ?2, ",
                 "lock_wait_ms = v.value->>1, lock_token = v.value->>2, request_id = v.value->>3, started_at = ",
                 now!(),
-                ", completed_at = NULL, limit_wait_since_ms = NULL, updated_at = ",
+                ", completed_at = NULL, limit_wait_key = NULL, limit_wait_since_ms = NULL, limit_seen_ms = NULL, updated_at = ",
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0 RETURNING id, attempts"
             ),
@@ -387,13 +387,14 @@ impl BatchOps for SqliteOps<'_> {
                 json!([
                     j.id,
                     String::from_utf8_lossy(&j.payload),
-                    j.delay.as_secs_f64().ceil() as i64
+                    j.delay.as_secs_f64().ceil() as i64,
+                    j.priority
                 ])
             })
             .collect();
         self.exec(
             "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority) \
-             SELECT CAST(value->>1 AS BLOB), value->>0, ?2, 'Pending', 0, ?3, unixepoch() + value->>2, 0 FROM json_each(?1)",
+             SELECT CAST(value->>1 AS BLOB), value->>0, ?2, 'Pending', 0, ?3, unixepoch() + value->>2, value->>3 FROM json_each(?1)",
             params![arr(&rows), queue::QUEUE, queue::APALIS_MAX_ATTEMPTS],
         )?;
         Ok(())
