@@ -336,7 +336,7 @@ pub fn limit_key(s: &str) -> Result<String> {
                 return Err(bad());
             }
             // As instances' hosts are compared (`store::batch::keys_of`).
-            return Ok(format!("host:{}", crate::store::batch::host_key(h)));
+            return Ok(crate::store::batch::normal_key(s));
         }
         _ => return Err(bad()),
     }

@@ -38,6 +38,27 @@ async fn fleet(
     ids
 }
 
+/// Whether apalis would hand out job `id` now.
+async fn job_due(store: &dyn Store, id: &str) -> bool {
+    let n: i64 = match store.pool() {
+        DbPool::Sqlite(p) => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM Jobs WHERE id = ?1 AND status = 'Pending' AND run_at <= unixepoch()",
+        )
+        .bind(id)
+        .fetch_one(&p)
+        .await
+        .unwrap(),
+        DbPool::Postgres(p) => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM apalis.jobs WHERE id = $1 AND status = 'Pending' AND run_at <= now()",
+        )
+        .bind(id)
+        .fetch_one(&p)
+        .await
+        .unwrap(),
+    };
+    n == 1
+}
+
 fn granted(outs: &[GrantOutcome]) -> usize {
     outs.iter()
         .filter(|o| matches!(o, GrantOutcome::Granted { .. }))
@@ -87,12 +108,22 @@ async fn a_full_limit_holds_back_grants_until_a_slot_frees(b: Backend) {
         .await
         .unwrap();
     assert!(matches!(again[0], GrantOutcome::Busy), "{again:?}");
-    // A finish frees a slot for it.
+    // A finish frees a slot for it, and makes its delayed job due at once (the slot
+    // does not idle for the retry delay).
+    let waiting_job = crate::conformance::job_id_of(store.as_ref(), jobs[2].1.record_id).await;
+    assert!(
+        !job_due(store.as_ref(), &waiting_job).await,
+        "delayed while the key is full"
+    );
     let t = token_of(&out[0]);
     store
         .record_finish_batch(&[finish(&jobs[0], t, SyncResult::Completed(vec![]))])
         .await
         .unwrap();
+    assert!(
+        job_due(store.as_ref(), &waiting_job).await,
+        "woken by the finish"
+    );
     let waiting = jobs_of(store.as_ref(), s.session_id).await;
     let now = store
         .lease_grant_batch(&p, &[grant(&waiting[2], "w")])
@@ -101,9 +132,10 @@ async fn a_full_limit_holds_back_grants_until_a_slot_frees(b: Backend) {
     assert!(matches!(now[0], GrantOutcome::Granted { .. }), "{now:?}");
     let l = limit(store.as_ref(), "group:g").await;
     assert_eq!((l.in_use, l.waiting), (2, 0), "{l:?}");
-    // A host limit applies on top of the group's.
-    let h = fleet(store.as_ref(), "h", 2, "roomy", Some("db.example")).await;
-    store.limit_set("host:db.example", 1).await.unwrap();
+    // A host limit applies on top of the group's, to the host however it is written;
+    // a finish wakes the host's waiter too.
+    let h = fleet(store.as_ref(), "h", 2, "roomy", Some("DB.Example")).await;
+    store.limit_set("host:db.EXAMPLE", 1).await.unwrap();
     let s = store
         .session_create(SyncType::ManualBatch, Some(&h))
         .await
@@ -113,6 +145,24 @@ async fn a_full_limit_holds_back_grants_until_a_slot_frees(b: Backend) {
     let out = store.lease_grant_batch(&p, &reqs).await.unwrap();
     assert_eq!(granted(&out), 1, "{out:?}");
     assert_eq!(limit(store.as_ref(), "host:db.example").await.in_use, 1);
+    let (done, waiter) = match out[0] {
+        GrantOutcome::Granted { .. } => (0, 1),
+        _ => (1, 0),
+    };
+    let waiting_job = crate::conformance::job_id_of(store.as_ref(), jobs[waiter].1.record_id).await;
+    assert!(!job_due(store.as_ref(), &waiting_job).await);
+    store
+        .record_finish_batch(&[finish(
+            &jobs[done],
+            token_of(&out[done]),
+            SyncResult::Completed(vec![]),
+        )])
+        .await
+        .unwrap();
+    assert!(
+        job_due(store.as_ref(), &waiting_job).await,
+        "woken under its host's key"
+    );
 }
 
 async fn records_owed_a_slot_are_served_before_newcomers(b: Backend) {

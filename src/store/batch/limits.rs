@@ -14,7 +14,9 @@
 //! anyone younger. Owing only after a delay keeps a freed slot from idling while its
 //! owner's delayed job comes back, when nobody has waited that long; owing only while it
 //! keeps asking (`OWED_WHILE_SEEN`) keeps a job that cannot come back (fetched by a
-//! worker that was then killed, until the queue hands it on) from holding a slot.
+//! worker that was then killed, until the queue hands it on) from holding a slot. A
+//! finish that frees slots makes the longest waiters' copies due at once
+//! (`LimitOps::limits_wake`), so a slot changes hands at the next poll, not after a delay.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -46,6 +48,12 @@ pub(crate) trait LimitOps: Send {
     ) -> Result<HashMap<String, Vec<(i64, i64)>>>;
     /// Stamps records as refused by a key now, keeping the first wait's time.
     async fn records_limit_wait(&mut self, rows: &[LimitWait]) -> Result<()>;
+    /// After a finish released the leases of `instance_ids`: for each limited key among
+    /// them, makes the jobs of as many of its longest-waiting records as slots were freed
+    /// due now, so that a freed slot is taken at the next poll instead of after a retry
+    /// delay (without it: 22 syncs/s where 20 slots of 50 ms syncs allow 400). Best
+    /// effort: a job another transaction holds is skipped. Nearly free without limits.
+    async fn limits_wake(&mut self, instance_ids: &[i64]) -> Result<()>;
 }
 
 /// A record refused by a full key.
@@ -82,6 +90,14 @@ pub(crate) fn keys_of(group: Option<&str>, host: Option<&str>) -> Vec<String> {
         keys.push(format!("host:{}", host_key(h)));
     }
     keys
+}
+
+/// A limit's key as stored and compared: a host's part as [`host_key`] writes it.
+pub(crate) fn normal_key(key: &str) -> String {
+    match key.split_once(':') {
+        Some(("host", h)) => format!("host:{}", host_key(h)),
+        _ => key.to_string(),
+    }
 }
 
 /// A host as limit keys name it: lowercase, IPv6 brackets removed.

@@ -15,7 +15,7 @@ mod limits;
 mod ops;
 mod plan;
 
-pub(crate) use limits::{LimitOps, LimitWait, host_key, keys_of};
+pub(crate) use limits::{LimitOps, LimitWait, keys_of, normal_key};
 pub(crate) use ops::*;
 
 use super::*;
@@ -235,6 +235,11 @@ async fn write_finishes<O: BatchOps + ?Sized>(
     ops.jobs_push(&records.retry_jobs).await?;
     ops.jobs_ack(&records.ack).await?;
     ops.jobs_release(&records.handback_jobs).await?;
+    // Before the session rows (the lock order): wake the jobs owed the slots freed here.
+    let released: Vec<i64> = releases.iter().map(|l| l.instance_id).collect();
+    if !released.is_empty() {
+        ops.limits_wake(&released).await?;
+    }
     for (session, (s, f, c, last)) in records.bumps.into_iter() {
         out[last].session_finished = session_bump(ops, session, s, f, c).await?;
     }

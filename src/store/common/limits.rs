@@ -7,10 +7,12 @@ use super::access::InTx;
 use super::{Backend, SqlStore};
 use crate::model::{AuditTarget, Limit};
 use crate::store::Result;
-use crate::store::batch::keys_of;
+use crate::store::batch::{keys_of, normal_key};
 use crate::store::sql::Q;
 
 pub(super) async fn set<D: Backend>(s: &SqlStore<D>, key: &str, max: i64) -> Result<Limit> {
+    let key = normal_key(key);
+    let key = key.as_str();
     let audit = InTx::new(vec![AuditTarget::new("limit", key)]);
     let mut tx = s.begin().await?;
     let q = Q::new(format!(
@@ -34,6 +36,8 @@ pub(super) async fn set<D: Backend>(s: &SqlStore<D>, key: &str, max: i64) -> Res
 }
 
 pub(super) async fn remove<D: Backend>(s: &SqlStore<D>, key: &str) -> Result<bool> {
+    let key = normal_key(key);
+    let key = key.as_str();
     let audit = InTx::new(vec![AuditTarget::new("limit", key)]);
     let mut tx = s.begin().await?;
     let q = Q::new("DELETE FROM sync_limits WHERE key = $1").bind(key);

@@ -17,6 +17,22 @@ const OWED: &str = "SELECT v.k, o.id, o.since FROM UNNEST($1::text[], $2::bigint
      WHERE limit_wait_key = v.k AND status = 'pending' AND limit_wait_since_ms <= $3 \
      AND limit_seen_ms >= $4 ORDER BY limit_wait_since_ms, id LIMIT v.m) o";
 
+/// `limits_wake` in one round trip: the keys of the released instances (as
+/// `batch::keys_of` writes them: `group:NAME`, `host:` and the host in lowercase without
+/// IPv6 brackets), those with a limit, and the jobs of each one's longest-waiting records,
+/// as many as slots were freed. `SKIP LOCKED`: a job a worker is fetching, or another
+/// finish is waking, is left alone, and two finishes never wait on each other's jobs.
+const WAKE: &str = "WITH freed AS (SELECT x.k, COUNT(*) AS n FROM instances i \
+     CROSS JOIN LATERAL (VALUES ('group:' || i.group_name), \
+     ('host:' || lower(btrim(i.host, '[]')))) AS x(k) \
+     WHERE i.id = ANY($1) AND x.k IS NOT NULL GROUP BY x.k), \
+     limited AS (SELECT f.k, f.n FROM freed f JOIN sync_limits l ON l.key = f.k) \
+     UPDATE apalis.jobs SET run_at = now() WHERE id IN (SELECT j.id FROM apalis.jobs j \
+     WHERE j.status = 'Pending' AND j.id IN (SELECT w.job_id FROM limited v CROSS JOIN LATERAL \
+     (SELECT job_id FROM sync_instance_records WHERE limit_wait_key = v.k \
+     AND status = 'pending' ORDER BY limit_wait_since_ms, id LIMIT v.n) w) \
+     FOR UPDATE SKIP LOCKED)";
+
 #[async_trait]
 impl LimitOps for PgOps<'_> {
     async fn limits_for(&mut self, keys: &[String]) -> Result<HashMap<String, i64>> {
@@ -80,6 +96,14 @@ impl LimitOps for PgOps<'_> {
         .bind(&now)
         .execute(&mut *self.0)
         .await?;
+        Ok(())
+    }
+
+    async fn limits_wake(&mut self, instance_ids: &[i64]) -> Result<()> {
+        sqlx::query(WAKE)
+            .bind(instance_ids)
+            .execute(&mut *self.0)
+            .await?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::now;
 use super::pipeline::{SqliteOps, arr};
 use crate::store::Result;
-use crate::store::batch::{LimitOps, LimitWait};
+use crate::store::batch::{LimitOps, LimitWait, keys_of};
 
 const ANY_WAITING: &str = "SELECT 1 FROM sync_instance_records \
      WHERE limit_wait_key IS NOT NULL AND status = 'pending' LIMIT 1";
@@ -81,6 +81,43 @@ impl LimitOps for SqliteOps<'_> {
              WHERE sync_instance_records.id = v.value->>0",
             [arr(&rows)],
         )?;
+        Ok(())
+    }
+
+    async fn limits_wake(&mut self, instance_ids: &[i64]) -> Result<()> {
+        // Local calls, not round trips: a few statements cost little here.
+        if self
+            .rows("SELECT 1 FROM sync_limits LIMIT 1", [], |_| Ok(()))?
+            .is_empty()
+            || self.rows(ANY_WAITING, [], |_| Ok(()))?.is_empty()
+        {
+            return Ok(());
+        }
+        let mut freed: HashMap<String, i64> = HashMap::new();
+        let rows: Vec<(Option<String>, Option<String>)> = self.rows(
+            "SELECT group_name, host FROM instances WHERE id IN (SELECT value FROM json_each(?1))",
+            [arr(instance_ids)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        for (g, h) in rows {
+            for k in keys_of(g.as_deref(), h.as_deref()) {
+                *freed.entry(k).or_default() += 1;
+            }
+        }
+        let keys: Vec<&String> = freed.keys().collect();
+        let limited: Vec<String> = self.rows(
+            "SELECT key FROM sync_limits WHERE key IN (SELECT value FROM json_each(?1)) ORDER BY key",
+            [arr(&keys)],
+            |r| Ok(r.get(0)?),
+        )?;
+        for key in limited {
+            self.exec(
+                "UPDATE Jobs SET run_at = unixepoch() WHERE status = 'Pending' AND id IN \
+                 (SELECT job_id FROM sync_instance_records WHERE limit_wait_key = ?1 \
+                 AND status = 'pending' ORDER BY limit_wait_since_ms, id LIMIT ?2)",
+                rusqlite::params![key, freed[&key]],
+            )?;
+        }
         Ok(())
     }
 }
