@@ -26,12 +26,13 @@ const WAKE: &str = "WITH freed AS (SELECT x.k, COUNT(*) AS n FROM instances i \
      CROSS JOIN LATERAL (VALUES ('group:' || i.group_name), \
      ('host:' || lower(btrim(i.host, '[]')))) AS x(k) \
      WHERE i.id = ANY($1) AND x.k IS NOT NULL GROUP BY x.k), \
-     limited AS (SELECT f.k, f.n FROM freed f JOIN sync_limits l ON l.key = f.k) \
-     UPDATE apalis.jobs SET run_at = now() WHERE id IN (SELECT j.id FROM apalis.jobs j \
-     WHERE j.status = 'Pending' AND j.id IN (SELECT w.job_id FROM limited v CROSS JOIN LATERAL \
+     limited AS (SELECT f.k, f.n FROM freed f JOIN sync_limits l ON l.key = f.k), \
+     owed AS (SELECT w.job_id FROM limited v CROSS JOIN LATERAL \
      (SELECT job_id FROM sync_instance_records WHERE limit_wait_key = v.k \
      AND status = 'pending' ORDER BY limit_wait_since_ms, id LIMIT v.n) w) \
-     FOR UPDATE SKIP LOCKED)";
+     UPDATE apalis.jobs SET run_at = now() WHERE id IN (SELECT j.id FROM owed o \
+     JOIN apalis.jobs j ON j.id = o.job_id WHERE j.status = 'Pending' \
+     FOR UPDATE OF j SKIP LOCKED)";
 
 #[async_trait]
 impl LimitOps for PgOps<'_> {
