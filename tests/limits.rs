@@ -15,6 +15,7 @@ on_both_databases!(
     a_full_limit_holds_back_grants_until_a_slot_frees,
     records_owed_a_slot_are_served_before_newcomers,
     a_waiter_that_stops_asking_or_waits_on_another_key_holds_no_slot,
+    a_takeover_refused_by_a_full_limit_waits_as_a_pending_record,
     a_lapsed_lease_frees_its_slot_and_lowering_a_limit_stops_no_running_sync,
     concurrent_grants_under_one_limit_never_exceed_it,
     limits_are_set_listed_and_removed_by_the_api_and_the_cli,
@@ -299,6 +300,46 @@ async fn a_waiter_that_stops_asking_or_waits_on_another_key_holds_no_slot(b: Bac
     assert!(matches!(out[0], GrantOutcome::Granted { .. }), "{out:?}");
 }
 
+async fn a_takeover_refused_by_a_full_limit_waits_as_a_pending_record(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    let ids = fleet(store.as_ref(), "t", 2, "t", None).await;
+    store.limit_set("group:t", 1).await.unwrap();
+    let s = store
+        .session_create(SyncType::ManualBatch, Some(&ids))
+        .await
+        .unwrap();
+    let jobs = jobs_of(store.as_ref(), s.session_id).await;
+    // X runs under a short lease, and its holder dies: X stays running, its lease lapses.
+    let short = params(Duration::from_secs(1));
+    let x = store
+        .lease_grant_batch(&short, &[grant(&jobs[0], "dies")])
+        .await
+        .unwrap();
+    assert!(matches!(x[0], GrantOutcome::Granted { .. }));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Y takes the group's one slot; then X's job comes back to take its lease over.
+    let p = params(Duration::from_secs(30));
+    let y = store
+        .lease_grant_batch(&p, &[grant(&jobs[1], "w")])
+        .await
+        .unwrap();
+    assert!(matches!(y[0], GrantOutcome::Granted { .. }), "{y:?}");
+    let again = store
+        .lease_grant_batch(&p, &[grant(&jobs[0], "w")])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], GrantOutcome::Busy), "{again:?}");
+    let d = store.session_get(s.session_id).await.unwrap().unwrap();
+    let rec = d.records.iter().find(|r| r.instance_id == ids[0]).unwrap();
+    assert_eq!(
+        rec.status.as_str(),
+        "pending",
+        "waits like any waiter: {rec:?}"
+    );
+    assert_eq!(limit(store.as_ref(), "group:t").await.waiting, 1);
+}
+
 async fn a_lapsed_lease_frees_its_slot_and_lowering_a_limit_stops_no_running_sync(b: Backend) {
     let db = TestDb::new(b).await;
     let store = db.store().await;
@@ -484,6 +525,24 @@ async fn limits_are_set_listed_and_removed_by_the_api_and_the_cli(b: Backend) {
         ],
     );
     assert_eq!(code, 0);
+    // And in an import file.
+    let file = app.db().dir.path().join("import.json");
+    std::fs::write(
+        &file,
+        r#"[{"name": "imp", "kind": "simulated", "group": "etl"}]"#,
+    )
+    .unwrap();
+    let (code, _, err) = cli(url, &["instances", "import", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let imported = app
+        .store
+        .instance_get_by_name("imp")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(imported.group.as_deref(), Some("etl"));
+    let (_, out, _) = cli(url, &["instances", "list", "--json"]);
+    assert!(out.contains(r#""group": "etl""#), "{out}");
     for bad in [
         &["limits", "set", "db1", "--max-concurrent", "2"][..],
         &["limits", "set", "group:x", "--max-concurrent", "0"],

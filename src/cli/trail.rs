@@ -101,7 +101,10 @@ pub(crate) async fn close(
     }
     let (outcome, detail) = match result {
         Ok(()) => (AuditOutcome::Ok, "nothing changed".to_string()),
-        Err(e @ CliError::Usage(_)) => (AuditOutcome::Refused, e.to_string()),
+        Err(e @ CliError::Usage(_)) => (
+            AuditOutcome::Refused,
+            crate::audit::scrub_text(&e.to_string(), &[]),
+        ),
         // A session that finished badly was started, and its start recorded.
         Err(e @ (CliError::Unsuccessful { .. } | CliError::TimedOut { .. })) => {
             (AuditOutcome::Ok, e.to_string())

@@ -349,8 +349,10 @@ pub(super) async fn audited(
     }
     let (response, message) = error_message(response).await;
     let outcome = outcome_of(response.status());
+    // A message may echo the input (`'spt_…' is not a limit key`): scrubbed like fields.
     let detail = refusal
         .or(message)
+        .map(|d| crate::audit::scrub_text(&d, secrets))
         .or_else(|| (outcome == AuditOutcome::Ok).then(|| "nothing changed".into()));
     if let Err(e) = store.audit_insert(&scope.closing(outcome, detail)).await {
         // The request is answered either way: its change, if any, committed with its

@@ -405,6 +405,7 @@ pub fn instance(v: &InstanceView) -> Markup {
             dt { "Host" } dd.mono { (i.host.as_deref().unwrap_or("-")) @if let Some(p) = i.port { ":" (p) } }
             dt { "User" } dd { (i.username.as_deref().unwrap_or("-")) }
             dt { "Database" } dd { (i.database.as_deref().unwrap_or("-")) }
+            dt { "Group" } dd { (i.group.as_deref().unwrap_or("-")) }
             // Where the password comes from, never the password: the server cannot read it.
             dt { "Password from" } dd.mono {
                 @if let Some(e) = &i.password_env { "environment " (e) }

@@ -6,8 +6,7 @@
 //! the lease does, with no state of its own to leak.
 //!
 //! A job whose key is full waits as a job for a busy instance does (re-pushed with a
-//! delay, holding no worker slot), its copy fetched ahead of other due jobs (a higher
-//! apalis priority) so that it comes back promptly. So that a waiting job cannot starve
+//! delay, holding no worker slot). So that a waiting job cannot starve
 //! while new ones keep arriving, a pending record stamps which key refused it, when it
 //! first waited and when it last asked. Once it has waited a whole retry delay it is
 //! *owed* a slot of that key, and the owed records, oldest first, are granted before
@@ -15,8 +14,10 @@
 //! owner's delayed job comes back, when nobody has waited that long; owing only while it
 //! keeps asking (`OWED_WHILE_SEEN`) keeps a job that cannot come back (fetched by a
 //! worker that was then killed, until the queue hands it on) from holding a slot. A
-//! finish that frees slots makes the longest waiters' copies due at once
-//! (`LimitOps::limits_wake`), so a slot changes hands at the next poll, not after a delay.
+//! finish that frees slots makes the copies of the longest waiters whose job can run due
+//! at once and fetched first (`LimitOps::limits_wake`), so a slot changes hands at the
+//! next poll, not after a delay; the other waiting copies keep the ordinary priority, so
+//! a large backlog of waiters does not crowd out other sessions' jobs.
 
 use std::collections::HashMap;
 use std::time::Duration;

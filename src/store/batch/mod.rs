@@ -119,6 +119,7 @@ async fn write_grants<O: BatchOps + ?Sized>(
     let attempts = ops.records_start(owner, &starts).await?;
     ops.records_end(&plan.ended).await?;
     ops.records_requeue(&plan.busy_records, false).await?;
+    ops.records_requeue(&plan.takeover_waits, true).await?;
     ops.records_limit_wait(&plan.limit_waits).await?;
     ops.locks_take(owner, p.ttl, &leases).await?;
     ops.jobs_push(&plan.busy_jobs).await?;

@@ -148,6 +148,8 @@ pub(crate) struct GrantPlan {
     pub busy_records: Vec<Requeue>,
     /// Records that found a limit of their instance full.
     pub limit_waits: Vec<LimitWait>,
+    /// Of those, the running ones (takeovers of a lapsed lease): requeued as pending.
+    pub takeover_waits: Vec<Requeue>,
     /// Indexes of the requests that take their instance's lease.
     pub granted: Vec<usize>,
 }
@@ -156,8 +158,7 @@ impl GrantPlan {
     /// Waits without holding a worker slot: a copy of the job, delayed, takes over.
     /// `lock_wait_since` starts the lock-wait clock (a busy instance) if not started;
     /// without it, the wait is for a limit's slot: the clock stops (the lease is free,
-    /// the wait so far was for it) and the copy is fetched ahead of other due jobs, so
-    /// that a slot owed to it does not idle.
+    /// the wait so far was for it).
     fn wait(
         &mut self,
         p: &LeaseParams,
@@ -177,7 +178,7 @@ impl GrantPlan {
             id: job_id.clone(),
             payload: payload.to_bytes(),
             delay: p.busy_retry,
-            priority: if lock_wait_since.is_some() { 0 } else { 1 },
+            priority: 0,
         });
         self.busy_records.push(Requeue {
             record_id: req.payload.record_id,
@@ -250,6 +251,14 @@ pub(crate) fn plan_grants(
                         // toward the lock-wait timeout (a small limit over a large session
                         // keeps jobs waiting for long, by design).
                         plan.wait(p, req, i, None);
+                        if st.recs[&rid].status == RecordStatus::Running {
+                            // A takeover of a lapsed lease, refused: back to pending, so
+                            // that it is owed, woken and counted like any waiter (and the
+                            // rescuer does not take it for a lost sync).
+                            if let Some(r) = plan.busy_records.pop() {
+                                plan.takeover_waits.push(r);
+                            }
+                        }
                         plan.limit_waits.push(LimitWait {
                             record_id: rid,
                             key,

@@ -18,19 +18,22 @@ const OWED: &str = "SELECT v.k, o.id, o.since FROM UNNEST($1::text[], $2::bigint
      AND limit_seen_ms >= $4 ORDER BY limit_wait_since_ms, id LIMIT v.m) o";
 
 /// `limits_wake` in one round trip: the keys of the released instances (as
-/// `batch::keys_of` writes them: `group:NAME`, `host:` and the host in lowercase without
-/// IPv6 brackets), those with a limit, and the jobs of each one's longest-waiting records,
-/// as many as slots were freed. `SKIP LOCKED`: a job a worker is fetching, or another
+/// `batch::keys_of` writes them: `group:NAME`, `host:` and the host in ASCII lowercase
+/// without IPv6 brackets), those with a limit, and the jobs of each one's longest-waiting
+/// records whose job can run, as many as slots were freed: due now and fetched first
+/// (priority 1; waiting jobs are pushed at 0, so a large waiting backlog does not crowd
+/// out other sessions' jobs). `SKIP LOCKED`: a job a worker is fetching, or another
 /// finish is waking, is left alone, and two finishes never wait on each other's jobs.
 const WAKE: &str = "WITH freed AS (SELECT x.k, COUNT(*) AS n FROM instances i \
      CROSS JOIN LATERAL (VALUES ('group:' || i.group_name), \
-     ('host:' || lower(btrim(i.host, '[]')))) AS x(k) \
+     ('host:' || lower(ltrim(rtrim(i.host, ']'), '[') COLLATE \"C\"))) AS x(k) \
      WHERE i.id = ANY($1) AND x.k IS NOT NULL GROUP BY x.k), \
      limited AS (SELECT f.k, f.n FROM freed f JOIN sync_limits l ON l.key = f.k), \
      owed AS (SELECT w.job_id FROM limited v CROSS JOIN LATERAL \
-     (SELECT job_id FROM sync_instance_records WHERE limit_wait_key = v.k \
-     AND status = 'pending' ORDER BY limit_wait_since_ms, id LIMIT v.n) w) \
-     UPDATE apalis.jobs SET run_at = now() WHERE id IN (SELECT j.id FROM owed o \
+     (SELECT r.job_id FROM sync_instance_records r JOIN apalis.jobs j ON j.id = r.job_id \
+     WHERE r.limit_wait_key = v.k AND r.status = 'pending' AND j.status = 'Pending' \
+     ORDER BY r.limit_wait_since_ms, r.id LIMIT v.n) w) \
+     UPDATE apalis.jobs SET run_at = now(), priority = 1 WHERE id IN (SELECT j.id FROM owed o \
      JOIN apalis.jobs j ON j.id = o.job_id WHERE j.status = 'Pending' \
      FOR UPDATE OF j SKIP LOCKED)";
 

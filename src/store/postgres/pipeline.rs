@@ -311,7 +311,7 @@ impl BatchOps for PgOps<'_> {
         let error: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
         sqlx::query(concat!(
             "UPDATE sync_instance_records r SET job_id = v.j, error = COALESCE(v.e, r.error), ",
-            "status = CASE WHEN $4 THEN 'pending' ELSE r.status END, updated_at = ",
+            "status = CASE WHEN $4 THEN 'pending' ELSE r.status END, limit_wait_key = NULL, updated_at = ",
             now!(),
             " FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS v(i, j, e) WHERE r.id = v.i"
         ))

@@ -112,9 +112,10 @@ impl LimitOps for SqliteOps<'_> {
         )?;
         for key in limited {
             self.exec(
-                "UPDATE Jobs SET run_at = unixepoch() WHERE status = 'Pending' AND id IN \
-                 (SELECT job_id FROM sync_instance_records WHERE limit_wait_key = ?1 \
-                 AND status = 'pending' ORDER BY limit_wait_since_ms, id LIMIT ?2)",
+                "UPDATE Jobs SET run_at = unixepoch(), priority = 1 WHERE status = 'Pending' \
+                 AND id IN (SELECT r.job_id FROM sync_instance_records r JOIN Jobs j \
+                 ON j.id = r.job_id WHERE r.limit_wait_key = ?1 AND r.status = 'pending' \
+                 AND j.status = 'Pending' ORDER BY r.limit_wait_since_ms, r.id LIMIT ?2)",
                 rusqlite::params![key, freed[&key]],
             )?;
         }

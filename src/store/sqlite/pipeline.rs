@@ -352,7 +352,7 @@ impl BatchOps for SqliteOps<'_> {
         self.exec(
             concat!(
                 "UPDATE sync_instance_records SET job_id = v.value->>1, error = COALESCE(v.value->>2, error), ",
-                "status = CASE WHEN ?2 THEN 'pending' ELSE status END, updated_at = ",
+                "status = CASE WHEN ?2 THEN 'pending' ELSE status END, limit_wait_key = NULL, updated_at = ",
                 now!(),
                 " FROM json_each(?1) AS v WHERE sync_instance_records.id = v.value->>0"
             ),
