@@ -32,9 +32,9 @@ const WAKE: &str = "WITH freed AS (SELECT x.k, COUNT(*) AS n FROM instances i \
      owed AS (SELECT w.job_id FROM limited v CROSS JOIN LATERAL \
      (SELECT job_id FROM sync_instance_records WHERE limit_wait_key = v.k \
      AND status = 'pending' ORDER BY limit_wait_since_ms, id LIMIT v.n) w) \
-     UPDATE apalis.jobs SET run_at = now(), priority = 1 WHERE id IN (SELECT j.id \
-     FROM apalis.jobs j WHERE j.status = 'Pending' AND j.id IN (SELECT job_id FROM owed) \
-     FOR UPDATE SKIP LOCKED)";
+     UPDATE apalis.jobs SET run_at = now(), priority = 1 WHERE id IN (SELECT j.id FROM owed o \
+     JOIN apalis.jobs j ON j.id = o.job_id WHERE j.status = 'Pending' \
+     FOR UPDATE OF j SKIP LOCKED)";
 
 #[async_trait]
 impl LimitOps for PgOps<'_> {
