@@ -41,7 +41,7 @@ pub struct Rule {
     pub action: Option<&'static str>,
 }
 
-const fn read(method: &'static str, path: &'static str, role: Role) -> Rule {
+pub(crate) const fn read(method: &'static str, path: &'static str, role: Role) -> Rule {
     Rule {
         method,
         path,
@@ -50,7 +50,7 @@ const fn read(method: &'static str, path: &'static str, role: Role) -> Rule {
     }
 }
 
-const fn change(
+pub(crate) const fn change(
     method: &'static str,
     path: &'static str,
     role: Role,

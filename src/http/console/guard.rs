@@ -9,25 +9,17 @@ use axum::response::{IntoResponse, Response};
 
 use super::{Console, PageError, now};
 use crate::http::ApiError;
-use crate::http::access::{Rule, forbidden};
+use crate::http::access::{Rule, change, forbidden, read};
 use crate::model::Role::{Admin, Operator, Viewer};
 
+// The console's pages are GETs and its forms POSTs: `access`'s rules with the method
+// implied.
 const fn page(path: &'static str, role: crate::model::Role) -> Rule {
-    Rule {
-        method: "GET",
-        path,
-        role,
-        action: None,
-    }
+    read("GET", path, role)
 }
 
 const fn form(path: &'static str, role: crate::model::Role, action: &'static str) -> Rule {
-    Rule {
-        method: "POST",
-        path,
-        role,
-        action: Some(action),
-    }
+    change("POST", path, role, action)
 }
 
 /// Every console route but sign-in, sign-out and the style sheet and script.
