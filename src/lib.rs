@@ -32,6 +32,7 @@ pub(crate) mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod queue;
 pub(crate) mod redact;
 pub mod scheduler;

@@ -64,6 +64,8 @@ pub const LIMIT_IN_USE: &str = "syncpool_limit_slots_in_use";
 pub const LIMIT_MAX: &str = "syncpool_limit_slots_max";
 /// Gauge, fleet-wide: jobs waiting for a slot of each limit.
 pub const LIMIT_WAITING: &str = "syncpool_limit_waiting";
+/// Gauge, fleet-wide: open policy violations by rule (label `rule`).
+pub const POLICY_VIOLATIONS: &str = "syncpool_policy_violations";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -312,6 +314,15 @@ pub fn render_sessions(g: &FleetGauges) -> String {
         for l in &g.limits {
             let _ = writeln!(out, "{name}{{limit=\"{}\"}} {}", l.key, value(l));
         }
+    }
+    // Rule names are letters, digits, '-', '_' and '.' (`policy::check`): nothing to
+    // escape, and as many series as rules an admin wrote.
+    let _ = writeln!(
+        out,
+        "# HELP {POLICY_VIOLATIONS} Open policy violations by rule (fleet-wide, from the database)\n# TYPE {POLICY_VIOLATIONS} gauge"
+    );
+    for (rule, n) in &g.violations {
+        let _ = writeln!(out, "{POLICY_VIOLATIONS}{{rule=\"{rule}\"}} {n}");
     }
     out
 }

@@ -220,6 +220,8 @@ macro_rules! status_enum {
 // After the macro: the module's enums are `status_enum!`s too.
 mod access;
 pub use access::*;
+mod policy;
+pub use policy::*;
 
 status_enum!(
     /// What an instance is, and so which source reads it (`syncpool_workers::KINDS`).
@@ -526,6 +528,9 @@ pub struct FleetGauges {
     pub slots_skipped_24h: i64,
     /// Every concurrency limit with its slots in use and its waiting jobs.
     pub limits: Vec<Limit>,
+    /// Open policy violations by rule: every rule of the policy in force (0 when none
+    /// are open) and any other rule with violations still open.
+    pub violations: Vec<(String, i64)>,
 }
 
 /// Upper bounds, in seconds, of the session-duration histogram's buckets: one counter

@@ -286,7 +286,7 @@ pub fn since(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::Date
 /// reported as `field`.
 pub fn name_filter(field: &'static str, s: &str) -> Result<String> {
     name(s).map(|_| s.to_string()).map_err(|e| match e {
-        StoreError::Invalid { message, .. } => StoreError::Invalid { field, message },
+        StoreError::Invalid { message, .. } => StoreError::invalid(field, message),
         other => other,
     })
 }
@@ -444,6 +444,34 @@ pub fn change_filter(q: ChangeQuery) -> Result<crate::store::ChangeFilter> {
 /// A change kind: `baseline`, `added`, `removed` or `changed`.
 pub fn change_kind(s: &str) -> Result<crate::model::ChangeKind> {
     s.parse().map_err(|m| StoreError::invalid("kind", m))
+}
+
+/// The drift listing's filter, as the CLI and the API take it.
+pub fn drift_filter(
+    instance: Option<&str>,
+    rule: Option<&str>,
+    state: Option<&str>,
+    limit_: i64,
+    after_: Option<i64>,
+) -> Result<crate::model::DriftFilter> {
+    if let Some(r) = rule
+        && !crate::policy::is_rule_name(r)
+    {
+        return Err(StoreError::invalid(
+            "rule",
+            format!("'{r}' is not a rule name (letters, digits, '-', '_', '.')"),
+        ));
+    }
+    Ok(crate::model::DriftFilter {
+        instance: instance.map(|i| name_filter("instance", i)).transpose()?,
+        rule: rule.map(str::to_string),
+        state: Some(match state {
+            None => crate::model::ViolationState::Open,
+            Some(s) => s.parse().map_err(|m| StoreError::invalid("state", m))?,
+        }),
+        before: after_.map(after).transpose()?,
+        limit: limit(limit_)?,
+    })
 }
 
 /// A keyset cursor: a positive id.

@@ -14,20 +14,20 @@ use crate::common::*;
 
 /// The group whose members must log in with a password over TCP (the private cluster's
 /// pg_hba.conf; the rest of it trusts loopback).
-const PW_GROUP: &str = "syncpool_password_required";
+pub(crate) const PW_GROUP: &str = "syncpool_password_required";
 
 /// A private cluster that requires passwords of [`PW_GROUP`].
-fn private_pg() -> crate::private_pg::PrivatePg {
+pub(crate) fn private_pg() -> crate::private_pg::PrivatePg {
     let pg = crate::private_pg::PrivatePg::start();
     pg.require_passwords(PW_GROUP);
     pg
 }
 
-fn tag() -> String {
+pub(crate) fn tag() -> String {
     format!("sp{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
-async fn pg(server: &crate::private_pg::PrivatePg, sql: &str) {
+pub(crate) async fn pg(server: &crate::private_pg::PrivatePg, sql: &str) {
     let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&server.url("postgres"))
         .await
         .expect("PostgreSQL is required");
@@ -51,7 +51,7 @@ pub(crate) fn maria(sql: &str) {
     );
 }
 
-fn instance(
+pub(crate) fn instance(
     name: &str,
     kind: &str,
     port: i64,
@@ -77,7 +77,7 @@ fn instance(
 
 /// Syncs one instance through a real worker process that has `env` set; returns the
 /// session record and the CLI's view of the accounts.
-fn sync_one(db: &TestDb, name: &str, env: &[(&str, &str)]) -> (Value, Value) {
+pub(crate) fn sync_one(db: &TestDb, name: &str, env: &[(&str, &str)]) -> (Value, Value) {
     let log = db.dir.path().join(format!("worker-{name}.log"));
     let mut worker = Command::new(bin())
         .args([

@@ -309,6 +309,11 @@ pub enum Command {
     /// The audit trail: every change made through the API, the console or the CLI,
     /// newest first
     Audit(AuditArgs),
+    /// The fleet's policy: rules on the accounts every instance may have (docs/POLICY.md)
+    #[command(subcommand)]
+    Policy(super::PolicyCmd),
+    /// Policy violations found by syncs (drift), newest first: open ones unless asked
+    Drift(super::DriftArgs),
     /// The synced accounts of one instance
     Accounts {
         /// The instance's name

@@ -10,6 +10,7 @@
 //! database and hands each command to its file.
 
 mod args;
+mod args_policy;
 mod cmd;
 mod demo;
 mod show;
@@ -23,12 +24,15 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use args::*;
+pub use args_policy::*;
 pub use text::printable;
 
 use crate::model::SessionStatus;
 use crate::store::{self, Store, StoreError};
 use crate::validate;
-use cmd::{access, accounts, changes, instances, locks, maintenance, serve, sessions, worker};
+use cmd::{
+    access, accounts, changes, instances, locks, maintenance, policy, serve, sessions, worker,
+};
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +183,14 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
         Command::Audit(a) => {
             access::audit_filter(a)?;
         }
+        Command::Policy(p) => {
+            if let Some(file) = p.file() {
+                policy::read(file)?;
+            }
+        }
+        Command::Drift(a) => {
+            policy::filter(a)?;
+        }
         _ => {}
     }
     Ok(())
@@ -287,6 +299,8 @@ async fn dispatch(
         Command::Tokens(t) => access::tokens(store.as_ref(), t).await,
         Command::Limits(l) => locks::limits(store.as_ref(), l).await,
         Command::Audit(a) => access::audit(store.as_ref(), &a).await,
+        Command::Policy(p) => policy::run(store.as_ref(), p).await,
+        Command::Drift(a) => policy::drift(store.as_ref(), &a).await,
         Command::Demo {
             instances,
             workers,

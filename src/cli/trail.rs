@@ -6,7 +6,7 @@
 //! the CLI against the database can write the database directly too, so this records
 //! who did something, it does not stop anyone pretending.
 
-use super::{CliError, Command, InstancesCmd, LimitsCmd, TokensCmd};
+use super::{CliError, Command, InstancesCmd, LimitsCmd, PolicyCmd, TokensCmd};
 use crate::model::{AuditOutcome, NewAuditEvent};
 use crate::store::Store;
 
@@ -29,6 +29,9 @@ pub(crate) fn action(cmd: &Command) -> Option<&'static str> {
         Command::Limits(LimitsCmd::Set { .. }) => Some("limit.set"),
         Command::Limits(LimitsCmd::Remove { .. }) => Some("limit.remove"),
         Command::Limits(LimitsCmd::List { .. }) => None,
+        Command::Policy(PolicyCmd::Set { .. }) => Some("policy.set"),
+        Command::Policy(PolicyCmd::Show { .. } | PolicyCmd::Check { .. }) => None,
+        Command::Drift(_) => None,
         // Registers simulated instances (and syncs them): a change like `instances import`.
         Command::Demo { .. } => Some("demo"),
         Command::Migrate

@@ -107,6 +107,9 @@ pub const RULES: &[Rule] = &[
     read("GET", "/api/v1/limits", Viewer),
     change("PUT", "/api/v1/limits/{key}", Admin, "limit.set"),
     change("DELETE", "/api/v1/limits/{key}", Admin, "limit.remove"),
+    read("GET", "/api/v1/policy", Viewer),
+    change("PUT", "/api/v1/policy", Admin, "policy.set"),
+    read("GET", "/api/v1/drift", Viewer),
     change(
         "POST",
         "/account-sync-optimized/sync-all",

@@ -87,7 +87,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Invalid { field, message } => ApiError::field(field, message),
+            StoreError::Invalid { field, message } => ApiError::field(&field, message),
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             e @ StoreError::NoInstances => ApiError::Conflict(e.to_string()),

@@ -11,6 +11,7 @@ mod extract;
 mod legacy;
 mod metrics;
 mod openapi;
+mod policy;
 mod site;
 
 use std::net::SocketAddr;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
     let authn = access::Authn::new(state.store.clone(), &state.tokens);
     let protected = api::routes()
         .merge(admin::routes())
+        .merge(policy::routes())
         .merge(legacy::routes())
         .route_layer(middleware::from_fn_with_state(authn, access::guard))
         // Outside the token check: another site's request is refused whoever sent it.

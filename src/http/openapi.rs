@@ -42,13 +42,20 @@ use crate::validate;
         super::admin::limit_list,
         super::admin::limit_set,
         super::admin::limit_remove,
+        super::policy::policy_get,
+        super::policy::policy_set,
+        super::policy::drift_list,
         super::api::healthz,
         super::api::readyz,
         super::legacy::sync_all,
         super::legacy::details,
         super::legacy::cleanup
     ),
-    components(schemas(super::error::ErrorBody, crate::model::SyncType)),
+    components(schemas(
+        super::error::ErrorBody,
+        crate::model::SyncType,
+        crate::model::ViolationState
+    )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -283,6 +290,7 @@ fn make_exact(doc: &mut Value) {
             "type": "integer", "minimum": 1, "maximum": validate::MAX_CONCURRENT,
         }},
     });
+    schemas["Policy"] = super::policy::policy_schema();
     schemas["TokenRequest"] = json!({
         "type": "object",
         "additionalProperties": false,
@@ -430,6 +438,10 @@ fn constrain_parameter(param: &mut Value, path: &str) {
             "pattern": name_pattern(),
         }),
         Some("kind") => json!({"type": "string", "enum": crate::model::ChangeKind::names()}),
+        Some("rule") => super::policy::rule_name_schema(),
+        Some("state") => {
+            json!({"type": "string", "enum": crate::model::ViolationState::names()})
+        }
         Some("since") => json!({
             "type": "string",
             "anyOf": [{"format": "date-time"}, {"pattern": "^[0-9]{1,6}[smhd]$"}],

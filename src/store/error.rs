@@ -8,8 +8,8 @@ pub enum StoreError {
     /// Bad input: the field and why (400 / exit code 2).
     #[error("{message}")]
     Invalid {
-        /// The field at fault.
-        field: &'static str,
+        /// The field at fault (a path such as `rules[1].deny[0]` for a policy).
+        field: std::borrow::Cow<'static, str>,
         /// What is wrong.
         message: String,
     },
@@ -54,6 +54,17 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl From<crate::policy::PolicyError> for StoreError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        match e {
+            crate::policy::PolicyError::Invalid { field, message } => {
+                StoreError::invalid(field, message)
+            }
+            crate::policy::PolicyError::DuplicateRule(m) => StoreError::Conflict(m),
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Database(e)
@@ -77,9 +88,12 @@ pub(crate) fn describe(e: &sqlx::Error) -> String {
 
 impl StoreError {
     /// An [`StoreError::Invalid`] naming `field`.
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         StoreError::Invalid {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }

@@ -30,6 +30,7 @@ pub(crate) mod batch;
 pub(crate) mod common;
 mod error;
 pub(crate) mod limits;
+pub(crate) mod policy;
 pub mod postgres;
 pub(crate) mod sql;
 pub(crate) mod sqlite;
@@ -46,6 +47,7 @@ pub use access::AccessStore;
 pub use error::StoreError;
 pub(crate) use error::describe;
 pub use limits::LimitStore;
+pub use policy::PolicyStore;
 
 /// How many of `migrator`'s migrations are not among the `applied` versions.
 pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> usize {
@@ -342,6 +344,7 @@ pub trait Store:
     + PipelineWrites
     + AccessStore
     + LimitStore
+    + PolicyStore
 {
 }
 
@@ -353,6 +356,7 @@ impl<T> Store for T where
         + PipelineWrites
         + AccessStore
         + LimitStore
+        + PolicyStore
 {
 }
 

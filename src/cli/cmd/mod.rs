@@ -6,7 +6,8 @@
 //! - `locks.rs`: `locks` and `queue`;
 //! - `worker.rs`: `worker`; `serve.rs`: `serve`;
 //! - `maintenance.rs`: `migrate` and `cleanup`;
-//! - `access.rs`: `tokens` and `audit`.
+//! - `access.rs`: `tokens` and `audit`;
+//! - `policy.rs`: `policy set|show|check` and `drift`.
 //!
 //! The grammar and help of every command are in `cli/args.rs`; `syncpool demo` is
 //! `cli/demo.rs`.
@@ -17,6 +18,7 @@ pub(crate) mod changes;
 pub(crate) mod instances;
 pub(crate) mod locks;
 pub(crate) mod maintenance;
+pub(crate) mod policy;
 pub(crate) mod serve;
 pub(crate) mod sessions;
 pub(crate) mod worker;

@@ -11,10 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+pub(crate) mod drift;
 mod limits;
 mod ops;
 mod plan;
 
+pub(crate) use drift::{DriftOps, NewEvent, OpenViolation, ViolationWrites};
 pub(crate) use limits::{LimitOps, LimitWait, keys_of, normal_key};
 pub(crate) use ops::*;
 
@@ -49,6 +51,13 @@ pub(crate) async fn session_bump<O: BatchOps + ?Sized>(
     // In the same transaction: the fleet's session metrics count each session exactly
     // once, whichever process finished it and whatever it crashed into afterwards.
     ops.session_stats_add(&fin, end).await?;
+    let data = serde_json::json!({
+        "session_id": t.session_id, "sync_type": t.sync_type, "status": status,
+        "total": t.total, "successful": t.successful, "failed": t.failed,
+        "cancelled": t.cancelled, "duration_seconds": fin.duration_seconds,
+    });
+    let event = NewEvent::new(crate::model::EventType::SessionFinished, None, data);
+    ops.events_insert(&[event]).await?;
     Ok(Some(fin))
 }
 
@@ -191,9 +200,32 @@ pub(crate) async fn finish<O: BatchOps + ?Sized>(
     let inventory = plan::plan_inventory(reqs, &completed, &instances, &stored, &mut out);
     let gone: HashSet<usize> = gone.into_iter().collect();
     let records = plan::plan_records(reqs, &recs, &valid, &gone, &mut out);
-    write_finishes(ops, reqs, &valid, inventory, records, &mut out).await?;
+    // Read after the instances' share locks: a new policy's evaluation of an instance
+    // (which locks it for update) ends before this reads, or starts after this commits.
+    let policy = drift::current(ops).await?;
+    let synced: Vec<(&Instance, Vec<crate::policy::AccountView<'_>>)> = match &policy {
+        None => vec![],
+        Some(_) => completed
+            .iter()
+            .filter_map(|&i| match &reqs[i].result {
+                SyncResult::Completed(found) => Some((
+                    &instances[&reqs[i].instance_id],
+                    found.iter().map(Into::into).collect(),
+                )),
+                _ => None,
+            })
+            .collect(),
+    };
+    let drift = policy.as_ref().map(|p| (p, synced.as_slice()));
+    write_finishes(ops, reqs, &valid, inventory, records, drift, &mut out).await?;
     Ok(out)
 }
+
+/// The policy in force and the instances a finish syncs, with their new accounts.
+type Synced<'a, 'b> = Option<(
+    &'a Policy,
+    &'a [(&'a Instance, Vec<crate::policy::AccountView<'b>>)],
+)>;
 
 async fn write_finishes<O: BatchOps + ?Sized>(
     ops: &mut O,
@@ -201,12 +233,18 @@ async fn write_finishes<O: BatchOps + ?Sized>(
     valid: &[usize],
     inventory: plan::InventoryPlan<'_>,
     records: plan::RecordsPlan,
+    drift: Synced<'_, '_>,
     out: &mut [FinishOutcome],
 ) -> Result<()> {
     ops.accounts_insert(&inventory.inserts).await?;
     ops.accounts_update(&inventory.updates).await?;
     ops.accounts_mark_deleted(&inventory.deletes).await?;
     ops.changes_insert(&inventory.changes).await?;
+    ops.events_insert(&drift::sensitive_events(&inventory.changes))
+        .await?;
+    if let Some((policy, synced)) = drift {
+        drift::after_syncs(ops, policy, synced).await?;
+    }
     ops.instances_history_start(&inventory.history_start)
         .await?;
     ops.records_complete(&inventory.completes).await?;

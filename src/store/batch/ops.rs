@@ -49,6 +49,8 @@ pub(crate) struct SessionTotals {
     pub cancel_requested: bool,
     pub status: SessionStatus,
     pub sync_type: SyncType,
+    /// The session's public id.
+    pub session_id: uuid::Uuid,
 }
 
 /// The two statements that add a finished session to the fleet-wide session metrics
@@ -125,7 +127,7 @@ pub(crate) struct NewJob {
 /// Set-based statements over one open transaction. Every method handles an empty slice
 /// by doing nothing.
 #[async_trait]
-pub(crate) trait BatchOps: super::limits::LimitOps + Send {
+pub(crate) trait BatchOps: super::limits::LimitOps + super::drift::DriftOps + Send {
     /// Locks (PostgreSQL: `FOR UPDATE`) and reads records with their session's state.
     async fn records_load(&mut self, ids: &[i64]) -> Result<HashMap<i64, RecState>>;
     /// Locks and reads the lease rows of these instances.

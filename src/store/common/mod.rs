@@ -11,6 +11,7 @@ pub(crate) use access::audit_insert_query;
 mod inventory;
 mod limits;
 mod operator;
+mod policy;
 pub(crate) mod rows;
 mod sessions;
 

@@ -20,6 +20,7 @@ use super::sql::{Arg, Dialect};
 use super::*;
 use pipeline::PgOps;
 
+mod drift;
 mod limits;
 mod pipeline;
 

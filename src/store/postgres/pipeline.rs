@@ -419,7 +419,7 @@ impl BatchOps for PgOps<'_> {
             "updated_at = ",
             now!(),
             " WHERE id = $1 RETURNING total_instances, successful_instances, failed_instances, ",
-            "cancelled_instances, cancel_requested, status, sync_type"
+            "cancelled_instances, cancel_requested, status, sync_type, session_id"
         ))
         .bind(session_row)
         .bind(ok)
@@ -435,6 +435,7 @@ impl BatchOps for PgOps<'_> {
             cancel_requested: row.try_get(4)?,
             status: parse_status(row.try_get(5)?)?,
             sync_type: parse_status(row.try_get(6)?)?,
+            session_id: row.try_get(7)?,
         })
     }
 

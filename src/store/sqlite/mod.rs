@@ -24,6 +24,7 @@ use super::sql::{Arg, Dialect};
 use super::*;
 use exec::Exec;
 
+mod drift;
 mod exec;
 mod limits;
 mod pipeline;

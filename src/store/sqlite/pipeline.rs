@@ -454,7 +454,7 @@ impl BatchOps for SqliteOps<'_> {
                 "updated_at = ",
                 now!(),
                 " WHERE id = ?1 RETURNING total_instances, successful_instances, failed_instances, ",
-                "cancelled_instances, cancel_requested, status, sync_type"
+                "cancelled_instances, cancel_requested, status, sync_type, session_id"
             ),
             [session_row, ok, failed, cancelled],
             |row| {
@@ -466,6 +466,7 @@ impl BatchOps for SqliteOps<'_> {
                     cancel_requested: row.get(4)?,
                     status: parse_status(row.get(5)?)?,
                     sync_type: parse_status(row.get(6)?)?,
+                    session_id: parse_uuid(&row.get::<_, String>(7)?)?,
                 })
             },
         )
