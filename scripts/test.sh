@@ -91,12 +91,14 @@ if command -v mariadb >/dev/null 2>&1; then
 fi
 
 # The OpenAPI tests check the served document with openapi-spec-validator and run
-# schemathesis against the server (both from PyPI), from a virtual environment of the
+# schemathesis against the server; the webhook tests' receiver checks signatures with the
+# Standard Webhooks reference library (all from PyPI), from a virtual environment of the
 # project's own under target/.
-if [ ! -x target/pyenv/bin/openapi-spec-validator ] || [ ! -x target/pyenv/bin/st ]; then
-  echo "installing openapi-spec-validator and schemathesis into target/pyenv" >&2
+if [ ! -x target/pyenv/bin/openapi-spec-validator ] || [ ! -x target/pyenv/bin/st ] \
+  || ! target/pyenv/bin/python -c "import standardwebhooks" >/dev/null 2>&1; then
+  echo "installing openapi-spec-validator, schemathesis and standardwebhooks into target/pyenv" >&2
   python3 -m venv target/pyenv
-  target/pyenv/bin/pip install -q "openapi-spec-validator==0.9.0" "schemathesis==4.32.5"
+  target/pyenv/bin/pip install -q "openapi-spec-validator==0.9.0" "schemathesis==4.32.5" "standardwebhooks==1.0.0"
 fi
 
 # A test runs a worker whose clock is 15 minutes fast under libfaketime (Debian's

@@ -42,4 +42,5 @@ pub mod store;
 mod text;
 pub(crate) mod tokens;
 pub mod validate;
+pub mod webhooks;
 pub(crate) mod worker;

@@ -64,6 +64,10 @@ pub const LIMIT_IN_USE: &str = "syncpool_limit_slots_in_use";
 pub const LIMIT_MAX: &str = "syncpool_limit_slots_max";
 /// Gauge, fleet-wide: jobs waiting for a slot of each limit.
 pub const LIMIT_WAITING: &str = "syncpool_limit_waiting";
+/// Counter of webhook delivery attempts by outcome (`delivered`, `failed`, `dead`, ...).
+pub const WEBHOOK_ATTEMPTS: &str = "syncpool_webhook_attempts_total";
+/// Gauge, fleet-wide: webhook deliveries by state (`pending`, `delivered`, `dead`).
+pub const WEBHOOK_DELIVERIES: &str = "syncpool_webhook_deliveries";
 /// Gauge, fleet-wide: open policy violations by rule (label `rule`).
 pub const POLICY_VIOLATIONS: &str = "syncpool_policy_violations";
 
@@ -315,6 +319,13 @@ pub fn render_sessions(g: &FleetGauges) -> String {
             let _ = writeln!(out, "{name}{{limit=\"{}\"}} {}", l.key, value(l));
         }
     }
+    render_drift_and_webhooks(g, &mut out);
+    out
+}
+
+/// The policy's and the webhooks' fleet-wide gauges.
+fn render_drift_and_webhooks(g: &FleetGauges, out: &mut String) {
+    use std::fmt::Write;
     // Rule names are letters, digits, '-', '_' and '.' (`policy::check`): nothing to
     // escape, and as many series as rules an admin wrote.
     let _ = writeln!(
@@ -324,7 +335,13 @@ pub fn render_sessions(g: &FleetGauges) -> String {
     for (rule, n) in &g.violations {
         let _ = writeln!(out, "{POLICY_VIOLATIONS}{{rule=\"{rule}\"}} {n}");
     }
-    out
+    let _ = writeln!(
+        out,
+        "# HELP {WEBHOOK_DELIVERIES} Webhook deliveries by state (fleet-wide, from the database)\n# TYPE {WEBHOOK_DELIVERIES} gauge"
+    );
+    for (state, n) in &g.deliveries {
+        let _ = writeln!(out, "{WEBHOOK_DELIVERIES}{{state=\"{state}\"}} {n}");
+    }
 }
 
 /// Counts one finished instance sync and its duration.

@@ -222,6 +222,8 @@ mod access;
 pub use access::*;
 mod policy;
 pub use policy::*;
+mod webhooks;
+pub use webhooks::*;
 
 status_enum!(
     /// What an instance is, and so which source reads it (`syncpool_workers::KINDS`).
@@ -531,6 +533,8 @@ pub struct FleetGauges {
     /// Open policy violations by rule: every rule of the policy in force (0 when none
     /// are open) and any other rule with violations still open.
     pub violations: Vec<(String, i64)>,
+    /// Webhook deliveries by state.
+    pub deliveries: Vec<(DeliveryState, i64)>,
 }
 
 /// Upper bounds, in seconds, of the session-duration histogram's buckets: one counter

@@ -59,7 +59,10 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     }
     // JSON is read as JSON: YAML would take `null` for the string "null", and it refuses
     // some escapes JSON allows (a surrogate pair written as two `\u`).
-    let read = if text.trim_start().starts_with('{') {
+    // A document that is not JSON at all (a YAML flow mapping `{rules: []}`) is YAML.
+    let json = text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+    let read = if json {
         let mut de = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut de)
             .map_err(|e| (e.path().to_string(), e.inner().to_string()))

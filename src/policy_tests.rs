@@ -257,8 +257,10 @@ fn json_is_read_strictly_as_json() {
     assert_eq!(field, "rules[0].require_accounts[0]");
     let pair = r#"{"rules": [{"name": "a", "deny_accounts": ["\ud83d\ude0d"]}]}"#;
     assert_eq!(parse(pair).unwrap().rules[0].deny_accounts[0], "😍");
-    assert_eq!(
-        field_of(parse(r#"{"rules": []} x"#).unwrap_err()).0,
-        "policy"
+    let (field, m) = field_of(parse(r#"{"rules": []} x"#).unwrap_err());
+    assert_eq!(field, "policy", "{m}");
+    assert!(
+        parse("{rules: []}").unwrap().rules.is_empty(),
+        "a YAML flow mapping"
     );
 }

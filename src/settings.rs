@@ -42,6 +42,8 @@ pub struct Settings {
     pub max_sync_bytes: usize,
     /// The hosts a worker may connect to; empty: any (docs/SECURITY.md).
     pub instance_hosts: syncpool_workers::HostAllowList,
+    /// How this process delivers webhooks (none without an allow-list).
+    pub webhooks: crate::webhooks::DeliverySettings,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             max_row_bytes: syncpool_workers::SourceSettings::default().max_row_bytes,
             max_sync_bytes: syncpool_workers::SourceSettings::default().max_sync_bytes,
             instance_hosts: syncpool_workers::HostAllowList::default(),
+            webhooks: crate::webhooks::DeliverySettings::default(),
         }
     }
 }

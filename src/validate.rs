@@ -446,6 +446,66 @@ pub fn change_kind(s: &str) -> Result<crate::model::ChangeKind> {
     s.parse().map_err(|m| StoreError::invalid("kind", m))
 }
 
+/// A webhook to add: a name like a token's, a URL the allow-list takes
+/// (`webhooks::check_url`), a `SYNCPOOL_SECRET_*` variable, at least one event type.
+pub fn webhook(
+    n: crate::model::NewWebhook,
+    allow: &syncpool_workers::HostAllowList,
+) -> Result<crate::model::NewWebhook> {
+    token_name(&n.name).map_err(|e| match e {
+        StoreError::Invalid { message, .. } => StoreError::invalid("name", message),
+        other => other,
+    })?;
+    if n.url.len() > 2048 {
+        return Err(StoreError::invalid("url", "a URL is at most 2048 bytes"));
+    }
+    crate::webhooks::check_url(&n.url, allow).map_err(|m| StoreError::invalid("url", m))?;
+    syncpool_workers::check_secret_env(&n.secret_env).map_err(|_| {
+        StoreError::invalid(
+            "secret_env",
+            "secret_env must name a variable SYNCPOOL_SECRET_NAME (upper-case letters, digits, \
+             underscores) that holds whsec_ and base64 in the workers' environment, not the secret",
+        )
+    })?;
+    if n.events.is_empty() {
+        return Err(StoreError::invalid(
+            "events",
+            format!(
+                "name at least one event type: {}",
+                crate::model::EventType::names().join(", ")
+            ),
+        ));
+    }
+    let mut n = n;
+    n.events.sort();
+    n.events.dedup();
+    Ok(n)
+}
+
+/// The deliveries listing's filter, as the CLI and the API take it.
+pub fn delivery_filter(
+    webhook: Option<&str>,
+    state: Option<&str>,
+    limit_: i64,
+    after_: Option<i64>,
+) -> Result<crate::model::DeliveryFilter> {
+    Ok(crate::model::DeliveryFilter {
+        webhook: webhook
+            .map(|w| {
+                token_name(w).map_err(|e| match e {
+                    StoreError::Invalid { message, .. } => StoreError::invalid("webhook", message),
+                    other => other,
+                })
+            })
+            .transpose()?,
+        state: state
+            .map(|s| s.parse().map_err(|m| StoreError::invalid("state", m)))
+            .transpose()?,
+        before: after_.map(after).transpose()?,
+        limit: limit(limit_)?,
+    })
+}
+
 /// The drift listing's filter, as the CLI and the API take it.
 pub fn drift_filter(
     instance: Option<&str>,

@@ -37,6 +37,16 @@ pub(crate) fn harness_site() -> Site {
 
 /// [`spawn_app`] with the host names and public URL `site` gives.
 pub(crate) async fn spawn_app_with(backend: Backend, token: Option<&str>, site: Site) -> App {
+    spawn_app_allowing(backend, token, site, "").await
+}
+
+/// [`spawn_app_with`] whose webhooks may name the hosts of `webhook_allow`.
+pub(crate) async fn spawn_app_allowing(
+    backend: Backend,
+    token: Option<&str>,
+    site: Site,
+    webhook_allow: &str,
+) -> App {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let stop = CancellationToken::new();
@@ -44,6 +54,7 @@ pub(crate) async fn spawn_app_with(backend: Backend, token: Option<&str>, site: 
         store: store.clone(),
         tokens: token.map(Arc::from).into_iter().collect(),
         site,
+        webhook_allow: syncpool_workers::HostAllowList::parse(webhook_allow).unwrap(),
     };
     let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())
         .await
@@ -1050,6 +1061,7 @@ async fn readyz_is_503_until_the_database_is_migrated() {
         AppState {
             store: store.clone(),
             tokens: vec![],
+            webhook_allow: Default::default(),
             site: harness_site(),
         },
         "127.0.0.1:0",

@@ -24,7 +24,13 @@ async fn newest(app: &App) -> Value {
 }
 
 async fn every_changing_route_records_its_change_with_who_and_from_where(b: Backend) {
-    let app = spawn_app(b, Some(ADMIN)).await;
+    let app = crate::api::spawn_app_allowing(
+        b,
+        Some(ADMIN),
+        crate::api::harness_site(),
+        "hooks.example.com",
+    )
+    .await;
     let call = async |m: &str, path: &str, body: Option<Value>| {
         let body = body.map(|b| b.to_string());
         app.raw(m, path, body.as_deref(), Some(ADMIN)).await
@@ -169,6 +175,51 @@ async fn every_changing_route_records_its_change_with_who_and_from_where(b: Back
     assert_eq!(call("DELETE", "/api/v1/limits/group:g1", None).await.0, 204);
     assert_eq!(newest(&app).await["action"], "limit.remove");
     covered.insert(("DELETE", "/api/v1/limits/{key}"));
+    let policy = json!({"rules": [{"name": "r1", "deny": ["superuser"]}]});
+    let (st, v) = call("PUT", "/api/v1/policy", Some(policy)).await;
+    assert_eq!(st, 200, "{v}");
+    let e = newest(&app).await;
+    assert_eq!(
+        (e["action"].as_str(), e["outcome"].as_str()),
+        (Some("policy.set"), Some("ok"))
+    );
+    assert_eq!(e["targets"][0], json!({"kind": "policy", "id": "fleet"}));
+    covered.insert(("PUT", "/api/v1/policy"));
+    let hook = json!({"name": "h1", "url": "https://hooks.example.com/in",
+        "secret_env": "SYNCPOOL_SECRET_HOOK", "events": ["session_finished"]});
+    let (st, v) = call("POST", "/api/v1/webhooks", Some(hook)).await;
+    assert_eq!(st, 201, "{v}");
+    let e = newest(&app).await;
+    assert_eq!(e["action"], "webhook.create");
+    assert_eq!(e["targets"][0], json!({"kind": "webhook", "id": "h1"}));
+    covered.insert(("POST", "/api/v1/webhooks"));
+    // A delivery to send again: an event written while the webhook exists.
+    crate::conformance::exec(
+        app.store.as_ref(),
+        "INSERT INTO events (event_id, type, data) VALUES ('evt_a', 'session_finished', '{}')",
+        &[],
+    )
+    .await;
+    crate::conformance::exec(
+        app.store.as_ref(),
+        "INSERT INTO webhook_deliveries (webhook, event_id, state) VALUES ('h1', 'evt_a', 'dead')",
+        &[],
+    )
+    .await;
+    let (_, page) = call("GET", "/api/v1/webhook-deliveries", None).await;
+    let did = page["items"][0]["id"].as_i64().unwrap();
+    let (st, v) = call(
+        "POST",
+        &format!("/api/v1/webhook-deliveries/{did}/redeliver"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(newest(&app).await["action"], "webhook.redeliver");
+    covered.insert(("POST", "/api/v1/webhook-deliveries/{id}/redeliver"));
+    assert_eq!(call("DELETE", "/api/v1/webhooks/h1", None).await.0, 204);
+    assert_eq!(newest(&app).await["action"], "webhook.remove");
+    covered.insert(("DELETE", "/api/v1/webhooks/{name}"));
     assert_eq!(
         call("DELETE", &format!("/api/v1/instances/{id}"), None)
             .await

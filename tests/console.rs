@@ -678,6 +678,7 @@ mod hardening {
         let state = AppState {
             store: syncpool::store::connect(url).await.unwrap(),
             tokens,
+            webhook_allow: Default::default(),
             site: harness_site(),
         };
         let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())

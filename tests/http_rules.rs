@@ -215,7 +215,15 @@ async fn the_served_openapi_document_passes_openapi_spec_validator() {
 async fn schemathesis_with_every_check_finds_no_difference_between_the_document_and_the_server(
     b: Backend,
 ) {
-    let app = spawn_app(b, Some("t0ken-t0ken-t0ken-t0ken")).await;
+    // With a webhook host, so that the document's webhook URLs can be generated (without
+    // one, the document says no URL is taken, and schemathesis cannot make a valid body).
+    let app = crate::api::spawn_app_allowing(
+        b,
+        Some("t0ken-t0ken-t0ken-t0ken"),
+        crate::api::harness_site(),
+        "hooks.example.com, *.hooks.example.org",
+    )
+    .await;
     // Some instances to find, so that not every id is a 404.
     for name in ["sim-a", "sim-b"] {
         let body = json!({"name": name, "kind": "simulated"}).to_string();

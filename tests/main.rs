@@ -29,3 +29,4 @@ mod security;
 mod sources;
 mod tls;
 mod trust;
+mod webhooks;

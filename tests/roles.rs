@@ -40,7 +40,10 @@ fn rank(role: &str) -> usize {
 /// sessions, an admin does the rest.
 fn role_the_issue_gives(method: &str, path: &str) -> &'static str {
     match (method, path) {
-        ("GET", "/api/v1/tokens" | "/api/v1/audit") => "admin",
+        (
+            "GET",
+            "/api/v1/tokens" | "/api/v1/audit" | "/api/v1/webhooks" | "/api/v1/webhook-deliveries",
+        ) => "admin",
         ("GET", _) => "viewer",
         (
             "POST",

@@ -45,6 +45,7 @@ async fn spawn(db: &TestDb, tokens: &[&str]) -> (std::net::SocketAddr, Cancellat
     let state = AppState {
         store: db.store().await,
         tokens: tokens.iter().map(|t| Arc::from(*t)).collect(),
+        webhook_allow: Default::default(),
         site: crate::api::harness_site(),
     };
     let (addr, _) = syncpool::http::serve(state, "127.0.0.1:0", stop.clone().cancelled_owned())

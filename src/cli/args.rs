@@ -90,6 +90,9 @@ pub struct TimingArgs {
     /// Empty: any host
     #[arg(long, env = "SYNCPOOL_INSTANCE_HOSTS", hide_env_values = true, default_value = "", value_parser = syncpool_workers::HostAllowList::parse, help_heading = "Limits", value_name = "LIST")]
     pub instance_hosts: syncpool_workers::HostAllowList,
+    /// Webhook deliveries.
+    #[command(flatten)]
+    pub webhooks: super::WebhookArgs,
 }
 
 impl TimingArgs {
@@ -117,6 +120,13 @@ impl TimingArgs {
             max_row_bytes: usize::try_from(self.max_account_bytes).unwrap_or(usize::MAX),
             max_sync_bytes: usize::try_from(self.max_sync_bytes).unwrap_or(usize::MAX),
             instance_hosts: self.instance_hosts.clone(),
+            webhooks: crate::webhooks::DeliverySettings {
+                allow: self.webhooks.webhook_allow.clone(),
+                timeout: self.webhooks.webhook_timeout,
+                backoff: self.webhooks.webhook_backoff,
+                retry_for: self.webhooks.webhook_retry_for,
+                poll: self.poll_interval.max(Duration::from_millis(100)),
+            },
             ..Settings::default()
         })
     }
@@ -314,6 +324,10 @@ pub enum Command {
     Policy(super::PolicyCmd),
     /// Policy violations found by syncs (drift), newest first: open ones unless asked
     Drift(super::DriftArgs),
+    /// Webhooks: events (violations, sensitive changes, finished sessions) posted to
+    /// URLs, signed, retried for a day (docs/WEBHOOKS.md)
+    #[command(subcommand)]
+    Webhooks(super::WebhooksCmd),
     /// The synced accounts of one instance
     Accounts {
         /// The instance's name

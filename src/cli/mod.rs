@@ -31,7 +31,8 @@ use crate::model::SessionStatus;
 use crate::store::{self, Store, StoreError};
 use crate::validate;
 use cmd::{
-    access, accounts, changes, instances, locks, maintenance, policy, serve, sessions, worker,
+    access, accounts, changes, instances, locks, maintenance, policy, serve, sessions, webhooks,
+    worker,
 };
 
 /// How a command failed, which decides the exit code.
@@ -191,6 +192,7 @@ fn check_input(cmd: &Command) -> Result<(), CliError> {
         Command::Drift(a) => {
             policy::filter(a)?;
         }
+        Command::Webhooks(w) => webhooks::check(w)?,
         _ => {}
     }
     Ok(())
@@ -301,6 +303,7 @@ async fn dispatch(
         Command::Audit(a) => access::audit(store.as_ref(), &a).await,
         Command::Policy(p) => policy::run(store.as_ref(), p).await,
         Command::Drift(a) => policy::drift(store.as_ref(), &a).await,
+        Command::Webhooks(w) => webhooks::run(store.as_ref(), w).await,
         Command::Demo {
             instances,
             workers,

@@ -6,7 +6,7 @@
 //! the CLI against the database can write the database directly too, so this records
 //! who did something, it does not stop anyone pretending.
 
-use super::{CliError, Command, InstancesCmd, LimitsCmd, PolicyCmd, TokensCmd};
+use super::{CliError, Command, InstancesCmd, LimitsCmd, PolicyCmd, TokensCmd, WebhooksCmd};
 use crate::model::{AuditOutcome, NewAuditEvent};
 use crate::store::Store;
 
@@ -32,6 +32,10 @@ pub(crate) fn action(cmd: &Command) -> Option<&'static str> {
         Command::Policy(PolicyCmd::Set { .. }) => Some("policy.set"),
         Command::Policy(PolicyCmd::Show { .. } | PolicyCmd::Check { .. }) => None,
         Command::Drift(_) => None,
+        Command::Webhooks(WebhooksCmd::Add { .. }) => Some("webhook.create"),
+        Command::Webhooks(WebhooksCmd::Remove { .. }) => Some("webhook.remove"),
+        Command::Webhooks(WebhooksCmd::Redeliver { .. }) => Some("webhook.redeliver"),
+        Command::Webhooks(WebhooksCmd::List { .. } | WebhooksCmd::Deliveries { .. }) => None,
         // Registers simulated instances (and syncs them): a change like `instances import`.
         Command::Demo { .. } => Some("demo"),
         Command::Migrate

@@ -110,6 +110,17 @@ pub const RULES: &[Rule] = &[
     read("GET", "/api/v1/policy", Viewer),
     change("PUT", "/api/v1/policy", Admin, "policy.set"),
     read("GET", "/api/v1/drift", Viewer),
+    // A webhook's URL may carry its receiver's token: admins only, reads too.
+    read("GET", "/api/v1/webhooks", Admin),
+    change("POST", "/api/v1/webhooks", Admin, "webhook.create"),
+    change("DELETE", "/api/v1/webhooks/{name}", Admin, "webhook.remove"),
+    read("GET", "/api/v1/webhook-deliveries", Admin),
+    change(
+        "POST",
+        "/api/v1/webhook-deliveries/{id}/redeliver",
+        Admin,
+        "webhook.redeliver",
+    ),
     change(
         "POST",
         "/account-sync-optimized/sync-all",

@@ -191,6 +191,12 @@ fn plain_int(s: &str) -> Option<i64> {
     s.parse().ok()
 }
 
+pub fn delivery_id(s: &str) -> Result<i64, ApiError> {
+    plain_int(s)
+        .filter(|i| *i > 0)
+        .ok_or_else(|| ApiError::field("id", format!("'{s}' is not a delivery id")))
+}
+
 pub fn instance_id(s: &str) -> Result<i64, ApiError> {
     plain_int(s)
         .filter(|i| *i > 0)

@@ -78,6 +78,7 @@ pub async fn serve_metrics(
             store,
             tokens: vec![],
             site: super::Site::default(),
+            webhook_allow: Default::default(),
         },
     ));
     tokio::spawn(async move {

@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod policy;
 mod site;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct AppState {
     /// The names and origins this server calls its own (`--allowed-host`,
     /// `--public-url`); [`serve`] adds the bound address.
     pub site: Site,
+    /// The hosts webhooks may name (`--webhook-allow`); empty: none can be added.
+    pub webhook_allow: syncpool_workers::HostAllowList,
 }
 
 /// Longest accepted token. Comparisons always cover this many bytes, so their time
@@ -58,6 +61,7 @@ pub fn app(state: AppState) -> Router {
     let protected = api::routes()
         .merge(admin::routes())
         .merge(policy::routes())
+        .merge(webhooks::routes())
         .merge(legacy::routes())
         .route_layer(middleware::from_fn_with_state(authn, access::guard))
         // Outside the token check: another site's request is refused whoever sent it.

@@ -45,6 +45,11 @@ use crate::validate;
         super::policy::policy_get,
         super::policy::policy_set,
         super::policy::drift_list,
+        super::webhooks::webhook_list,
+        super::webhooks::webhook_create,
+        super::webhooks::webhook_remove,
+        super::webhooks::delivery_list,
+        super::webhooks::delivery_redeliver,
         super::api::healthz,
         super::api::readyz,
         super::legacy::sync_all,
@@ -86,8 +91,13 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// `GET /api/v1/openapi.json`
-pub(super) async fn serve() -> Json<Value> {
-    Json(document().clone())
+/// The document with this server's `--webhook-allow` as the webhook URL's pattern.
+pub(super) async fn serve(
+    axum::extract::State(s): axum::extract::State<super::AppState>,
+) -> Json<Value> {
+    let mut doc = document().clone();
+    doc["components"]["schemas"]["NewWebhook"] = new_webhook_schema(&s.webhook_allow);
+    Json(doc)
 }
 
 /// The served document, built once.
@@ -331,7 +341,7 @@ fn make_exact(doc: &mut Value) {
 }
 
 /// A token's name as `validate::token_name` takes it.
-fn token_name_schema() -> Value {
+pub(super) fn token_name_schema() -> Value {
     json!({
         "type": "string",
         "minLength": 1,
@@ -420,7 +430,11 @@ fn constrain_parameter(param: &mut Value, path: &str) {
         Some("after") => {
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
         }
-        Some("name") if path.starts_with("/api/v1/tokens") => token_name_schema(),
+        Some("name")
+            if path.starts_with("/api/v1/tokens") || path.starts_with("/api/v1/webhooks") =>
+        {
+            token_name_schema()
+        }
         Some("key") => json!({
             "type": "string",
             "pattern": format!(
@@ -439,6 +453,10 @@ fn constrain_parameter(param: &mut Value, path: &str) {
         }),
         Some("kind") => json!({"type": "string", "enum": crate::model::ChangeKind::names()}),
         Some("rule") => super::policy::rule_name_schema(),
+        Some("webhook") => token_name_schema(),
+        Some("state") if path.contains("webhook") => {
+            json!({"type": "string", "enum": crate::model::DeliveryState::names()})
+        }
         Some("state") => {
             json!({"type": "string", "enum": crate::model::ViolationState::names()})
         }
@@ -449,4 +467,60 @@ fn constrain_parameter(param: &mut Value, path: &str) {
         _ => return,
     };
     param["schema"] = schema;
+}
+
+/// The request body as `validate::webhook` takes it, the URL's host limited to `allow`.
+fn new_webhook_schema(allow: &syncpool_workers::HostAllowList) -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "url", "secret_env", "events"],
+        "properties": {
+            "name": token_name_schema(),
+            "url": url_schema(allow),
+            "secret_env": {
+                "type": "string",
+                "maxLength": syncpool_workers::MAX_SECRET_NAME,
+                "pattern": syncpool_workers::SECRET_ENV_PATTERN,
+            },
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": crate::model::EventType::names()},
+            },
+        },
+    })
+}
+
+/// A URL this server takes: none without a list; otherwise http(s), no user, a host of
+/// the list's names (`*.domain` too), up to 2048 bytes. Networks in the list are stated
+/// as any IP address (a CIDR has no exact regular expression); the server is exact.
+fn url_schema(allow: &syncpool_workers::HostAllowList) -> Value {
+    if allow.is_empty() {
+        return json!({"type": "string", "not": {}, "description": "No webhook host is allowed (--webhook-allow is empty)"});
+    }
+    let hosts: Vec<String> = allow
+        .describe()
+        .into_iter()
+        .map(|p| match p.strip_prefix("*.") {
+            Some(suffix) => format!("[a-z0-9-]+(\\.[a-z0-9-]+)*\\.{}", regex_escape(suffix)),
+            None if p.contains('/') => "[0-9.]+|\\[[0-9a-f:]+\\]".to_string(),
+            None if p.contains(':') => format!("\\[{}\\]", regex_escape(&p)),
+            None => regex_escape(&p),
+        })
+        .collect();
+    json!({
+        "type": "string",
+        "maxLength": 2048,
+        "pattern": format!("^https?://({})(:[1-9][0-9]{{0,3}})?(/[A-Za-z0-9._~/-]*)?$", hosts.join("|")),
+    })
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c.is_ascii_alphanumeric() || c == '-' {
+            true => vec![c],
+            false => vec!['\\', c],
+        })
+        .collect()
 }

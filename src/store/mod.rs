@@ -34,6 +34,7 @@ pub(crate) mod policy;
 pub mod postgres;
 pub(crate) mod sql;
 pub(crate) mod sqlite;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub use error::StoreError;
 pub(crate) use error::describe;
 pub use limits::LimitStore;
 pub use policy::PolicyStore;
+pub use webhooks::WebhookStore;
 
 /// How many of `migrator`'s migrations are not among the `applied` versions.
 pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> usize {
@@ -345,6 +347,7 @@ pub trait Store:
     + AccessStore
     + LimitStore
     + PolicyStore
+    + WebhookStore
 {
 }
 
@@ -357,6 +360,7 @@ impl<T> Store for T where
         + AccessStore
         + LimitStore
         + PolicyStore
+        + WebhookStore
 {
 }
 

@@ -76,9 +76,22 @@ pub async fn run(
         settings.lease_params(),
         settings.lease_renew,
     ));
+    // Webhooks are delivered by the workers started with an allow-list (src/webhooks.rs).
+    let deliverer = (!settings.webhooks.allow.is_empty()).then(|| {
+        let p = pipeline.clone();
+        tokio::spawn(crate::webhooks::run(
+            store.clone(),
+            settings.webhooks.clone(),
+            worker_id.clone(),
+            move || p.is_stopping(),
+        ))
+    });
     let result = monitor.run_with_signal(signal).await;
     stats.abort();
     rescuer.abort();
+    if let Some(d) = deliverer {
+        d.abort();
+    }
     hand_back(&store, &pipeline, &names).await?;
     drop(pipeline);
     let _ = writer_task.await;

@@ -39,6 +39,23 @@ impl HostAllowList {
         self.0.is_empty()
     }
 
+    /// Each entry as written back: `name`, `*.domain`, an address, `net/bits`.
+    pub fn describe(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Pattern::Name(n) => n.clone(),
+                Pattern::Suffix(s) => format!("*{s}"),
+                Pattern::Net(ip, bits)
+                    if u32::from(*bits) == if ip.is_ipv4() { 32 } else { 128 } =>
+                {
+                    ip.to_string()
+                }
+                Pattern::Net(ip, bits) => format!("{ip}/{bits}"),
+            })
+            .collect()
+    }
+
     /// Whether a worker may connect to `host`. Names are matched without resolving
     /// them (a network pattern matches only an address written as one): resolving here
     /// and connecting later could be answered differently.

@@ -7,7 +7,7 @@
 //! - `worker.rs`: `worker`; `serve.rs`: `serve`;
 //! - `maintenance.rs`: `migrate` and `cleanup`;
 //! - `access.rs`: `tokens` and `audit`;
-//! - `policy.rs`: `policy set|show|check` and `drift`.
+//! - `policy.rs`: `policy set|show|check` and `drift`; `webhooks.rs`: `webhooks`.
 //!
 //! The grammar and help of every command are in `cli/args.rs`; `syncpool demo` is
 //! `cli/demo.rs`.
@@ -21,4 +21,5 @@ pub(crate) mod maintenance;
 pub(crate) mod policy;
 pub(crate) mod serve;
 pub(crate) mod sessions;
+pub(crate) mod webhooks;
 pub(crate) mod worker;

@@ -91,6 +91,7 @@ pub(crate) async fn run(
         store: store.clone(),
         tokens,
         site,
+        webhook_allow: opts.timing.webhooks.webhook_allow.clone(),
     };
     let auth = if state.tokens.is_empty() && !store.tokens_exist().await? {
         "no token required (SYNCPOOL_API_TOKEN unset, no stored token)"

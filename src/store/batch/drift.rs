@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::model::{ChangeKind, EventType, Finding, Instance, Policy};
 use crate::policy::{self, AccountView};
-use crate::store::{Result, StoreError};
+use crate::store::Result;
 
 use super::ops::{BatchOps, NewChange};
 
@@ -88,15 +88,22 @@ impl NewEvent {
     }
 }
 
-/// The policy in force, parsed; `None` when none is set or it has no rules (then drift
-/// costs the finish one small read).
+/// The policy in force, parsed; `None` when none was ever set (then drift costs the
+/// finish one small read). An empty policy is still evaluated: it resolves whatever an
+/// earlier version left open (say, a `policy set` interrupted part-way).
 pub(crate) async fn current<O: DriftOps + ?Sized>(ops: &mut O) -> Result<Option<Policy>> {
-    let Some((_, body)) = ops.policy_current().await? else {
+    let Some((version, body)) = ops.policy_current().await? else {
         return Ok(None);
     };
-    let policy: Policy = serde_json::from_str(&body)
-        .map_err(|e| StoreError::Other(format!("the stored policy is unreadable: {e}")))?;
-    Ok((!policy.rules.is_empty()).then_some(policy))
+    match serde_json::from_str(&body) {
+        Ok(policy) => Ok(Some(policy)),
+        Err(e) => {
+            // Written by a newer syncpool (a field this one does not know): syncs go on
+            // without drift rather than every finish failing fleet-wide.
+            tracing::error!(version, error = %e, "the policy in force is unreadable by this version; drift is not evaluated");
+            Ok(None)
+        }
+    }
 }
 
 /// Compares what an evaluation found on each instance (`found`, every instance
@@ -163,7 +170,7 @@ pub(crate) fn plan(
     (w, events)
 }
 
-fn violation_event(kind: EventType, f: &Finding) -> NewEvent {
+pub(crate) fn violation_event(kind: EventType, f: &Finding) -> NewEvent {
     let data = json!({
         "instance": f.instance, "rule": f.rule, "account": f.account,
         "what": f.what, "reason": f.reason,

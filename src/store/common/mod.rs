@@ -6,6 +6,7 @@
 
 mod access;
 mod admin;
+mod events;
 
 pub(crate) use access::audit_insert_query;
 mod inventory;
@@ -14,6 +15,7 @@ mod operator;
 mod policy;
 pub(crate) mod rows;
 mod sessions;
+mod webhooks;
 
 use async_trait::async_trait;
 use sqlx::Pool;
@@ -71,6 +73,9 @@ pub(crate) struct Queries {
     /// The console's instance page: instances after id `$1`, `$2` of them, with
     /// `last_status`, `last_sync_at` and `account_count`.
     pub instance_overview: &'static str,
+    /// What a claim's inner SELECT ends with so that two claimers skip each other's
+    /// rows (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite's writes are serial: nothing).
+    pub skip_locked: &'static str,
 }
 
 /// One database, as the written-once logic above it sees it.

@@ -271,9 +271,11 @@ pub(super) async fn gauges<D: Backend>(s: &SqlStore<D>) -> Result<FleetGauges> {
     let slots = D::one(&s.pool, q).await?;
     let limits = super::limits::list(s).await?;
     let violations = crate::store::PolicyStore::violations_by_rule(s).await?;
+    let deliveries = crate::store::WebhookStore::deliveries_by_state(s).await?;
     Ok(FleetGauges {
         limits,
         violations,
+        deliveries,
         jobs_pending: D::get(&jobs, "pending")?,
         jobs_running: D::get(&jobs, "running")?,
         jobs_failed: D::get(&jobs, "failed")?,

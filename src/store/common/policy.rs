@@ -52,6 +52,7 @@ impl<D: Backend> PolicyStore for SqlStore<D> {
                 None => break,
             }
         }
+        resolved += super::events::resolve_orphans(self).await?;
         let q = Q::new("SELECT COUNT(*) AS n FROM policy_violations WHERE resolved_at IS NULL");
         let open = count::<D>(&self.pool, q).await? as u64;
         Ok(PolicySetOutcome {
@@ -83,12 +84,14 @@ impl<D: Backend> PolicyStore for SqlStore<D> {
 
     async fn policy_check(&self, policy: &Policy) -> Result<Vec<Finding>> {
         policy::check(policy)?;
-        let instances: Vec<Instance> = self
+        let mut instances: Vec<Instance> = self
             .instance_list()
             .await?
             .into_iter()
             .filter(|i| i.history_since.is_some())
             .collect();
+        // By id, so that each slice's id range holds only its own instances' accounts.
+        instances.sort_by_key(|i| i.id);
         let mut out = vec![];
         for slice in instances.chunks(CHECK_SLICE) {
             let accounts = accounts_of(self, slice).await?;

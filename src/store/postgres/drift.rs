@@ -74,8 +74,11 @@ impl DriftOps for PgOps<'_> {
             if ids.is_empty() {
                 continue;
             }
+            // The name as it is now: a renamed instance's open violations follow it.
             let sql = format!(
-                "UPDATE policy_violations SET {column} = {} WHERE id = ANY($1)",
+                "UPDATE policy_violations SET {column} = {}, instance_name = COALESCE(\
+                 (SELECT name FROM instances WHERE id = instance_id), instance_name) \
+                 WHERE id = ANY($1)",
                 now!()
             );
             // The column is one of two constants above, never input.
@@ -105,6 +108,16 @@ impl DriftOps for PgOps<'_> {
         .bind(&kinds)
         .bind(&names)
         .bind(&data)
+        .execute(&mut *self.0)
+        .await?;
+        // The outbox's deliveries, in the same transaction: one per webhook taking the type.
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (webhook, event_id) SELECT w.name, v.e \
+             FROM UNNEST($1::text[], $2::text[]) AS v(e, t) \
+             JOIN webhooks w ON w.events LIKE '%,' || v.t || ',%'",
+        )
+        .bind(&ids)
+        .bind(&kinds)
         .execute(&mut *self.0)
         .await?;
         Ok(())

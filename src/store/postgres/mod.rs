@@ -240,6 +240,7 @@ impl Backend for Postgres {
             GREATEST(EXTRACT(EPOCH FROM now() - run_at), 0)::float8 AS waited \
             FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' AND lock_by IS NULL \
             ORDER BY priority DESC, run_at LIMIT 1",
+        skip_locked: " FOR UPDATE SKIP LOCKED",
         instance_overview: "SELECT i.*, last.status AS last_status, last.at AS last_sync_at, \
             (SELECT COUNT(*) FROM instance_accounts a WHERE a.instance_id = i.id \
             AND a.deleted_at IS NULL) AS account_count FROM instances i LEFT JOIN LATERAL \

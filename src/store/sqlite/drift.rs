@@ -69,12 +69,15 @@ impl DriftOps for SqliteOps<'_> {
                 [arr(&rows)],
             )?;
         }
+        // The name as it is now: a renamed instance's open violations follow it.
         for (ids, column) in [(&w.seen, "last_seen_at"), (&w.resolved, "resolved_at")] {
             if ids.is_empty() {
                 continue;
             }
             let sql = format!(
-                "UPDATE policy_violations SET {column} = {} WHERE id IN (SELECT value FROM json_each(?1))",
+                "UPDATE policy_violations SET {column} = {}, instance_name = COALESCE(\
+                 (SELECT name FROM instances WHERE id = instance_id), instance_name) \
+                 WHERE id IN (SELECT value FROM json_each(?1))",
                 now!()
             );
             self.exec(&sql, [arr(ids)])?;
@@ -97,6 +100,12 @@ impl DriftOps for SqliteOps<'_> {
                 now!(),
                 ", value->3 FROM json_each(?1)"
             ),
+            [arr(&rows)],
+        )?;
+        // The outbox's deliveries, in the same transaction: one per webhook taking the type.
+        self.exec(
+            "INSERT INTO webhook_deliveries (webhook, event_id) SELECT w.name, v.value->>0 \
+             FROM json_each(?1) AS v JOIN webhooks w ON w.events LIKE '%,' || (v.value->>1) || ',%'",
             [arr(&rows)],
         )?;
         Ok(())

@@ -242,6 +242,7 @@ impl Backend for Sqlite {
             ORDER BY priority DESC, run_at, id LIMIT 1",
         // Per instance, its newest record (the (instance_id, status) index holds the
         // rowid) and its live accounts (the unique (instance_id, username, host) index).
+        skip_locked: "",
         instance_overview: "SELECT i.*, (SELECT r.status FROM sync_instance_records r \
             WHERE r.instance_id = i.id ORDER BY r.id DESC LIMIT 1) AS last_status, \
             (SELECT COALESCE(r.completed_at, r.started_at, r.created_at) \
