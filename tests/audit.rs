@@ -202,7 +202,8 @@ async fn every_changing_route_records_its_change_with_who_and_from_where(b: Back
     .await;
     crate::conformance::exec(
         app.store.as_ref(),
-        "INSERT INTO webhook_deliveries (webhook, event_id, state) VALUES ('h1', 'evt_a', 'dead')",
+        "INSERT INTO webhook_deliveries (webhook_id, webhook, event_id, state) \
+         SELECT id, name, 'evt_a', 'dead' FROM webhooks WHERE name = 'h1'",
         &[],
     )
     .await;

@@ -27,6 +27,7 @@ mod roles;
 mod seams;
 mod security;
 mod sources;
+mod streams;
 mod tls;
 mod trust;
 mod webhooks;

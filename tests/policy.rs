@@ -21,11 +21,12 @@ on_both_databases!(
     a_new_policy_judges_the_current_inventory_and_a_removed_rule_resolves_its_violations,
     policy_check_flags_without_storing_and_instances_never_synced_are_not_judged,
     the_api_sets_shows_and_pages_drift_with_errors_naming_the_field,
+    the_console_lists_drift_and_marks_an_instance_with_open_violations,
 );
 
 const DENY_SUPERUSER: &str = "rules:\n  - name: approved-superusers\n    deny: [superuser]\n    except_accounts: [postgres]\n";
 
-fn account(name: &str, superuser: bool) -> Account {
+pub(crate) fn account(name: &str, superuser: bool) -> Account {
     Account {
         username: name.into(),
         host: String::new(),
@@ -35,7 +36,7 @@ fn account(name: &str, superuser: bool) -> Account {
 }
 
 /// One sync of every instance of a new session, each finding `found`.
-async fn sync_all_finding(store: &dyn Store, found: Vec<Account>) -> uuid::Uuid {
+pub(crate) async fn sync_all_finding(store: &dyn Store, found: Vec<Account>) -> uuid::Uuid {
     let session = store
         .session_create(SyncType::ManualBatch, None)
         .await
@@ -449,4 +450,48 @@ async fn the_api_sets_shows_and_pages_drift_with_errors_naming_the_field(b: Back
         metrics.contains("syncpool_policy_violations{rule=\"approved-superusers\"} 3"),
         "{metrics}"
     );
+}
+
+async fn the_console_lists_drift_and_marks_an_instance_with_open_violations(b: Backend) {
+    let app = spawn_app(b, Some("t0ken-t0ken-t0ken-t0ken")).await;
+    let id = app
+        .store
+        .instance_insert(&simulated("db<1>", json!({})))
+        .await
+        .unwrap()
+        .id;
+    app.store
+        .instance_insert(&simulated("clean", json!({})))
+        .await
+        .unwrap();
+    app.store
+        .policy_set(&policy::parse(DENY_SUPERUSER).unwrap(), DENY_SUPERUSER)
+        .await
+        .unwrap();
+    sync_all_finding(app.store.as_ref(), vec![account("app", true)]).await;
+    let cookie = crate::console::sign_in(&app, "t0ken-t0ken-t0ken-t0ken").await;
+    let (status, _, html) = crate::console::page(&app, "/drift", &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("approved-superusers") && html.contains("holds superuser"),
+        "{html}"
+    );
+    assert!(
+        html.contains("db&lt;1&gt;") && !html.contains("db<1>"),
+        "escaped"
+    );
+    let (_, _, html) = crate::console::page(&app, "/drift?instance=clean", &cookie).await;
+    assert!(
+        html.contains("approved-superusers"),
+        "clean has its violation too: {html}"
+    );
+    let (_, _, html) = crate::console::page(&app, "/drift?state=resolved", &cookie).await;
+    assert!(html.contains("No resolved violations."), "{html}");
+    let (_, _, html) = crate::console::page(&app, &format!("/instances/{id}"), &cookie).await;
+    assert!(
+        html.contains("1 policy violation") && html.contains("/drift?instance=db%3C1%3E"),
+        "{html}"
+    );
+    let (status, _, _) = crate::console::page(&app, "/drift?state=bogus", &cookie).await;
+    assert_eq!(status, 400);
 }

@@ -147,8 +147,14 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
             .await
             .unwrap();
     }
-    // A limit, so that the limits panel has series (one per configured limit).
+    // A limit, so that the limits panel has series (one per configured limit), and a
+    // policy that every simulated instance breaks (its first account is a superuser).
     store.limit_set("group:p", 16).await.unwrap();
+    let policy = "rules:\n  - name: no-superusers\n    deny: [superuser]\n";
+    store
+        .policy_set(&syncpool::policy::parse(policy).unwrap(), policy)
+        .await
+        .unwrap();
     let (api_port, worker_port, prom_port) = (free_port(), free_port(), free_port());
     let api = format!("127.0.0.1:{api_port}");
     let worker_metrics = format!("127.0.0.1:{worker_port}");
@@ -190,7 +196,7 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let (panels, alerts) = expressions();
-    assert!(panels.len() >= 16 && alerts.len() == 8);
+    assert!(panels.len() >= 18 && alerts.len() == 10);
     let mut failures = vec![];
     for (title, expr) in &panels {
         match query(&prom, expr).await {
@@ -208,6 +214,12 @@ async fn every_dashboard_panel_and_alert_rule_evaluates_to_series_in_a_real_prom
             Ok(_) => {}
             Err(e) => failures.push(format!("alert {name}: {e} in {measured}")),
         }
+    }
+    // 19 instances synced (p0 always fails), each with one superuser: the alert's query
+    // counts them, so the alert fires.
+    let open = value(&prom, "max by (rule) (syncpool_policy_violations)").await;
+    if open != Some(19.0) {
+        failures.push(format!("policy violations: {open:?}, not 19"));
     }
     let (_, sample) = get(&worker_metrics, "/metrics").await;
     eprintln!(

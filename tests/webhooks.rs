@@ -392,4 +392,13 @@ async fn a_delivery_whose_retries_run_out_is_dead_until_redelivered(b: Backend) 
     assert_eq!(receiver.accepted().len(), 2);
     let (code, _, err) = cli(&db.url, &["webhooks", "redeliver", "999999"]);
     assert_eq!(code, 2, "{err}");
+    // Settled deliveries and the events they carried are history: cleanup takes them.
+    let (code, out, err) = cli(&db.url, &["cleanup", "--days", "0", "--history-days", "0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(deliveries(&db).is_empty());
+    let store = db.store().await;
+    assert_eq!(
+        crate::conformance::count(store.as_ref(), "SELECT COUNT(*) FROM events").await,
+        0
+    );
 }

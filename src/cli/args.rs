@@ -566,12 +566,17 @@ pub struct ChangesArgs {
         value_name = "N"
     )]
     pub limit: i64,
-    /// Only changes older than this id (the `next_after` of the previous page)
+    /// Only changes older than this id (the `next_after` of the previous page); with
+    /// --follow, the changes after this one (resume where a follower stopped)
     #[arg(long, allow_negative_numbers = true, value_name = "ID")]
     pub after: Option<i64>,
     /// Print {"items": [...], "next_after": ID|null} as JSON, as the API does
     #[arg(long)]
     pub json: bool,
+    /// Keep printing changes as they are written, one JSON object per line (NDJSON),
+    /// oldest first, until interrupted; from now, or after --after
+    #[arg(long, requires = "json", conflicts_with_all = ["since", "limit"])]
+    pub follow: bool,
 }
 
 /// The `tokens` subcommands.

@@ -110,6 +110,7 @@ pub const RULES: &[Rule] = &[
     read("GET", "/api/v1/policy", Viewer),
     change("PUT", "/api/v1/policy", Admin, "policy.set"),
     read("GET", "/api/v1/drift", Viewer),
+    read("GET", "/api/v1/events", Viewer),
     // A webhook's URL may carry its receiver's token: admins only, reads too.
     read("GET", "/api/v1/webhooks", Admin),
     change("POST", "/api/v1/webhooks", Admin, "webhook.create"),

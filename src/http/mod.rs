@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod policy;
 mod site;
+mod stream;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(policy::routes())
         .merge(webhooks::routes())
+        .merge(stream::routes())
         .merge(legacy::routes())
         .route_layer(middleware::from_fn_with_state(authn, access::guard))
         // Outside the token check: another site's request is refused whoever sent it.

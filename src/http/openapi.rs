@@ -512,9 +512,16 @@ fn url_schema(allow: &syncpool_workers::HostAllowList) -> Value {
     json!({
         "type": "string",
         "maxLength": 2048,
-        "pattern": format!("^https?://({})(:[1-9][0-9]{{0,3}})?(/[A-Za-z0-9._~/-]*)?$", hosts.join("|")),
+        "pattern": format!(
+            "^https?://({})(:{PORT})?(/[A-Za-z0-9._~/-]*)?(\\?[A-Za-z0-9._~=&-]*)?$",
+            hosts.join("|")
+        ),
     })
 }
+
+/// A TCP port, 1 to 65535, as a URL writes it.
+const PORT: &str =
+    "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
 
 fn regex_escape(s: &str) -> String {
     s.chars()

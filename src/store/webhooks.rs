@@ -6,7 +6,8 @@ use async_trait::async_trait;
 
 use super::Result;
 use crate::model::{
-    AttemptOutcome, Delivery, DeliveryFilter, DeliveryJob, DeliveryState, NewWebhook, Webhook,
+    AccountChange, AttemptOutcome, Delivery, DeliveryFilter, DeliveryJob, DeliveryState, Event,
+    NewWebhook, Webhook,
 };
 
 /// Webhooks, and the deliveries the workers claim, send and settle.
@@ -45,4 +46,11 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<Option<DeliveryState>>;
     /// Deliveries by state, fleet-wide (the metric).
     async fn deliveries_by_state(&self) -> Result<Vec<(DeliveryState, i64)>>;
+    /// Up to `limit` events after event `after` in commit order (the stream; never one
+    /// skipped for committing late). `after` 0: from the start.
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>>;
+    /// Up to `limit` history rows after row `after`, in commit order (`changes --follow`).
+    async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<AccountChange>>;
+    /// The newest event's and history row's ids (where a follower that starts now starts).
+    async fn stream_heads(&self) -> Result<(i64, i64)>;
 }

@@ -7,13 +7,17 @@ use crate::validate;
 
 /// The filter the arguments describe; every check needs no database.
 pub(crate) fn filter(a: &ChangesArgs) -> Result<ChangeFilter, CliError> {
+    if a.follow && a.after.is_some_and(|n| n < 0) {
+        return Err(CliError::Usage("--after must be 0 or more".into()));
+    }
     Ok(validate::change_filter(validate::ChangeQuery {
         instance: a.instance.as_deref(),
         since: a.since.as_deref(),
         kind: a.kind.as_deref(),
         sensitive: a.sensitive,
         limit: a.limit,
-        after: a.after,
+        // Following, --after is where to resume (0: from the oldest row kept).
+        after: if a.follow { None } else { a.after },
         all: a.all,
     })?)
 }
@@ -22,6 +26,9 @@ pub(crate) async fn run(store: &dyn Store, a: &ChangesArgs) -> Out {
     let f = filter(a)?;
     if let Some(name) = &f.instance {
         known_name(store, name).await?;
+    }
+    if a.follow {
+        return follow(store, &f, a.after).await;
     }
     let page = ChangePage::new(store.changes_list(&f).await?, f.limit);
     if a.json {
@@ -86,4 +93,40 @@ async fn known_name(store: &dyn Store, name: &str) -> Out {
         return Err(CliError::Usage(format!("unknown instance '{name}'")));
     }
     Ok(())
+}
+
+/// `changes --follow --json`: history as NDJSON as it is written, in commit order, with
+/// the listing's filters; every line carries its `id`, which `--after` resumes from.
+async fn follow(store: &dyn Store, f: &ChangeFilter, from: Option<i64>) -> Out {
+    use std::io::Write;
+    let mut after = match from {
+        Some(a) => a,
+        None => store.stream_heads().await?.1,
+    };
+    loop {
+        let rows = store.changes_after(after, 500).await?;
+        let caught_up = rows.len() < 500;
+        let mut out = std::io::stdout().lock();
+        for c in rows {
+            after = c.id;
+            let shown = f.instance.as_ref().is_none_or(|i| *i == c.instance_name)
+                && f.kind.is_none_or(|k| k == c.kind)
+                && (!f.sensitive_only || c.sensitive)
+                && !(f.without_baselines && c.kind == crate::model::ChangeKind::Baseline);
+            if shown {
+                let line = serde_json::to_string(&c).expect("our types always serialise");
+                // A closed pipe (`| head`) ends the follower quietly.
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
+        drop(out);
+        if caught_up {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub const RULES: &[Rule] = &[
     form("/instances/{id}/sync", Operator, "instance.sync"),
     page("/leases", Viewer),
     page("/audit", Admin),
+    page("/drift", Viewer),
 ];
 
 /// The routes anyone may reach: signing in needs no role, and signing out only a cookie.

@@ -7,6 +7,7 @@
 
 mod audit;
 mod auth;
+mod drift;
 mod guard;
 mod limit;
 mod view;
@@ -69,6 +70,7 @@ pub fn routes(app: AppState) -> Router {
         .route("/instances/{id}/sync", post(instance_sync))
         .route("/leases", get(leases))
         .route("/audit", get(audit::page))
+        .route("/drift", get(drift::page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/console.css", get(css))
@@ -422,6 +424,7 @@ async fn instance(
     accounts.truncate(ACCOUNTS_SHOWN);
     let syncs = c.app.store.instance_syncs(inst.id, RECENT_SYNCS).await?;
     let live = syncs.iter().any(|s| !s.record.status.is_terminal());
+    let mark = drift::mark(&c, &inst.name).await?;
     let body = view::instance(&view::InstanceView {
         instance: &inst,
         accounts: &accounts,
@@ -433,7 +436,7 @@ async fn instance(
     });
     Ok(html(view::page(
         &who.frame(&inst.name, "instances", live),
-        body,
+        maud::html! { (mark) (body) },
     )))
 }
 

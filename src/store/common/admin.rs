@@ -114,6 +114,8 @@ pub(super) async fn cleanup<D: Backend>(
     )
     .bind(Utc::now() - chrono::Duration::days(history_days));
     counts.changes_deleted = delete_in_batches(s, q, 1000).await?;
+    outbox_cleanup(s, history_days).await?;
+
     // Fired cron slots older than the retention only prove a slot fired once.
     let mut tx = s.begin().await?;
     // Slots are kept a day at least, whatever the retention: a replica whose clock
@@ -202,4 +204,22 @@ pub(super) async fn secret_get_or_insert<D: Backend>(
     tx.commit().await?;
     let q = Q::new("SELECT secret FROM console_secrets WHERE name = $1").bind(name);
     D::get(&D::one(&s.pool, q).await?, "secret")
+}
+
+/// The outbox and drift are history too: settled deliveries, events no pending delivery
+/// still needs, resolved violations, past the history's retention.
+async fn outbox_cleanup<D: Backend>(s: &SqlStore<D>, history_days: i64) -> Result<()> {
+    let history_cutoff = Utc::now() - chrono::Duration::days(history_days);
+    for sql in [
+        "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+         WHERE state <> 'pending' AND created_at < $1 LIMIT 1000)",
+        "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.occurred_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.event_id \
+         AND d.state = 'pending') LIMIT 1000)",
+        "DELETE FROM policy_violations WHERE id IN (SELECT id FROM policy_violations \
+         WHERE resolved_at < $1 LIMIT 1000)",
+    ] {
+        delete_in_batches(s, Q::new(sql).bind(history_cutoff), 1000).await?;
+    }
+    Ok(())
 }

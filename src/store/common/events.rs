@@ -24,7 +24,7 @@ pub(super) async fn insert<D: Backend>(
         .bind(Arg::Json(e.data.clone()));
         D::run(&mut *tx, q).await?;
         let q = Q::new(
-            "INSERT INTO webhook_deliveries (webhook, event_id) SELECT name, $1 FROM webhooks \
+            "INSERT INTO webhook_deliveries (webhook_id, webhook, event_id) SELECT id, name, $1 FROM webhooks \
              WHERE events LIKE $2",
         )
         .bind(e.event_id.as_str())

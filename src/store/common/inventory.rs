@@ -198,26 +198,25 @@ pub(super) async fn changes<D: Backend>(
     .bind(f.after)
     .bind(f.limit)
     .bind(f.without_baselines);
-    D::all(&s.pool, q)
-        .await?
-        .iter()
-        .map(|r| {
-            let flags: serde_json::Value = D::get(r, "flags")?;
-            Ok(AccountChange {
-                id: D::get(r, "id")?,
-                instance_id: D::get(r, "instance_id")?,
-                instance_name: D::get(r, "instance_name")?,
-                // Text in both databases: the history outlives its sessions.
-                session_id: parse_uuid(&D::get::<String>(r, "session_id")?)?,
-                record_id: D::get(r, "record_id")?,
-                username: D::get(r, "username")?,
-                host: D::get(r, "host")?,
-                kind: parse_status(D::get(r, "kind")?)?,
-                detail: D::get(r, "detail")?,
-                flags: serde_json::from_value(flags).unwrap_or_default(),
-                sensitive: D::get(r, "sensitive")?,
-                changed_at: D::get(r, "changed_at")?,
-            })
-        })
-        .collect()
+    D::all(&s.pool, q).await?.iter().map(change::<D>).collect()
+}
+
+/// A history row, as `changes` and the follower read it.
+pub(super) fn change<D: Backend>(r: &D::Row) -> Result<AccountChange> {
+    let flags: serde_json::Value = D::get(r, "flags")?;
+    Ok(AccountChange {
+        id: D::get(r, "id")?,
+        instance_id: D::get(r, "instance_id")?,
+        instance_name: D::get(r, "instance_name")?,
+        // Text in both databases: the history outlives its sessions.
+        session_id: parse_uuid(&D::get::<String>(r, "session_id")?)?,
+        record_id: D::get(r, "record_id")?,
+        username: D::get(r, "username")?,
+        host: D::get(r, "host")?,
+        kind: parse_status(D::get(r, "kind")?)?,
+        detail: D::get(r, "detail")?,
+        flags: serde_json::from_value(flags).unwrap_or_default(),
+        sensitive: D::get(r, "sensitive")?,
+        changed_at: D::get(r, "changed_at")?,
+    })
 }

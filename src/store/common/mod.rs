@@ -76,6 +76,12 @@ pub(crate) struct Queries {
     /// What a claim's inner SELECT ends with so that two claimers skip each other's
     /// rows (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite's writes are serial: nothing).
     pub skip_locked: &'static str,
+    /// Up to `$2` rows of table `{t}` that follow row id `$1` in commit order, for a
+    /// follower: on SQLite, ids commit in order; on PostgreSQL only rows whose writing
+    /// transaction is older than every running one are taken, in (transaction, id)
+    /// order, so a row whose id committed late is never skipped. `{t}` is `events` or
+    /// `account_changes`, `{cols}` the columns.
+    pub follow_after: &'static str,
 }
 
 /// One database, as the written-once logic above it sees it.

@@ -7,13 +7,17 @@ use async_trait::async_trait;
 use super::access::InTx;
 use super::{Backend, SqlStore, is_unique_violation};
 use crate::model::{
-    AttemptOutcome, AuditTarget, Delivery, DeliveryFilter, DeliveryJob, DeliveryState, Event,
-    EventType, NewWebhook, Webhook,
+    AccountChange, AttemptOutcome, AuditTarget, Delivery, DeliveryFilter, DeliveryJob,
+    DeliveryState, Event, EventType, NewWebhook, Webhook,
 };
 use crate::store::sql::Q;
 use crate::store::{Result, StoreError, WebhookStore, parse_status};
 
 const COLS: &str = "name, url, secret_env, events, created_at";
+
+/// How a delivery whose webhook was removed ends.
+const GONE: &str =
+    "state = 'dead', last_error = 'the webhook was removed', claimed_by = NULL, claimed_at = NULL";
 
 /// `,a,b,`: matched by `LIKE '%,type,%'` in both databases.
 fn events_text(events: &[EventType]) -> String {
@@ -33,6 +37,18 @@ fn webhook<D: Backend>(r: &D::Row) -> Result<Webhook> {
             .map(|e| parse_status(e.to_string()))
             .collect::<Result<_>>()?,
         created_at: D::get(r, "created_at")?,
+    })
+}
+
+/// An event row, its place in the stream in column `seq`.
+fn event<D: Backend>(r: &D::Row, seq: &str) -> Result<Event> {
+    Ok(Event {
+        seq: D::get(r, seq)?,
+        id: D::get(r, "event_id")?,
+        kind: parse_status(D::get(r, "type")?)?,
+        timestamp: D::get(r, "occurred_at")?,
+        instance: D::get(r, "instance_name")?,
+        data: D::get(r, "data")?,
     })
 }
 
@@ -74,15 +90,16 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
     async fn webhook_remove(&self, name: &str) -> Result<bool> {
         let audit = InTx::new(vec![AuditTarget::new("webhook", name)]);
         let mut tx = self.begin().await?;
-        let q = Q::new("DELETE FROM webhooks WHERE name = $1").bind(name);
-        if D::run(&mut tx, q).await? == 0 {
+        let q = Q::new("DELETE FROM webhooks WHERE name = $1 RETURNING id").bind(name);
+        let Some(row) = D::opt(&mut tx, q).await? else {
             return Ok(false);
-        }
-        let q = Q::new(
-            "UPDATE webhook_deliveries SET state = 'dead', last_error = 'the webhook was removed', \
-             claimed_by = NULL, claimed_at = NULL WHERE webhook = $1 AND state = 'pending'",
-        )
-        .bind(name);
+        };
+        let id: i64 = D::get(&row, "id")?;
+        // Those a transaction still open writes meanwhile die at the next claim.
+        let q = Q::new(format!(
+            "UPDATE webhook_deliveries SET {GONE} WHERE webhook_id = $1 AND state = 'pending'"
+        ))
+        .bind(id);
         D::run(&mut tx, q).await?;
         audit.write::<D>(&mut tx).await?;
         tx.commit().await?;
@@ -127,12 +144,16 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
     async fn delivery_redeliver(&self, id: i64) -> Result<bool> {
         let audit = InTx::new(vec![AuditTarget::new("delivery", id)]);
         let mut tx = self.begin().await?;
-        // Only while its webhook exists: a removed webhook's deliveries have nowhere to go.
+        // Only while its webhook exists (a removed webhook's deliveries have nowhere to
+        // go) and no worker is sending it (it would be sent twice); a new window, from
+        // the first backoff.
         let q = Q::new(format!(
-            "UPDATE webhook_deliveries SET state = 'pending', created_at = {}, \
+            "UPDATE webhook_deliveries SET state = 'pending', created_at = {now}, attempts = 0, \
              last_attempt_at = NULL, backoff_s = 0, claimed_by = NULL, claimed_at = NULL \
-             WHERE id = $1 AND webhook IN (SELECT name FROM webhooks)",
-            D::SQL.now
+             WHERE id = $1 AND webhook_id IN (SELECT id FROM webhooks) \
+             AND (claimed_at IS NULL OR {since_claim} > claim_lease_s)",
+            now = D::SQL.now,
+            since_claim = D::seconds_since("claimed_at"),
         ))
         .bind(id);
         if D::run(&mut tx, q).await? == 0 {
@@ -151,11 +172,19 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
         lease_s: f64,
     ) -> Result<Vec<DeliveryJob>> {
         let mut tx = self.begin().await?;
+        // A removed webhook's deliveries that a transaction open at its removal wrote.
         let q = Q::new(format!(
-            "UPDATE webhook_deliveries SET claimed_by = $1, claimed_at = {now} WHERE id IN (\
-             SELECT id FROM webhook_deliveries WHERE state = 'pending' \
+            "UPDATE webhook_deliveries SET {GONE} WHERE state = 'pending' \
+             AND webhook_id NOT IN (SELECT id FROM webhooks)"
+        ));
+        D::run(&mut tx, q).await?;
+        // Each claim carries its claimer's lease: a worker with a short timeout never
+        // takes over one a worker with a long timeout is still sending.
+        let q = Q::new(format!(
+            "UPDATE webhook_deliveries SET claimed_by = $1, claimed_at = {now}, claim_lease_s = $3 \
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
              AND (last_attempt_at IS NULL OR {since_attempt} >= backoff_s) \
-             AND (claimed_at IS NULL OR {since_claim} > $3) ORDER BY id LIMIT $2{skip})",
+             AND (claimed_at IS NULL OR {since_claim} > claim_lease_s) ORDER BY id LIMIT $2{skip})",
             now = D::SQL.now,
             since_attempt = D::seconds_since("last_attempt_at"),
             since_claim = D::seconds_since("claimed_at"),
@@ -172,7 +201,7 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
         let q = Q::new(
             "SELECT d.id AS delivery_id, d.attempts, w.name, w.url, w.secret_env, w.events, \
              w.created_at, e.id AS seq, e.event_id, e.type, e.occurred_at, e.instance_name, e.data \
-             FROM webhook_deliveries d JOIN webhooks w ON w.name = d.webhook \
+             FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
              JOIN events e ON e.event_id = d.event_id \
              WHERE d.claimed_by = $1 AND d.state = 'pending' ORDER BY d.id",
         )
@@ -185,14 +214,7 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
                     id: D::get(r, "delivery_id")?,
                     attempts: D::get(r, "attempts")?,
                     webhook: webhook::<D>(r)?,
-                    event: Event {
-                        seq: D::get(r, "seq")?,
-                        id: D::get(r, "event_id")?,
-                        kind: parse_status(D::get(r, "type")?)?,
-                        timestamp: D::get(r, "occurred_at")?,
-                        instance: D::get(r, "instance_name")?,
-                        data: D::get(r, "data")?,
-                    },
+                    event: event::<D>(r, "seq")?,
                 })
             })
             .collect()
@@ -251,5 +273,44 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
             }
         }
         Ok(out)
+    }
+
+    async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let sql = D::SQL.follow_after.replace("{t}", "events").replace(
+            "{cols}",
+            "id, event_id, type, occurred_at, instance_name, data",
+        );
+        let q = Q::new(sql).bind(after).bind(limit);
+        D::all(&self.pool, q)
+            .await?
+            .iter()
+            .map(|r| event::<D>(r, "id"))
+            .collect()
+    }
+
+    async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<AccountChange>> {
+        let sql = D::SQL
+            .follow_after
+            .replace("{t}", "account_changes")
+            .replace(
+                "{cols}",
+                "id, instance_id, instance_name, session_id, record_id, username, host, kind, \
+             detail, flags, sensitive, changed_at",
+            );
+        let q = Q::new(sql).bind(after).bind(limit);
+        D::all(&self.pool, q)
+            .await?
+            .iter()
+            .map(super::inventory::change::<D>)
+            .collect()
+    }
+
+    async fn stream_heads(&self) -> Result<(i64, i64)> {
+        let q = Q::new(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM events) AS e, \
+             (SELECT COALESCE(MAX(id), 0) FROM account_changes) AS c",
+        );
+        let r = D::one(&self.pool, q).await?;
+        Ok((D::get(&r, "e")?, D::get(&r, "c")?))
     }
 }

@@ -112,7 +112,7 @@ impl DriftOps for PgOps<'_> {
         .await?;
         // The outbox's deliveries, in the same transaction: one per webhook taking the type.
         sqlx::query(
-            "INSERT INTO webhook_deliveries (webhook, event_id) SELECT w.name, v.e \
+            "INSERT INTO webhook_deliveries (webhook_id, webhook, event_id) SELECT w.id, w.name, v.e \
              FROM UNNEST($1::text[], $2::text[]) AS v(e, t) \
              JOIN webhooks w ON w.events LIKE '%,' || v.t || ',%'",
         )

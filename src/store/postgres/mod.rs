@@ -241,6 +241,11 @@ impl Backend for Postgres {
             FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' AND lock_by IS NULL \
             ORDER BY priority DESC, run_at LIMIT 1",
         skip_locked: " FOR UPDATE SKIP LOCKED",
+        follow_after: "SELECT {cols} FROM {t} \
+             WHERE (COALESCE(txid, '0'::xid8), id) > (COALESCE((SELECT txid FROM {t} WHERE id = $1), \
+             (SELECT MAX(txid) FROM {t} WHERE id <= $1), '0'::xid8), $1) \
+             AND COALESCE(txid, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY COALESCE(txid, '0'::xid8), id LIMIT $2",
         instance_overview: "SELECT i.*, last.status AS last_status, last.at AS last_sync_at, \
             (SELECT COUNT(*) FROM instance_accounts a WHERE a.instance_id = i.id \
             AND a.deleted_at IS NULL) AS account_count FROM instances i LEFT JOIN LATERAL \

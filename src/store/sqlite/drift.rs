@@ -104,7 +104,7 @@ impl DriftOps for SqliteOps<'_> {
         )?;
         // The outbox's deliveries, in the same transaction: one per webhook taking the type.
         self.exec(
-            "INSERT INTO webhook_deliveries (webhook, event_id) SELECT w.name, v.value->>0 \
+            "INSERT INTO webhook_deliveries (webhook_id, webhook, event_id) SELECT w.id, w.name, v.value->>0 \
              FROM json_each(?1) AS v JOIN webhooks w ON w.events LIKE '%,' || (v.value->>1) || ',%'",
             [arr(&rows)],
         )?;
