@@ -18,6 +18,7 @@ on_both_databases!(
     a_worker_killed_while_it_delivers_loses_no_event,
     a_host_outside_the_allow_list_is_refused_when_added_and_never_contacted,
     a_delivery_whose_retries_run_out_is_dead_until_redelivered,
+    the_api_refuses_a_host_outside_its_list_and_the_console_shows_and_resends_deliveries,
 );
 
 const SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -401,4 +402,90 @@ async fn a_delivery_whose_retries_run_out_is_dead_until_redelivered(b: Backend) 
         crate::conformance::count(store.as_ref(), "SELECT COUNT(*) FROM events").await,
         0
     );
+}
+
+async fn the_api_refuses_a_host_outside_its_list_and_the_console_shows_and_resends_deliveries(
+    b: Backend,
+) {
+    let token = "t0ken-t0ken-t0ken-t0ken";
+    let app = crate::api::spawn_app_allowing(
+        b,
+        Some(token),
+        crate::api::harness_site(),
+        "hooks.example.com",
+    )
+    .await;
+    for url in [
+        "https://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:8080/x",
+        "https://hooks.example.com.evil.net/",
+        "https://user:pw@hooks.example.com/",
+    ] {
+        let body = json!({"name": "h", "url": url, "secret_env": SECRET_VAR, "events": ["session_finished"]});
+        let (status, v) = app
+            .call("POST", "/api/v1/webhooks", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "{url}: {v}");
+        assert_eq!(v["error"]["field"], "url", "{v}");
+    }
+    let bad_secret = json!({"name": "h", "url": "https://hooks.example.com/", "secret_env": "SYNCPOOL_DATABASE_URL", "events": ["session_finished"]});
+    let (status, v) = app
+        .call("POST", "/api/v1/webhooks", Some(&bad_secret.to_string()))
+        .await;
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (400, Some("secret_env")),
+        "{v}"
+    );
+    let good = json!({"name": "siem", "url": "https://hooks.example.com/in?token=abc", "secret_env": SECRET_VAR, "events": ["session_finished"]});
+    let (status, v) = app
+        .call("POST", "/api/v1/webhooks", Some(&good.to_string()))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        app.call("POST", "/api/v1/webhooks", Some(&good.to_string()))
+            .await
+            .0,
+        409
+    );
+    // A dead delivery, as the console shows it, and its "send again" form.
+    app.store
+        .instance_insert(&simulated("s0", json!({"accounts": 1})))
+        .await
+        .unwrap();
+    crate::policy::sync_all_finding(app.store.as_ref(), vec![]).await;
+    crate::conformance::exec(
+        app.store.as_ref(),
+        "UPDATE webhook_deliveries SET state = 'dead', last_error = 'HTTP 503'",
+        &[],
+    )
+    .await;
+    let cookie = crate::console::sign_in(&app, token).await;
+    let (status, _, html) = crate::console::page(&app, "/webhooks?state=dead", &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("hooks.example.com/in") && html.contains("HTTP 503"),
+        "{html}"
+    );
+    assert!(!html.contains("whsec_"), "no secret on the page");
+    let id = deliveries_of(&app).await[0]["id"].as_i64().unwrap();
+    let form = format!("{cookie}Content-Type: application/x-www-form-urlencoded\r\n");
+    let (status, head, _) = app
+        .request(
+            "POST",
+            &format!("/webhooks/deliveries/{id}/redeliver"),
+            &form,
+            &format!("csrf={}", crate::console::csrf_of(&html)),
+        )
+        .await;
+    assert_eq!(status, 303, "{head}");
+    assert_eq!(deliveries_of(&app).await[0]["state"], "pending");
+    let (_, audit) = app.call("GET", "/api/v1/audit?limit=1", None).await;
+    assert_eq!(audit["items"][0]["action"], "webhook.redeliver");
+}
+
+async fn deliveries_of(app: &crate::api::App) -> Vec<Value> {
+    let (status, page) = app.call("GET", "/api/v1/webhook-deliveries", None).await;
+    assert_eq!(status, 200, "{page}");
+    page["items"].as_array().unwrap().clone()
 }

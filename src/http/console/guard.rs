@@ -39,6 +39,12 @@ pub const RULES: &[Rule] = &[
     page("/leases", Viewer),
     page("/audit", Admin),
     page("/drift", Viewer),
+    page("/webhooks", Admin),
+    form(
+        "/webhooks/deliveries/{id}/redeliver",
+        Admin,
+        "webhook.redeliver",
+    ),
 ];
 
 /// The routes anyone may reach: signing in needs no role, and signing out only a cookie.
@@ -112,7 +118,7 @@ mod tests {
         for page in RULES.iter().filter(|r| r.action.is_none()) {
             let admin = matches!(
                 page.path,
-                "/instances/new" | "/instances/{id}/edit" | "/audit"
+                "/instances/new" | "/instances/{id}/edit" | "/audit" | "/webhooks"
             );
             let want = if admin { Admin } else { Viewer };
             assert_eq!(page.role, want, "{page:?}");

@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod drift;
 mod guard;
+mod hooks;
 mod limit;
 mod view;
 
@@ -71,6 +72,11 @@ pub fn routes(app: AppState) -> Router {
         .route("/leases", get(leases))
         .route("/audit", get(audit::page))
         .route("/drift", get(drift::page))
+        .route("/webhooks", get(hooks::page))
+        .route(
+            "/webhooks/deliveries/{id}/redeliver",
+            post(hooks::redeliver),
+        )
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/console.css", get(css))

@@ -48,6 +48,7 @@ pub fn page(f: &Frame, body: Markup) -> Markup {
                         (tab(f, "instances", "/instances", "Instances"))
                         (tab(f, "leases", "/leases", "Leases & queue"))
                         (tab(f, "drift", "/drift", "Drift"))
+                        @if f.admin { (tab(f, "webhooks", "/webhooks", "Webhooks")) }
                         @if f.admin { (tab(f, "audit", "/audit", "Audit")) }
                     } }
                     @if f.signed_in {
