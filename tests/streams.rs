@@ -264,3 +264,45 @@ async fn a_follower_never_skips_a_row_whose_id_committed_late(b: Backend) {
         .collect();
     assert_eq!(rest, ["evt_fast"]);
 }
+
+/// `serve` stops on SIGTERM with a stream open: the stream ends, the server exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_with_an_event_stream_open() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.store().await;
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut serve = Command::new(bin())
+        .args(["serve", "--bind", &addr.to_string()])
+        .env("SYNCPOOL_DATABASE_URL", &db.url)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut head = [0u8; 64];
+            let n = s.read(&mut head).await.unwrap();
+            assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+            conn = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _open = conn.expect("serve never answered");
+    signal(&serve, "TERM");
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "serve waited for the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

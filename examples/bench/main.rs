@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let backend = get("--backend").unwrap_or_else(|| "both".into());
     let wanted = get("--scenario").unwrap_or_else(|| {
-        "noop,steady,inventory,efficiency,pickup,enqueue,scale,limit,previous,console".into()
+        "noop,steady,inventory,efficiency,pickup,enqueue,scale,limit,policy,previous,console".into()
     });
     let wants = |s: &str| wanted.split(',').any(|w| w == s);
     let backends: Vec<&'static str> = ["sqlite", "postgres"]
@@ -178,6 +178,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if wants("limit") {
             run!(format!("limit/{b}"), scenarios::limit(b, noop_n, rounds));
+        }
+        if wants("policy") {
+            run!(format!("policy/{b}"), scenarios::policy(b, noop_n, rounds));
         }
         if wants("console") {
             run!(format!("console/{b}"), console::console(b, console_n));

@@ -486,3 +486,37 @@ pub async fn limit(backend: &'static str, n: usize, rounds: usize) -> anyhow::Re
         Fig::one(s, backend, "limited_vs_no_limits", lim_m / free_m, "x"),
     ])
 }
+
+/// Issue #24: what evaluating a policy in every finish costs. 10,000 instances of 20
+/// accounts (the first a superuser), the first session of each fleet without a policy and
+/// with a policy of three rules that opens two violations per instance; 3 rounds.
+pub async fn policy(backend: &'static str, n: usize, rounds: usize) -> anyhow::Result<Vec<Fig>> {
+    const RULES: &str = "rules:\n  - name: approved-superusers\n    deny: [superuser]\n    except_accounts: [postgres]\n  - name: no-open-hosts\n    deny_accounts: [\"*@%\"]\n  - name: monitoring\n    require_accounts: [monitor]\n";
+    let options = json!({"latency_ms": 0, "accounts": 20});
+    let (mut free, mut judged) = (vec![], vec![]);
+    for round in 0..rounds {
+        let db = Db::with_instances(backend, n, options.clone()).await?;
+        let (d, _) = drain(&db, n, 2, 16).await?;
+        db.close().await?;
+        free.push(d.rate);
+        let db = Db::with_instances(backend, n, options.clone()).await?;
+        let policy = syncpool::policy::parse(RULES)?;
+        db.store.policy_set(&policy, RULES).await?;
+        let (d, _) = drain(&db, n, 2, 16).await?;
+        db.close().await?;
+        judged.push(d.rate);
+        eprintln!(
+            "  policy {backend} round {}: no policy {:.0}/s, 3 rules (2 violations per instance) {:.0}/s",
+            round + 1,
+            free[round],
+            judged[round]
+        );
+    }
+    let s = "policy";
+    let (free_m, judged_m) = (spread(&free).0, spread(&judged).0);
+    Ok(vec![
+        Fig::range(s, backend, "no_policy_syncs_per_s", &free, "1/s"),
+        Fig::range(s, backend, "policy_syncs_per_s", &judged, "1/s").vs(free_m),
+        Fig::one(s, backend, "policy_vs_no_policy", judged_m / free_m, "x"),
+    ])
+}

@@ -166,8 +166,18 @@ pub async fn serve(
         site: state.site.clone().bound(addr),
         ..state
     };
+    // Streams never end by themselves: they end when shutdown begins, else the graceful
+    // shutdown would wait for a SIEM to hang up.
+    let streams = tokio_util::sync::CancellationToken::new();
+    let stop_streams = streams.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop_streams.cancel();
+    };
     // The peer's address limits wrong sign-ins per client.
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app(state)
+        .layer(axum::Extension(stream::Stop(streams)))
+        .into_make_service_with_connect_info::<SocketAddr>();
     let handle = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -22,6 +22,10 @@ use super::{ApiError, AppState};
 /// How often a caught-up stream looks for new events.
 const POLL: Duration = Duration::from_millis(500);
 
+/// Cancelled when the server begins to shut down: every stream ends then.
+#[derive(Clone)]
+pub(super) struct Stop(pub tokio_util::sync::CancellationToken);
+
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/events", get(events))
 }
@@ -55,9 +59,12 @@ async fn start(s: &AppState, headers: &HeaderMap, q: &Params) -> Result<i64, Api
 
 async fn events(
     State(s): State<AppState>,
+    stop: Option<axum::Extension<Stop>>,
     headers: HeaderMap,
     q: Params,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    use futures::StreamExt;
+    let stop = stop.map(|e| e.0.0).unwrap_or_default();
     let after = start(&s, &headers, &q).await?;
     let store = s.store.clone();
     let stream = futures::stream::unfold(
@@ -85,5 +92,5 @@ async fn events(
             }
         },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(stop.cancelled_owned())).keep_alive(KeepAlive::default()))
 }
