@@ -55,6 +55,16 @@ async fn changes_follow_prints_history_as_it_is_written_and_resumes_after_an_id(
     let (db, store, _) = crate::conformance::setup(b, 2).await;
     // History written before the follower starts is not printed: it follows from now.
     sync_all_finding(store.as_ref(), vec![account("old", false)]).await;
+    // "Now" is the last row no running transaction can precede; on PostgreSQL that waits
+    // for every older transaction on the server (other tests run beside this one).
+    let last =
+        crate::conformance::count(store.as_ref(), "SELECT MAX(id) FROM account_changes").await;
+    for _ in 0..100 {
+        if store.stream_heads().await.unwrap().1 == last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (mut child, rx) = follower(&db, &[]);
     std::thread::sleep(Duration::from_millis(700));
     sync_all_finding(
@@ -235,6 +245,8 @@ async fn a_follower_never_skips_a_row_whose_id_committed_late(b: Backend) {
         .unwrap();
     let seen = store.events_after(0, 10).await.unwrap();
     assert!(seen.is_empty(), "evt_fast before evt_slow ended: {seen:?}");
+    // A follower starting now starts before both: evt_slow may still commit.
+    assert_eq!(store.stream_heads().await.unwrap().0, 0);
     slow.commit().await.unwrap();
     // Both, in commit order, once every transaction older than them (on the whole
     // server: other tests run beside this one) has ended.

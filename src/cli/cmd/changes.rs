@@ -104,7 +104,15 @@ async fn follow(store: &dyn Store, f: &ChangeFilter, from: Option<i64>) -> Out {
         None => store.stream_heads().await?.1,
     };
     loop {
-        let rows = store.changes_after(after, 500).await?;
+        // A follower outlives a database restart: it says so and tries again.
+        let rows = match store.changes_after(after, 500).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("warning: reading the history failed ({e}); retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                continue;
+            }
+        };
         let caught_up = rows.len() < 500;
         let mut out = std::io::stdout().lock();
         for c in rows {

@@ -82,6 +82,9 @@ pub(crate) struct Queries {
     /// order, so a row whose id committed late is never skipped. `{t}` is `events` or
     /// `account_changes`, `{cols}` the columns.
     pub follow_after: &'static str,
+    /// The row of table `{t}` a follower that starts now resumes after (as `n`): the
+    /// last in [`Queries::follow_after`]'s order that no running transaction can precede.
+    pub follow_head: &'static str,
 }
 
 /// One database, as the written-once logic above it sees it.

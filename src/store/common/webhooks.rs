@@ -306,11 +306,9 @@ impl<D: Backend> WebhookStore for SqlStore<D> {
     }
 
     async fn stream_heads(&self) -> Result<(i64, i64)> {
-        let q = Q::new(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM events) AS e, \
-             (SELECT COALESCE(MAX(id), 0) FROM account_changes) AS c",
-        );
-        let r = D::one(&self.pool, q).await?;
-        Ok((D::get(&r, "e")?, D::get(&r, "c")?))
+        let head = |t: &str| Q::new(D::SQL.follow_head.replace("{t}", t));
+        let e = super::count::<D>(&self.pool, head("events")).await?;
+        let c = super::count::<D>(&self.pool, head("account_changes")).await?;
+        Ok((e, c))
     }
 }

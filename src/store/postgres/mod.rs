@@ -246,9 +246,12 @@ impl Backend for Postgres {
             FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' AND lock_by IS NULL \
             ORDER BY priority DESC, run_at LIMIT 1",
         skip_locked: " FOR UPDATE SKIP LOCKED",
+        follow_head: "SELECT COALESCE((SELECT id FROM {t} \
+             WHERE COALESCE(txid, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY COALESCE(txid, '0'::xid8) DESC, id DESC LIMIT 1), 0) AS n",
         follow_after: "SELECT {cols} FROM {t} \
              WHERE (COALESCE(txid, '0'::xid8), id) > (COALESCE((SELECT txid FROM {t} WHERE id = $1), \
-             (SELECT MAX(txid) FROM {t} WHERE id <= $1), '0'::xid8), $1) \
+             (SELECT txid FROM {t} WHERE id <= $1 ORDER BY id DESC LIMIT 1), '0'::xid8), $1) \
              AND COALESCE(txid, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY COALESCE(txid, '0'::xid8), id LIMIT $2",
         instance_overview: "SELECT i.*, last.status AS last_status, last.at AS last_sync_at, \

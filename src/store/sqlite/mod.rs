@@ -244,6 +244,7 @@ impl Backend for Sqlite {
         // rowid) and its live accounts (the unique (instance_id, username, host) index).
         skip_locked: "",
         follow_after: "SELECT {cols} FROM {t} WHERE id > $1 ORDER BY id LIMIT $2",
+        follow_head: "SELECT COALESCE(MAX(id), 0) AS n FROM {t}",
         instance_overview: "SELECT i.*, (SELECT r.status FROM sync_instance_records r \
             WHERE r.instance_id = i.id ORDER BY r.id DESC LIMIT 1) AS last_status, \
             (SELECT COALESCE(r.completed_at, r.started_at, r.created_at) \
