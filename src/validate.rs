@@ -285,10 +285,16 @@ pub fn since(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::Date
 /// An instance name to filter by: a name as [`name`] accepts it (no other can match),
 /// reported as `field`.
 pub fn name_filter(field: &'static str, s: &str) -> Result<String> {
-    name(s).map(|_| s.to_string()).map_err(|e| match e {
+    name(s).map(|_| s.to_string()).map_err(as_field(field))
+}
+
+/// A check's error reported as `field`: one rule, used where a value of its kind is
+/// called something else (a token-like name given as `webhook`).
+fn as_field(field: &'static str) -> impl Fn(StoreError) -> StoreError {
+    move |e| match e {
         StoreError::Invalid { message, .. } => StoreError::invalid(field, message),
         other => other,
-    })
+    }
 }
 
 /// Longest token name.
@@ -452,10 +458,7 @@ pub fn webhook(
     n: crate::model::NewWebhook,
     allow: &syncpool_workers::HostAllowList,
 ) -> Result<crate::model::NewWebhook> {
-    token_name(&n.name).map_err(|e| match e {
-        StoreError::Invalid { message, .. } => StoreError::invalid("name", message),
-        other => other,
-    })?;
+    token_name(&n.name).map_err(as_field("name"))?;
     if n.url.len() > 2048 {
         return Err(StoreError::invalid("url", "a URL is at most 2048 bytes"));
     }
@@ -491,12 +494,7 @@ pub fn delivery_filter(
 ) -> Result<crate::model::DeliveryFilter> {
     Ok(crate::model::DeliveryFilter {
         webhook: webhook
-            .map(|w| {
-                token_name(w).map_err(|e| match e {
-                    StoreError::Invalid { message, .. } => StoreError::invalid("webhook", message),
-                    other => other,
-                })
-            })
+            .map(|w| token_name(w).map_err(as_field("webhook")))
             .transpose()?,
         state: state
             .map(|s| s.parse().map_err(|m| StoreError::invalid("state", m)))

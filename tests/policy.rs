@@ -22,6 +22,7 @@ on_both_databases!(
     policy_check_flags_without_storing_and_instances_never_synced_are_not_judged,
     the_api_sets_shows_and_pages_drift_with_errors_naming_the_field,
     the_console_lists_drift_and_marks_an_instance_with_open_violations,
+    a_deleted_instances_violations_resolve_with_it,
 );
 
 const DENY_SUPERUSER: &str = "rules:\n  - name: approved-superusers\n    deny: [superuser]\n    except_accounts: [postgres]\n";
@@ -494,4 +495,32 @@ async fn the_console_lists_drift_and_marks_an_instance_with_open_violations(b: B
     );
     let (status, _, _) = crate::console::page(&app, "/drift?state=bogus", &cookie).await;
     assert_eq!(status, 400);
+}
+
+async fn a_deleted_instances_violations_resolve_with_it(b: Backend) {
+    let (_db, store, ids) = setup(b, 2).await;
+    store
+        .policy_set(&policy::parse(DENY_SUPERUSER).unwrap(), DENY_SUPERUSER)
+        .await
+        .unwrap();
+    sync_all_finding(store.as_ref(), vec![account("app", true)]).await;
+    assert_eq!(open(store.as_ref()).await.len(), 2);
+    assert!(store.instance_delete(ids[0]).await.unwrap());
+    let left = open(store.as_ref()).await;
+    assert_eq!(
+        left,
+        vec![("i1".to_string(), "app".to_string(), "superuser".to_string())]
+    );
+    assert_eq!(
+        count(
+            store.as_ref(),
+            "SELECT COUNT(*) FROM events WHERE type = 'violation_resolved'"
+        )
+        .await,
+        1,
+        "its receivers hear that it ended"
+    );
+    // The metric counts only what is still open.
+    let by_rule = store.violations_by_rule().await.unwrap();
+    assert_eq!(by_rule, vec![("approved-superusers".to_string(), 1)]);
 }

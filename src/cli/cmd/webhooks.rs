@@ -5,35 +5,39 @@ use crate::model::{DeliveryPage, NewWebhook, WebhookList};
 use crate::store::Store;
 use crate::validate;
 
-/// The webhook `add` describes, checked (no database needed).
-pub(crate) fn new_webhook(cmd: &WebhooksCmd) -> Result<Option<NewWebhook>, CliError> {
-    let WebhooksCmd::Add {
-        name,
-        url,
-        secret_env,
-        events,
-        webhook_allow,
-    } = cmd
-    else {
-        return Ok(None);
-    };
+/// The webhook an `add` describes, checked (no database needed).
+fn new_webhook(
+    name: &str,
+    url: &str,
+    secret_env: &str,
+    events: &[String],
+    allow: &syncpool_workers::HostAllowList,
+) -> Result<NewWebhook, CliError> {
     let events = events
         .iter()
         .map(|e| e.trim().parse().map_err(CliError::Usage))
         .collect::<Result<Vec<_>, _>>()?;
     let new = NewWebhook {
-        name: name.clone(),
-        url: url.clone(),
-        secret_env: secret_env.clone(),
+        name: name.into(),
+        url: url.into(),
+        secret_env: secret_env.into(),
         events,
     };
-    Ok(Some(validate::webhook(new, webhook_allow)?))
+    Ok(validate::webhook(new, allow)?)
 }
 
 /// Checks that need no database.
 pub(crate) fn check(cmd: &WebhooksCmd) -> Result<(), CliError> {
-    new_webhook(cmd)?;
     match cmd {
+        WebhooksCmd::Add {
+            name,
+            url,
+            secret_env,
+            events,
+            webhook_allow,
+        } => {
+            new_webhook(name, url, secret_env, events, webhook_allow)?;
+        }
         WebhooksCmd::Deliveries {
             name,
             state,
@@ -53,8 +57,14 @@ pub(crate) fn check(cmd: &WebhooksCmd) -> Result<(), CliError> {
 
 pub(crate) async fn run(store: &dyn Store, cmd: WebhooksCmd) -> Result<(), CliError> {
     match cmd {
-        WebhooksCmd::Add { .. } => {
-            let new = new_webhook(&cmd)?.expect("an add");
+        WebhooksCmd::Add {
+            name,
+            url,
+            secret_env,
+            events,
+            webhook_allow,
+        } => {
+            let new = new_webhook(&name, &url, &secret_env, &events, &webhook_allow)?;
             let w = store.webhook_add(&new).await?;
             let events: Vec<&str> = w.events.iter().map(|e| e.as_str()).collect();
             println!(

@@ -65,8 +65,6 @@ pub(crate) struct ViolationWrites {
     pub resolved: Vec<i64>,
 }
 
-impl ViolationWrites {}
-
 /// An event for the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NewEvent {

@@ -35,19 +35,22 @@ pub(super) async fn insert<D: Backend>(
 }
 
 /// Resolves the open violations `condition` selects (on `policy_violations`, with `$1`
-/// bound to `arg`), with an event each saying `why`.
+/// bound to `arg` if there is one), with an event each saying `why`.
 pub(super) async fn resolve_where<D: Backend>(
     tx: &mut sqlx::Transaction<'static, D>,
     condition: &str,
-    arg: i64,
+    arg: Option<i64>,
     why: &str,
 ) -> Result<u64> {
     let q = Q::new(format!(
         "UPDATE policy_violations SET resolved_at = {} WHERE resolved_at IS NULL AND {condition} \
          RETURNING instance_name, rule, account, what, reason",
         D::SQL.now
-    ))
-    .bind(arg);
+    ));
+    let q = match arg {
+        Some(a) => q.bind(a),
+        None => q,
+    };
     let rows = D::all(&mut *tx, q).await?;
     let mut events = vec![];
     for r in &rows {
@@ -72,8 +75,8 @@ pub(super) async fn resolve_orphans<D: Backend>(s: &SqlStore<D>) -> Result<u64> 
     let mut tx = s.begin().await?;
     let n = resolve_where(
         &mut tx,
-        "instance_id NOT IN (SELECT id FROM instances) AND $1 = $1",
-        0,
+        "instance_id NOT IN (SELECT id FROM instances)",
+        None,
         "the instance was deleted",
     )
     .await?;

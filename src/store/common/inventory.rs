@@ -102,8 +102,13 @@ pub(super) async fn delete<D: Backend>(s: &SqlStore<D>, id: i64) -> Result<bool>
     let q = Q::new("DELETE FROM instance_accounts WHERE instance_id = $1").bind(id);
     D::run(&mut tx, q).await?;
     // Nothing is wrong with an instance that is gone: its violations end with it.
-    super::events::resolve_where(&mut tx, "instance_id = $1", id, "the instance was deleted")
-        .await?;
+    super::events::resolve_where(
+        &mut tx,
+        "instance_id = $1",
+        Some(id),
+        "the instance was deleted",
+    )
+    .await?;
     let name: String = D::get(&gone, "name")?;
     let audit = InTx::new(vec![AuditTarget::named("instance", id, &name)]);
     audit.write::<D>(&mut tx).await?;
