@@ -526,6 +526,9 @@ pub trait PipelineWrites: Send + Sync + 'static {
     ) -> Result<Vec<RenewOutcome>>;
     /// Step 5 for a batch of syncs, in one transaction; each fenced by its token.
     async fn record_finish_batch(&self, reqs: &[FinishRequest]) -> Result<Vec<FinishOutcome>>;
+    /// How long a group-commit round waits, after its first request, for others to join
+    /// it (docs/BENCHMARKS.md, "Issue #21, where each target ends").
+    fn round_window(&self) -> std::time::Duration;
     /// One group-commit round: finishes, then renewals, then grants. On SQLite in one
     /// all-or-nothing transaction (one write-lock acquisition instead of three); on
     /// PostgreSQL one transaction per kind, in that order, for its lock order (a failure

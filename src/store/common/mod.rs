@@ -119,6 +119,8 @@ pub(crate) trait Backend: Fetch + Sized {
     /// (SQLite: one write-lock acquisition instead of three) or take one each
     /// (PostgreSQL: one kind per transaction keeps its lock order).
     const ONE_TRANSACTION_PER_ROUND: bool;
+    /// See [`PipelineWrites::round_window`].
+    const ROUND_WINDOW: std::time::Duration;
 }
 
 /// The [`Store`] on one database: `SqlStore<Sqlite>` ([`super::sqlite::SqliteStore`]) or
@@ -404,6 +406,9 @@ impl<D: Backend> PipelineWrites for SqlStore<D> {
     }
     async fn record_finish_batch(&self, reqs: &[FinishRequest]) -> Result<Vec<FinishOutcome>> {
         D::write(self, finishes(reqs)).await
+    }
+    fn round_window(&self) -> std::time::Duration {
+        D::ROUND_WINDOW
     }
     async fn pipeline_round(
         &self,

@@ -199,11 +199,20 @@ impl Dialect for Postgres {
     }
 }
 
+/// How a pipeline transaction begins, in one round trip (see `write`).
+const PIPELINE_BEGIN: &str =
+    "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan";
+
 #[async_trait]
 impl Backend for Postgres {
     type Local = ();
     const KIND: &'static str = "postgres";
     const ONE_TRANSACTION_PER_ROUND: bool = false;
+    // A round costs about two dozen round trips whatever its size, each waking a server
+    // process. Measured (docs/BENCHMARKS.md): a 2 ms wait for more requests cut the CPU
+    // per sync by about 60% (workers and server); 1 ms cut the workers' by 40% and ran
+    // no-op syncs faster than 2 ms did.
+    const ROUND_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
     const SQL: Queries = Queries {
         begin_write: "BEGIN",
         begin_snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
@@ -331,10 +340,12 @@ impl Backend for Postgres {
         // server's CPU per sync fell from 550 to 400 us (docs/BENCHMARKS.md). Off for these
         // transactions only, in the same round trip as BEGIN; a table no index serves is
         // still scanned.
-        let mut tx = s
-            .pool
-            .begin_with("BEGIN; SET LOCAL enable_seqscan = off")
-            .await?;
+        // Generic plans too: the server planned every execution of these prepared
+        // statements anew for its parameters (custom plans): 4.0 of the 13.9 s it spent
+        // in them (`pg_stat_statements`, docs/BENCHMARKS.md). Their plans do not need the
+        // values: the statuses partial indexes are chosen by are literals in the text, and
+        // rows are found by key (arrays of them), by session, or by short ranges.
+        let mut tx = s.pool.begin_with(PIPELINE_BEGIN).await?;
         let out = f(&mut PgOps(&mut tx)).await?;
         tx.commit().await?;
         Ok(out)
