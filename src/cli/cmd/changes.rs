@@ -122,10 +122,12 @@ async fn follow(store: &dyn Store, f: &ChangeFilter, from: Option<i64>) -> Out {
                 && (!f.sensitive_only || c.sensitive)
                 && !(f.without_baselines && c.kind == crate::model::ChangeKind::Baseline);
             if shown {
-                let line = serde_json::to_string(&c).expect("our types always serialise");
-                // A closed pipe (`| head`) ends the follower quietly.
-                if writeln!(out, "{line}").is_err() {
-                    return Ok(());
+                // A closed pipe (`| head`) ends the follower quietly; anything else is an error.
+                match serde_json::to_writer(&mut out, &c) {
+                    Ok(()) if writeln!(out).is_ok() => {}
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_io() => return Ok(()),
+                    Err(e) => return Err(anyhow::anyhow!("printing a change: {e}").into()),
                 }
             }
         }
